@@ -1,0 +1,608 @@
+"""
+GPT-2 from scratch: the model, checkpoint loading, the tokenizer, fast batched sampling, and per-token log-probs.
+
+Every other stage stands on this file: reward.py adds a scalar head, ppo.py adds a value head and keeps a frozen copy
+as the reference policy. It follows the GPT-2 paper and OpenAI's code (gpt-2/src/model.py), with two additions from
+lm-human-preferences (language/model.py) that RLHF needs:
+
+  * left-padded batches: an attention mask marks real tokens; pads are masked out of attention and position ids count
+    only real tokens (exclusive cumsum of the mask), so a sequence's logits do not depend on its padding;
+  * log-probs of the tempered distribution (logits / temperature) everywhere, which PPO's ratio and KL need.
+
+Parameter names follow the Hugging Face checkpoints (wte, wpe, h.N.attn.c_attn, ...), so loading is a copy loop.
+There is no dropout: lm-human-preferences turns it off in every call (do_dropout=False), and so do we.
+
+Run it:
+    python gpt2.py --model gpt2 --prompt "Hello, my name is" --prompt "The meaning of life" --max-new-tokens 40
+    python gpt2.py --model ./my-hf-checkpoint-dir --greedy
+
+Shape letters: B = batch, T = sequence length, C = channels (n_embd), H = heads, D = head size (C / H),
+V = vocabulary (50257), R = response length (new tokens), N = flattened tokens (B * R).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+PAD_ID = 50259  # OpenAI's padding id in label files (n_vocab + 2, "for historical reasons"); never fed to the model
+EOT_ID = 50256  # <|endoftext|>
+
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class GPT2Config:
+    n_layer: int = 12
+    """number of transformer blocks"""
+    n_head: int = 12
+    """attention heads per block"""
+    n_embd: int = 768
+    """channels (C)"""
+    vocab_size: int = 50257
+    """GPT-2's BPE vocabulary"""
+    n_positions: int = 1024
+    """longest sequence the position embedding covers"""
+    layer_norm_epsilon: float = 1e-5
+    """LayerNorm epsilon, as in the checkpoints"""
+    use_kernels: str = "auto"
+    """Triton kernels: 'auto' (on CUDA tensors), 'on' (always; CPU runs them under TRITON_INTERPRET=1), 'off'"""
+
+
+PRESETS = {
+    "gpt2": GPT2Config(n_layer=12, n_head=12, n_embd=768),  # 124M params
+    "gpt2-medium": GPT2Config(n_layer=24, n_head=16, n_embd=1024),  # 355M params
+    "gpt2-large": GPT2Config(n_layer=36, n_head=20, n_embd=1280),  # 774M params, the paper's model
+    "gpt2-xl": GPT2Config(n_layer=48, n_head=25, n_embd=1600),  # 1558M params
+    "tiny": GPT2Config(n_layer=2, n_head=4, n_embd=128),  # 6.6M params (6.4M of them the embedding), tests and CPU demos
+}
+
+HUB_REPOS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
+
+
+def kernels_enabled(mode: str, t: torch.Tensor) -> bool:
+    """Should this op use the Triton kernels? 'auto' means: on CUDA tensors, when triton imports."""
+    if mode == "off":
+        return False
+    if mode == "on":
+        return True
+    if mode != "auto":
+        raise ValueError(f"use_kernels must be 'auto', 'on' or 'off', got {mode!r}")
+    if not t.is_cuda:
+        return False
+    try:
+        import kernels  # noqa: F401  (lazy: CPU users need no triton)
+    except ImportError:
+        warnings.warn("triton is not installed: using the PyTorch attention and log-prob paths")
+        return False
+    return True
+
+
+# -----------------------------------------------------------------------------
+# Attention (the PyTorch path; kernels.attention is the fused one)
+
+
+def torch_attention(q, k, v, key_mask=None):
+    """Causal attention of the last Tq queries over Tk keys, with a key-padding mask.
+
+    q: (B, H, Tq, D); k, v: (B, H, Tk, D) with Tk >= Tq (Tk > Tq while decoding with a KV cache: query i sits at
+    position Tk - Tq + i). key_mask: (B, Tk) bool, True for real tokens, or None. A query that sees no real key (a
+    left pad) returns 0, as the Triton kernel does, instead of the NaN a fully masked softmax row would give.
+    """
+    Tq, Tk = q.size(-2), k.size(-2)
+    if key_mask is None and Tq == Tk:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # the fast path
+    causal = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)  # (Tq, Tk)
+    allowed = causal if key_mask is None else causal & key_mask[:, None, None, :]  # (B, 1, Tq, Tk)
+    sees_a_key = allowed.any(-1, keepdim=True)  # (B, 1, Tq, 1)
+    # let key-less queries attend to everything (finite math), then zero them
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | ~sees_a_key)
+    return y.masked_fill(~sees_a_key, 0.0)
+
+
+class KVCache:
+    """Pre-allocated keys and values for every layer, written in place while sampling (no torch.cat per step)."""
+
+    def __init__(self, config: GPT2Config, batch: int, max_len: int, device, dtype):
+        D = config.n_embd // config.n_head
+        shape = (config.n_layer, batch, config.n_head, max_len, D)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)  # (B, max_len) real tokens
+        self.len = 0  # positions filled so far
+
+    def append(self, layer: int, k, v):
+        """Write this step's k, v (B, H, T, D) for one layer; return all keys and values so far."""
+        T = k.size(2)
+        self.k[layer, :, :, self.len : self.len + T] = k
+        self.v[layer, :, :, self.len : self.len + T] = v
+        return self.k[layer, :, :, : self.len + T], self.v[layer, :, :, : self.len + T]
+
+
+# -----------------------------------------------------------------------------
+# The model
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPT2Config, layer: int):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
+        self.n_head, self.layer, self.use_kernels = config.n_head, layer, config.use_kernels
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+
+    def forward(self, x, key_mask, cache: KVCache | None = None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if cache is not None:
+            k, v = cache.append(self.layer, k, v)  # (B, H, Tk, D): everything so far, this step included
+            key_mask = cache.key_mask[:, : k.size(2)]
+        if k.size(2) == T and kernels_enabled(self.use_kernels, x):
+            import kernels
+
+            y = kernels.attention(q, k, v, key_mask)  # full sequence (training, scoring, prefill): fused kernel
+        else:
+            y = torch_attention(q, k, v, key_mask)  # (B, H, T, D)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's gelu is the tanh approximation
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPT2Config, layer: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x, key_mask, cache=None):
+        x = x + self.attn(self.ln_1(x), key_mask, cache)  # pre-norm residual blocks
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding, tied to the LM head
+                wpe=nn.Embedding(config.n_positions, config.n_embd),  # learned position embedding
+                h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+            )
+        )
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2 scales residual projections by 1/sqrt(2 * n_layer)
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear):
+            nn.init.zeros_(module.bias)
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        return self.transformer.wte.weight  # (V, C): GPT-2 ties input and output embeddings
+
+    def hidden_states(self, idx, attention_mask=None, cache: KVCache | None = None):
+        """Final hidden states (after ln_f) for token ids idx (B, T).
+
+        attention_mask (B, T): 1 for real tokens, 0 for pads (left padding). Pads are masked out of attention, get id 0
+        for the embedding lookup (so PAD_ID, outside the vocabulary, is safe) and do not advance the position ids:
+        positions are the exclusive cumsum of the mask, as in lm-human-preferences (positions_for).
+        With a cache, idx are the next tokens after those already cached.
+        """
+        B, T = idx.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(idx, dtype=torch.bool)
+        mask = attention_mask.bool()  # (B, T)
+        if cache is None:
+            pos = torch.cumsum(mask, dim=1) - mask.long()  # (B, T) exclusive cumsum: real tokens get 0, 1, 2, ...
+            key_mask = None if bool(mask.all()) else mask  # no mask at all lets attention take its fastest path
+        else:
+            seen = cache.key_mask[:, : cache.len].sum(1, keepdim=True)  # (B, 1) real tokens already cached
+            pos = seen + torch.cumsum(mask, dim=1) - mask.long()
+            cache.key_mask[:, cache.len : cache.len + T] = mask
+            key_mask = None  # the attention layers read the cache's mask
+        end = T + (cache.len if cache is not None else 0)  # bounds every position id without a device sync
+        if end > self.config.n_positions:
+            raise ValueError(f"sequence of {end} tokens exceeds n_positions={self.config.n_positions}")
+        idx = idx.masked_fill(~mask, 0)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x, key_mask, cache)
+        if cache is not None:
+            cache.len += T
+        return self.transformer.ln_f(x)  # (B, T, C)
+
+    def forward(self, idx, attention_mask=None):
+        """Logits (B, T, V) for token ids idx (B, T). For training on long batches, prefer response_logprobs, which
+        never holds the full (B, T, V) logits."""
+        return self.hidden_states(idx, attention_mask) @ self.lm_head_weight.T  # (B, T, V)
+
+    # -------------------------------------------------------------------------
+    # Loading
+
+    @classmethod
+    def from_config(cls, config: GPT2Config | str) -> "GPT2":
+        """A randomly initialized model (GPT-2 initialization) from a config or a preset name."""
+        if isinstance(config, str):
+            if config not in PRESETS:
+                raise ValueError(f"unknown preset {config!r}; presets: {', '.join(PRESETS)}")
+            config = dataclasses.replace(PRESETS[config])
+        return cls(config)
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str, device="cpu", dtype=torch.float32, use_kernels="auto") -> "GPT2":
+        """Load GPT-2 from a Hugging Face layout directory (config.json + model.safetensors or pytorch_model.bin) or
+        from a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, openai-community/...), downloaded once into the
+        standard Hugging Face cache."""
+        folder = resolve_checkpoint(name_or_dir)
+        config = read_hf_config(folder / "config.json")
+        config.use_kernels = use_kernels
+        state = read_hf_weights(folder)
+        with torch.device("meta"):  # no point initializing weights that are about to be overwritten
+            model = cls(config)
+        model.load_state_dict(checkpoint_to_state_dict(state, model, folder), strict=True, assign=True)
+        return model.to(device=device, dtype=dtype).eval()
+
+
+def resolve_checkpoint(name_or_dir: str) -> Path:
+    """A local directory, or a hub name downloaded (once, with a progress bar) into the Hugging Face cache."""
+    path = Path(name_or_dir).expanduser()
+    if path.is_dir():
+        return path
+    repo = HUB_REPOS.get(name_or_dir, name_or_dir if name_or_dir.startswith("openai-community/") else None)
+    if repo is None:
+        raise ValueError(
+            f"no such model {name_or_dir!r}: give a directory holding config.json and model.safetensors (or "
+            f"pytorch_model.bin), or one of {', '.join(HUB_REPOS)} (or 'openai-community/<name>')"
+        )
+    from huggingface_hub import snapshot_download  # the standard cache: users who have GPT-2 don't download it again
+
+    files = ["config.json", "model.safetensors"]
+    try:
+        return Path(snapshot_download(repo, allow_patterns=files, local_files_only=True))
+    except Exception:
+        pass  # not cached yet
+    try:
+        print(f"downloading {repo} into the Hugging Face cache (once)...", file=sys.stderr)
+        return Path(snapshot_download(repo, allow_patterns=files))
+    except Exception as e:
+        raise RuntimeError(
+            f"could not download {repo!r} ({type(e).__name__}: {e}). Without network access, copy a checkpoint "
+            f"directory (config.json + model.safetensors) here and pass its path to --model."
+        ) from None
+
+
+def read_hf_config(path: Path) -> GPT2Config:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; a checkpoint directory needs config.json next to its weights")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if raw.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"{path}: model_type is {raw['model_type']!r}, expected 'gpt2'")
+    try:
+        return GPT2Config(
+            n_layer=int(raw["n_layer"]),
+            n_head=int(raw["n_head"]),
+            n_embd=int(raw["n_embd"]),
+            vocab_size=int(raw.get("vocab_size", 50257)),
+            n_positions=int(raw.get("n_positions", raw.get("n_ctx", 1024))),
+            layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)),
+        )
+    except KeyError as e:
+        raise ValueError(f"{path}: missing key {e.args[0]!r}; not a GPT-2 config") from None
+
+
+def read_hf_weights(folder: Path) -> dict:
+    """The raw tensors of model.safetensors (preferred) or pytorch_model.bin (unpickled with weights_only=True)."""
+    st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(st))
+        except Exception as e:
+            raise ValueError(f"{st}: cannot read ({e}); the file is damaged or truncated, download it again") from None
+    if pt.is_file():
+        try:  # weights_only: nothing downloaded is ever unpickled freely
+            return torch.load(pt, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{pt}: cannot read ({e}); the file is damaged, truncated or not a weights file") from None
+    raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
+
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # stored (in, out)
+
+
+def checkpoint_to_state_dict(state: dict, model: GPT2, folder: Path) -> dict:
+    """Map checkpoint names onto ours, transposing the Conv1D weights; every tensor's presence and shape checked."""
+    # names come with or without the 'transformer.' prefix; attn.bias / masked_bias are old causal-mask buffers
+    state = {k.removeprefix("transformer."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.endswith(("attn.bias", "attn.masked_bias")) or ".c_" in k}
+    out = {}
+    for name, param in model.state_dict().items():
+        key = name.removeprefix("transformer.")
+        if key not in state:
+            raise ValueError(f"{folder}: tensor {key!r} is missing from the checkpoint; is it a GPT-2 checkpoint?")
+        t = state.pop(key)
+        if key.endswith(CONV1D):
+            t = t.t()
+        if tuple(t.shape) != tuple(param.shape):
+            raise ValueError(
+                f"{folder}: tensor {key!r} has shape {tuple(t.shape)}, expected {tuple(param.shape)} for this config"
+            )
+        out[name] = t.contiguous()
+    state.pop("lm_head.weight", None)  # tied to wte
+    if state:
+        warnings.warn(f"{folder}: ignoring tensors not in GPT-2: {', '.join(sorted(state)[:5])}")
+    return out
+
+
+# -----------------------------------------------------------------------------
+# Tokenizer and padding
+
+
+def get_tokenizer():
+    """tiktoken's 'gpt2' encoding (the same BPE as the checkpoints)."""
+    import tiktoken
+
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:
+        raise RuntimeError(
+            f"could not load tiktoken's gpt2 encoding ({e}). Offline, point TIKTOKEN_CACHE_DIR at a folder holding "
+            f"its cache files (this repo's CI uses ../shared/tiktoken_cache)."
+        ) from None
+
+
+def left_pad(seqs, pad_id=PAD_ID, device="cpu"):
+    """Left-pad token lists into (tokens (B, T) long, mask (B, T) bool), so every row's last token is real."""
+    T = max(len(s) for s in seqs)
+    tokens = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        if len(s):
+            tokens[i, T - len(s) :] = torch.as_tensor(s, dtype=torch.long)
+            mask[i, T - len(s) :] = True
+    return tokens.to(device), mask.to(device)
+
+
+# -----------------------------------------------------------------------------
+# Sampling
+
+
+def filter_logits(logits, top_k=0, top_p=1.0):
+    """Set logits outside the top-k / the top-p nucleus to -inf. logits: (B, V)."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = F.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def generate(
+    model: GPT2,
+    tokens,
+    attention_mask=None,
+    max_new_tokens: int = 24,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+    stop_token: int | None = None,
+):
+    """Continue a left-padded batch of prompts with a pre-allocated KV cache.
+
+    tokens, attention_mask: (B, T). Returns (new_tokens (B, R), logprobs (B, R)), R = max_new_tokens: every row gets
+    exactly R tokens, as in the paper (EOS does not stop sampling), unless stop_token is given; then a row's tokens
+    after its stop token are PAD_ID with log-prob 0, and sampling ends early once every row has stopped.
+    logprobs are of the sampled tokens under the tempered distribution softmax(logits / temperature), before top-k /
+    top-p, the quantity PPO's ratio and KL use (the paper samples with neither).
+    """
+    B, T = tokens.shape
+    temperature = max(temperature, 1e-10)  # as lm-human-preferences: T = 0 would divide by zero
+    cache = KVCache(model.config, B, T + max_new_tokens, tokens.device, model.lm_head_weight.dtype)
+    mask = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    h = model.hidden_states(tokens, mask, cache)[:, -1]  # (B, C) prefill; the last position is real (left padding)
+    out_tokens = torch.full((B, max_new_tokens), PAD_ID, dtype=torch.long, device=tokens.device)
+    out_logprobs = torch.zeros(B, max_new_tokens, device=tokens.device)
+    done = torch.zeros(B, dtype=torch.bool, device=tokens.device)
+    for t in range(max_new_tokens):
+        logits = (h @ model.lm_head_weight.T).float() / temperature  # (B, V)
+        logprobs = F.log_softmax(logits, dim=-1)
+        if greedy:
+            nxt = logits.argmax(-1)  # (B,)
+        else:
+            probs = F.softmax(filter_logits(logits, top_k, top_p), dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
+        lp = logprobs.gather(-1, nxt[:, None])[:, 0]  # (B,)
+        out_tokens[:, t] = torch.where(done, PAD_ID, nxt)
+        out_logprobs[:, t] = torch.where(done, 0.0, lp)
+        if stop_token is not None:
+            done |= nxt == stop_token
+            if bool(done.all()):
+                return out_tokens[:, : t + 1], out_logprobs[:, : t + 1]
+        if t + 1 < max_new_tokens:
+            h = model.hidden_states(nxt[:, None], torch.ones(B, 1, dtype=torch.bool, device=tokens.device), cache)
+            h = h[:, -1]  # (B, C)
+    return out_tokens, out_logprobs
+
+
+# -----------------------------------------------------------------------------
+# Per-token log-probs without the full (N, V) logits
+
+
+def _logprobs_chunk(hidden, weight, targets, temperature):
+    logits = (hidden @ weight.T).float() / temperature  # (n, V): one chunk only
+    logp = F.log_softmax(logits, dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)  # (n,)
+    return logp.gather(-1, targets[:, None])[:, 0], entropy
+
+
+def token_logprobs(hidden, weight, targets, temperature: float = 1.0, use_kernels="auto", chunk: int = 1024):
+    """Log-prob and entropy of softmax(hidden @ weight.T / temperature) at targets; differentiable.
+
+    hidden (N, C), weight (V, C), targets (N,) -> logprobs (N,), entropy (N,). On CUDA (use_kernels='auto') the fused
+    Triton kernel does this in one pass over the vocabulary; here, the PyTorch path works `chunk` rows at a time and
+    recomputes each chunk's logits in the backward (activation checkpointing), so autograd never holds (N, V) either.
+    """
+    if kernels_enabled(use_kernels, hidden):
+        import kernels
+
+        return kernels.token_logprobs(hidden, weight, targets, temperature)
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    parts = []
+    for i in range(0, hidden.size(0), chunk):
+        args = (hidden[i : i + chunk], weight, targets[i : i + chunk], temperature)
+        parts.append(checkpoint(_logprobs_chunk, *args, use_reentrant=False) if needs_grad else _logprobs_chunk(*args))
+    if not parts:
+        return hidden.new_zeros(0, dtype=torch.float32), hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def response_logprobs(model: GPT2, tokens, attention_mask, n_response: int, temperature: float = 1.0):
+    """Per-token log-probs and entropy of the last n_response tokens of each row, in one forward pass.
+
+    tokens, attention_mask: (B, T) = query (left-padded) + response. Returns logprobs (B, R), entropy (B, R) (0 where the
+    response token is a pad) and hidden (B, T, C) for the value / reward heads.
+    """
+    B, T = tokens.shape
+    R = n_response
+    hidden = model.hidden_states(tokens, attention_mask)  # (B, T, C)
+    h = hidden[:, T - R - 1 : T - 1]  # (B, R, C): the state before each response token predicts it
+    real = attention_mask[:, T - R :].bool()  # (B, R)
+    targets = tokens[:, T - R :].masked_fill(~real, 0)  # (B, R)
+    lp, ent = token_logprobs(
+        h.reshape(B * R, -1), model.lm_head_weight, targets.reshape(-1), temperature, model.config.use_kernels
+    )
+    return lp.view(B, R).masked_fill(~real, 0.0), ent.view(B, R).masked_fill(~real, 0.0), hidden
+
+
+# -----------------------------------------------------------------------------
+# Command line: sample continuations of prompts, all as one batch
+
+
+@dataclass
+class SampleArgs:
+    model: str = "gpt2"
+    """a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a directory in the Hugging Face layout"""
+    prompt: list[str] = field(default_factory=lambda: ["Hello, my name is"])
+    """a prompt; repeat --prompt for several (they run as one left-padded batch)"""
+    max_new_tokens: int = 40
+    """tokens to sample per prompt"""
+    temperature: float = 0.7
+    """softmax temperature (the paper's style tasks use 0.7)"""
+    top_k: int = 0
+    """keep only the k most likely tokens (0: off, as in the paper)"""
+    top_p: float = 1.0
+    """nucleus sampling mass (1.0: off, as in the paper)"""
+    greedy: bool = False
+    """take the most likely token each step"""
+    seed: int = 0
+    """random seed"""
+    stop_at_eos: bool = False
+    """stop a continuation at <|endoftext|> (the paper never stops early)"""
+    device: str = "auto"
+    """'auto' (cuda when available), 'cpu' or 'cuda'"""
+    kernels: str = "auto"
+    """Triton kernels: 'auto' (on CUDA), 'on', 'off'"""
+
+
+def parse_dataclass_args(cls, argv=None, description=None):
+    """A --help with each field's docstring, from a dataclass: argparse over dataclasses.fields."""
+    import ast
+    import inspect
+
+    # field docstrings are the string literals right after each field in the class source
+    docs, tree = {}, ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = nxt.value.value
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag, helptext = "--" + f.name.replace("_", "-"), docs.get(f.name, "")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helptext)
+        elif isinstance(default, list):
+            parser.add_argument(flag, action="append", default=None, help=helptext + f" (default: {default})")
+        else:
+            typ = type(default) if default is not None else str
+            parser.add_argument(flag, type=typ, default=default, help=helptext)
+    ns = parser.parse_args(argv)
+    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)}
+    for f in dataclasses.fields(cls):
+        if values[f.name] is None and f.default is dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+    return cls(**values)
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu")
+    return name
+
+
+def main(argv=None):
+    args = parse_dataclass_args(SampleArgs, argv, description="Sample continuations of prompts from GPT-2.")
+    device = pick_device(args.device)
+    enc = get_tokenizer()
+    try:
+        model = GPT2.from_pretrained(args.model, device=device, use_kernels=args.kernels)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise SystemExit(f"error: {e}")
+    prompts = [enc.encode(p, allowed_special={"<|endoftext|>"}) for p in args.prompt]
+    tokens, mask = left_pad(prompts, device=device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    new, _ = generate(
+        model, tokens, mask, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.greedy, gen,
+        stop_token=EOT_ID if args.stop_at_eos else None,
+    )
+    for prompt, row in zip(args.prompt, new.tolist()):
+        text = enc.decode([t for t in row if t < model.config.vocab_size])
+        print(f"=== {prompt!r}\n{prompt}{text}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""gpt2.py against an independent implementation (Hugging Face transformers) on tiny random checkpoints.
+
+GPT-2 weights cannot be downloaded here, so the tests write small random checkpoints in the Hugging Face layout, in both
+file formats, and check loading, logits, padding, the KV cache, sampling log-probs and every kind of bad checkpoint.
+"""
+import json
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gpt2
+from gpt2 import GPT2, PAD_ID, generate, left_pad, response_logprobs, token_logprobs
+
+transformers = pytest.importorskip("transformers")
+
+V = 50257
+TINY_HF = dict(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=V)
+
+
+def make_hf_model(seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(**TINY_HF, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():  # make the LayerNorms and biases non-trivial, so a mix-up can't hide behind 1s and 0s
+        for name, p in hf.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return hf
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    return make_hf_model()
+
+
+@pytest.fixture(scope="module", params=["safetensors", "bin"])
+def checkpoint_dir(request, hf_model, tmp_path_factory):
+    """The same random model saved in the Hugging Face layout, in each weights format."""
+    d = tmp_path_factory.mktemp(request.param)
+    hf_model.config.to_json_file(d / "config.json")
+    state = {k: v.contiguous() for k, v in hf_model.state_dict().items() if k != "lm_head.weight"}  # tied
+    if request.param == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(d / "model.safetensors"))
+    else:
+        torch.save(state, d / "pytorch_model.bin")
+    return d
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint_dir):
+    return GPT2.from_pretrained(str(checkpoint_dir))
+
+
+def hf_logits(hf, tokens, mask):
+    """HF's logits for a left-padded batch; HF needs the position ids passed explicitly for that."""
+    pos = (mask.long().cumsum(1) - mask.long()).clamp(min=0)
+    ids = tokens.masked_fill(~mask, 0)
+    with torch.no_grad():
+        return hf(input_ids=ids, attention_mask=mask.long(), position_ids=pos).logits
+
+
+def prompts(seed=1, lengths=(7, 3, 12, 1)):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, V, (n,), generator=g).tolist() for n in lengths]
+
+
+def test_logits_match_transformers(model, hf_model):
+    tokens, mask = left_pad(prompts())
+    ours = model(tokens, mask)
+    ref = hf_logits(hf_model, tokens, mask)
+    diff = (ours - ref)[mask].abs().max().item()  # pads' own logits are meaningless in both
+    assert diff <= 1e-4, diff
+    # unpadded batch: no mask at all (the fast attention path)
+    tokens = torch.randint(0, V, (2, 20))
+    with torch.no_grad():
+        ref = hf_model(tokens).logits
+    assert (model(tokens) - ref).abs().max().item() <= 1e-4
+
+
+def test_greedy_matches_transformers(model, hf_model):
+    tokens = torch.tensor(prompts(lengths=(9, 9)))
+    ours, _ = generate(model, tokens, None, max_new_tokens=12, greedy=True)
+    with torch.no_grad():
+        ref = hf_model.generate(
+            tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=12, min_new_tokens=12, do_sample=False,
+            pad_token_id=0, eos_token_id=None,
+        )[:, tokens.size(1):]
+    assert torch.equal(ours, ref)
+
+
+def test_left_padding_invariance(model):
+    seqs = prompts()
+    tokens, mask = left_pad(seqs)
+    batch_logits = model(tokens, mask)
+    batch_greedy, _ = generate(model, tokens, mask, max_new_tokens=8, greedy=True)
+    for i, s in enumerate(seqs):
+        alone = model(torch.tensor([s]))[0]  # (T_i, V)
+        torch.testing.assert_close(batch_logits[i, -len(s):], alone, atol=1e-5, rtol=1e-5)
+        alone_greedy, _ = generate(model, torch.tensor([s]), None, max_new_tokens=8, greedy=True)
+        assert torch.equal(alone_greedy[0], batch_greedy[i])
+
+
+def test_pad_id_value_is_irrelevant(model):
+    tokens, mask = left_pad(prompts())
+    other = tokens.masked_fill(~mask, 123)
+    torch.testing.assert_close(model(tokens, mask)[mask], model(other, mask)[mask])
+
+
+def test_kv_cache_matches_full_forward(model):
+    tokens, mask = left_pad(prompts())
+    B, T = tokens.shape
+    extra = torch.randint(0, V, (B, 5))
+    cache = gpt2.KVCache(model.config, B, T + 5, "cpu", torch.float32)
+    with torch.no_grad():
+        steps = [model.hidden_states(tokens, mask, cache)]
+        for t in range(5):
+            steps.append(model.hidden_states(extra[:, t : t + 1], torch.ones(B, 1, dtype=torch.bool), cache))
+        cached = torch.cat(steps, dim=1)  # (B, T + 5, C)
+        full = model.hidden_states(torch.cat([tokens, extra], 1), torch.cat([mask, torch.ones(B, 5, dtype=torch.bool)], 1))
+    real = torch.cat([mask, torch.ones(B, 5, dtype=torch.bool)], 1)
+    torch.testing.assert_close(cached[real], full[real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+def test_sampling_logprobs_equal_recomputed(model, temperature):
+    tokens, mask = left_pad(prompts())
+    g = torch.Generator().manual_seed(0)
+    new, lp = generate(model, tokens, mask, max_new_tokens=10, temperature=temperature, generator=g)
+    full = torch.cat([tokens, new], 1)
+    full_mask = torch.cat([mask, torch.ones_like(new, dtype=torch.bool)], 1)
+    with torch.no_grad():
+        re_lp, ent, hidden = response_logprobs(model, full, full_mask, 10, temperature)
+    torch.testing.assert_close(lp, re_lp, atol=1e-5, rtol=0)
+    assert hidden.shape == (*full.shape, model.config.n_embd)
+    assert (ent > 0).all()
+
+
+def test_sampling_seed_and_stop_token(model):
+    tokens, mask = left_pad(prompts())
+    a, _ = generate(model, tokens, mask, 6, generator=torch.Generator().manual_seed(5))
+    b, _ = generate(model, tokens, mask, 6, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    # force a stop at step 1: use the greedy first token as the stop token
+    g, lp = generate(model, tokens[:1], mask[:1], 6, greedy=True, stop_token=None)
+    s, slp = generate(model, tokens[:1], mask[:1], 6, greedy=True, stop_token=g[0, 0].item())
+    assert s.shape == (1, 1) and s[0, 0] == g[0, 0] and slp[0, 0] == lp[0, 0]
+
+
+def test_filter_logits_top_k_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(gpt2.filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
+    # nucleus 0.7: 0.5 alone is short of it, 0.5 + 0.3 reaches it -> keep two
+    assert torch.isinf(gpt2.filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(gpt2.filter_logits(logits, top_p=0.4)).tolist() == [[False, True, True, True]]
+
+
+def test_token_logprobs_chunked_matches_naive():
+    torch.manual_seed(0)
+    N, C, Vs = 37, 16, 1001
+    h = torch.randn(N, C, requires_grad=True)
+    w = torch.randn(Vs, C, requires_grad=True)
+    t = torch.randint(0, Vs, (N,))
+    lp, ent = token_logprobs(h, w, t, temperature=0.7, use_kernels="off", chunk=8)
+    logp = F.log_softmax(h @ w.T / 0.7, -1)
+    ref_lp, ref_ent = logp.gather(1, t[:, None])[:, 0], -(logp.exp() * logp).sum(-1)
+    torch.testing.assert_close(lp, ref_lp)
+    torch.testing.assert_close(ent, ref_ent)
+    g1 = torch.autograd.grad((lp * 1.3 + ent).sum(), (h, w))
+    g2 = torch.autograd.grad((ref_lp * 1.3 + ref_ent).sum(), (h, w))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_presets_and_param_counts():
+    counts = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168}  # the published sizes (tied embeddings counted once)
+    for name, n in counts.items():
+        with torch.device("meta"):
+            m = GPT2.from_config(name)
+        assert sum(p.numel() for p in m.parameters()) == n
+    with pytest.raises(ValueError, match="unknown preset"):
+        GPT2.from_config("gpt5")
+
+
+def test_tokenizer_round_trip():
+    enc = gpt2.get_tokenizer()
+    for text in ["héllo wörld — ünïcode", "emoji 🤖🎉 and 👩‍👩‍👧", "runs   of\t\twhitespace\n\n\n  end  ", "", "日本語のテキスト",
+                 "<|endoftext|> as plain text"]:
+        ids = enc.encode(text, disallowed_special=())
+        assert enc.decode(ids) == text
+    assert enc.encode("Hello world") == [15496, 995]  # GPT-2's published ids
+
+
+# -----------------------------------------------------------------------------
+# Bad checkpoints: each gets a message naming the file or tensor
+
+
+def copy_ckpt(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_missing_tensor(checkpoint_dir, tmp_path):
+    d = copy_ckpt(checkpoint_dir, tmp_path / "c")
+    if (d / "model.safetensors").exists():
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(d / "model.safetensors"))
+        del state["transformer.h.1.mlp.c_fc.weight"]
+        save_file(state, str(d / "model.safetensors"))
+    else:
+        state = torch.load(d / "pytorch_model.bin", weights_only=True)
+        del state["transformer.h.1.mlp.c_fc.weight"]
+        torch.save(state, d / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"h\.1\.mlp\.c_fc\.weight.*missing"):
+        GPT2.from_pretrained(str(d))
+
+
+def test_wrong_shape(checkpoint_dir, tmp_path):
+    d = copy_ckpt(checkpoint_dir, tmp_path / "c")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["n_embd"] = 32  # the config no longer matches the tensors
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"wte\.weight.*shape"):
+        GPT2.from_pretrained(str(d))
+
+
+def test_truncated_file(checkpoint_dir, tmp_path):
+    d = copy_ckpt(checkpoint_dir, tmp_path / "c")
+    f = next(p for p in d.iterdir() if p.suffix in (".safetensors", ".bin"))
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(ValueError, match=f"{f.name}.*(damaged|truncated)"):
+        GPT2.from_pretrained(str(d))
+
+
+def test_bin_is_not_unpickled_freely(tmp_path, checkpoint_dir):
+    d = copy_ckpt(checkpoint_dir, tmp_path / "c")
+    for p in d.glob("model.safetensors"):
+        p.unlink()
+    torch.save({"x": object()}, d / "pytorch_model.bin")  # arbitrary pickled objects are refused by weights_only
+    with pytest.raises(ValueError, match="pytorch_model.bin"):
+        GPT2.from_pretrained(str(d))
+
+
+def test_unknown_config(checkpoint_dir, tmp_path):
+    d = copy_ckpt(checkpoint_dir, tmp_path / "c")
+    (d / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 64}))
+    with pytest.raises(ValueError, match="config.json.*bert"):
+        GPT2.from_pretrained(str(d))
+    (d / "config.json").write_text(json.dumps({"n_head": 4}))
+    with pytest.raises(ValueError, match="config.json.*n_layer"):
+        GPT2.from_pretrained(str(d))
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json.*JSON"):
+        GPT2.from_pretrained(str(d))
+
+
+def test_missing_files_and_unknown_name(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        GPT2.from_pretrained(str(tmp_path / "empty"))
+    (tmp_path / "empty" / "config.json").write_text(json.dumps(TINY_HF))
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        GPT2.from_pretrained(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="no such model"):
+        GPT2.from_pretrained("not-a-model-or-dir")
+
+
+def test_cli_samples_every_prompt(checkpoint_dir, capsys):
+    gpt2.main(["--model", str(checkpoint_dir), "--prompt", "Hello", "--prompt", "A much longer prompt here",
+               "--max-new-tokens", "5", "--greedy", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert out.count("=== ") == 2 and "A much longer prompt here" in out
