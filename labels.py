@@ -69,10 +69,15 @@ def append_jsonl(path, obj) -> None:
     is_new = not os.path.exists(path)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        view = memoryview(data)
-        while view:  # os.write may write less than asked (disk full raises instead)
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:  # os.write may write less than asked
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, start)  # disk full mid-line: take the partial line back so later lines stay separate
+            raise
     finally:
         os.close(fd)
     if is_new:

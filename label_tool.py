@@ -1,0 +1,630 @@
+"""A terminal tool for labeling best-of-N comparisons: a person reads a query and N continuations and picks the best.
+
+This is the human side of the paper's reward-model data (Ziegler et al. 2019, "Fine-Tuning Language Models from Human
+Preferences"; openai/lm-human-preferences `label_types.py::PickBest`, label type best_of_4). OpenAI's labels came from
+Scale AI's web interface; this is a keyboard-first curses equivalent. It reads comparisons.jsonl (from
+`reward.py sample`) and appends to labels.jsonl (read by `reward.py train`); both formats are defined in labels.py.
+
+    python label_tool.py comparisons.jsonl --out labels.jsonl --labeler alice
+    python label_tool.py --stats labels_alice.jsonl labels_bob.jsonl     # counts, time per label, agreement
+
+Keys: 1..N pick the best candidate, s skip, u undo the last decision, ? help, q quit (Ctrl-C too), arrows / PgUp /
+PgDn / Home / End scroll a long item. Every other key is ignored, with a hint.
+
+Guarantees:
+- Each decision is appended to the labels file and fsynced BEFORE the next item is drawn, so anything the labeler
+  has seen move on is on disk. kill -9 at any moment loses at most the decision being made; the file always parses
+  (labels.append_jsonl writes each line with one write()). A partial last line (power cut) is repaired on open.
+- Candidates appear in a random order per item (seeded by --seed, labeler and id, so a restart shows the same order);
+  `best` always indexes the ORIGINAL `samples`, and `order` records what was shown where.
+- Restarting resumes at the first undecided item. Skipped items are logged ({"id", "skip": true}) and come back last:
+  after every unskipped item, in this session and after a restart. Undo works across restarts (it appends
+  {"id", "undo": true}; the last line about an id wins) and shows the undone item again.
+
+Not done: no gold items, ties, flags or free-text comments; one labeler per terminal (run several with their own --out).
+"""
+import argparse
+import collections
+import curses
+import dataclasses
+import getpass
+import json
+import locale
+import math
+import os
+import random
+import signal
+import statistics
+import sys
+import time
+import unicodedata
+from dataclasses import dataclass, field
+
+import labels
+from labels import FormatError
+
+
+@dataclass
+class Config:
+    comparisons: str = ""
+    """comparisons.jsonl to label (made by `python reward.py sample`)"""
+    out: str = ""
+    """labels file to append to: created if missing, reopened to resume (required unless --stats)"""
+    labeler: str = ""
+    """your name, stored on every label (default: your login name)"""
+    task: str = ""
+    """show this task's instruction (sentiment, descriptiveness, tldr, cnndm) instead of each comparison's own"""
+    instructions: str = ""
+    """a text file of instructions: its first line is shown above every item, the whole file under `?`"""
+    seed: int = 0
+    """seeds the per-item shuffle of candidates (mixed with labeler and id, so a restart shows the same order)"""
+    stats: list = field(default_factory=list)
+    """print counts, time per label and agreement for these labels files, then exit (no terminal needed)"""
+
+
+def parse_args(argv=None) -> Config:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:4]))
+    for f in dataclasses.fields(Config):
+        doc = _field_docs()[f.name]
+        if f.name == "comparisons":
+            p.add_argument("comparisons", nargs="?", default="", help=doc)
+        elif f.name == "stats":
+            p.add_argument("--stats", nargs="+", default=[], metavar="LABELS", help=doc)
+        else:
+            p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=doc + (f" (default: {f.default!r})" if f.default != "" else ""))
+    cfg = Config(**vars(p.parse_args(argv)))
+    # Derived / checked once, here.
+    if not cfg.stats and not (cfg.comparisons and cfg.out):
+        p.error("give a comparisons file and --out LABELS.jsonl (or --stats LABELS.jsonl ...)")
+    if cfg.task and cfg.task not in labels.TASK_INSTRUCTIONS:
+        p.error(f"--task {cfg.task!r} is unknown; choose from {', '.join(labels.TASK_INSTRUCTIONS)}")
+    cfg.labeler = cfg.labeler or _login_name()
+    return cfg
+
+
+def _field_docs() -> dict[str, str]:
+    """The string under each Config field (dataclasses drop them, so read them from the source)."""
+    import ast
+    import inspect
+    body = ast.parse(inspect.getsource(Config)).body[0].body
+    return {a.target.id: b.value.value for a, b in zip(body, body[1:])
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr)}
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "anonymous"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Text: terminal cell widths, sanitizing, wrapping (pure functions, tested directly)
+
+
+def char_width(ch: str) -> int:
+    """Terminal cells taken by one code point: 0 for combining marks / format chars, 2 for wide (CJK, emoji)."""
+    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def text_width(s: str) -> int:
+    return sum(char_width(c) for c in s)
+
+
+def sanitize(text: str) -> str:
+    """Make model output safe to print: no escape sequences, tabs as spaces, line/paragraph separators as newlines.
+
+    A sampled response can contain anything, including ESC [ ... which would drive the terminal; control characters
+    are shown as their visible Unicode "control pictures" (ESC -> U+241B) instead.
+    """
+    out = []
+    for c in text.replace("\r\n", "\n").replace("\t", "    "):
+        o = ord(c)
+        if c == "\n" or c in "\u2028\u2029":
+            out.append("\n")
+        elif o < 0x20:
+            out.append(chr(0x2400 + o))
+        elif o == 0x7F:
+            out.append("\u2421")
+        elif 0x80 <= o < 0xA0:
+            out.append("\ufffd")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def wrap(text: str, width: int, first: str = "", indent: int = 0) -> list[str]:
+    """Word-wrap `text` to `width` terminal cells; `first` prefixes the first line, later lines are indented.
+
+    Keeps explicit newlines, breaks words longer than a line, counts wide characters as 2 cells. Never returns an
+    empty list, and never loops on tiny widths (each line holds at least one character).
+    """
+    width = max(1, width)
+    if (first or indent) and (text_width(first) + 2 > width or indent + 2 > width):  # too narrow for a hanging
+        # indent (a wide char needs 2 cells): the prefix gets its own line(s), the text plain lines
+        return (wrap(first.rstrip(), width) if first.strip() else []) + wrap(text, width)
+    lines, pad = [], " " * indent
+    for p_i, para in enumerate(sanitize(text).split("\n")):
+        lead = " " * min(len(para) - len(para.lstrip(" ")), max(0, width - indent - 2))  # keep a paragraph's indent
+        para = para.lstrip(" ")
+        cur = (first if p_i == 0 else pad) + lead
+        cur_w = base_w = text_width(cur)
+        pad_p = pad + lead  # its continuation lines hang at the same indent
+        for word in para.split(" "):
+            w = text_width(word)
+            sep = 1 if cur_w > base_w else 0
+            if cur_w + sep + w <= width:
+                cur, cur_w = cur + " " * sep + word, cur_w + sep + w
+                continue
+            if cur_w > base_w:  # the word moves to the next line
+                lines.append(cur)
+                cur, cur_w = pad_p, len(pad_p)
+                base_w = cur_w
+            while text_width(word) > width - cur_w:  # a word longer than a line: break it by cells
+                room, k, used = width - cur_w, 0, 0
+                while k < len(word) and used + char_width(word[k]) <= room:
+                    used += char_width(word[k])
+                    k += 1
+                k = max(k, 1)
+                lines.append(cur + word[:k])
+                word, cur = word[k:], pad_p
+                cur_w = base_w = len(pad_p)
+            cur, cur_w = cur + word, cur_w + text_width(word)
+        lines.append(cur)
+    return lines
+
+
+def clip(s: str, width: int) -> str:
+    """The longest prefix of `s` that fits in `width` cells."""
+    out, used = [], 0
+    for c in s:
+        w = char_width(c)
+        if used + w > width:
+            break
+        out.append(c)
+        used += w
+    return "".join(out)
+
+
+def shuffled_order(item_id: str, labeler: str, seed: int, n: int) -> list[int]:
+    """order[k] = the original index of the candidate shown as key k+1. Deterministic, so restarts agree."""
+    order = list(range(n))
+    random.Random(f"{seed}|{labeler}|{item_id}").shuffle(order)  # str seeds are hashed with SHA-512: stable
+    return order
+
+
+def fmt_duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Agreement statistics (pure functions, tested on hand-worked tables)
+
+
+def percent_agreement(table: list[list[int]]) -> float:
+    """Fraction of agreeing pairs of labels on the same item, averaged over items: the P-bar of Fleiss' kappa.
+
+    table[i][j] = how many labelers picked candidate j on item i; every item needs >= 2 labels.
+    """
+    p_i = []
+    for row in table:
+        n = sum(row)
+        p_i.append((sum(c * c for c in row) - n) / (n * (n - 1)))
+    return sum(p_i) / len(p_i)
+
+
+def fleiss_kappa(table: list[list[int]]) -> float:
+    """Fleiss' kappa: (P-bar - P_e) / (1 - P_e), chance agreement P_e from the pooled category frequencies.
+
+    Items may have different numbers of labels (n_i >= 2): each item's agreement P_i is averaged with equal weight,
+    and category proportions p_j are pooled over all labels; with a constant n this is Fleiss (1971) exactly.
+    Returns nan when every label is the same category (P_e = 1: agreement beyond chance is undefined).
+    """
+    total = sum(sum(r) for r in table)
+    p_j = [sum(r[j] for r in table) / total for j in range(len(table[0]))]
+    p_e = sum(p * p for p in p_j)
+    if p_e >= 1.0:
+        return float("nan")
+    return (percent_agreement(table) - p_e) / (1.0 - p_e)
+
+
+def item_key(row: dict) -> str:
+    """Items are the same if they show the same tokens (ids may differ between comparisons files)."""
+    return json.dumps([row["query_tokens"], row["sample_tokens"]])
+
+
+def stats_report(paths: list[str]) -> str:
+    """Counts, time per label, position bias and inter-labeler agreement for one or more labels files."""
+    out, ratings, n_cand = [], collections.defaultdict(list), None
+    for path in paths:
+        if labels._is_json_list(path):  # OpenAI's released JSON: labels only, no log
+            rows, c = labels.read_labels(path), None
+        else:
+            items = labels.read_jsonl(path)
+            final, order, c = labels.resolve(items, path)
+            rows = [final[i][2] for i in order if final[i][1] == "label"]
+        if not rows:
+            out.append(f"{path}: no labels")
+            continue
+        who = collections.Counter(r.get("labeler", "?") for r in rows)
+        line = f"{path}: {len(rows)} labels by " + ", ".join(f"{k} ({v})" for k, v in who.most_common())
+        if c is not None:
+            skipped = sum(1 for i in order if final[i][1] == "skip")
+            line += f"; {skipped} skipped, {c['undo']} undos, {len(items)} lines"
+        out.append(line)
+        secs = sorted(r["seconds"] for r in rows if r.get("seconds"))
+        if secs:
+            p90 = secs[min(len(secs) - 1, math.ceil(0.9 * len(secs)) - 1)]
+            out.append(f"  time per label: median {statistics.median(secs):.1f} s, mean {statistics.fmean(secs):.1f} s, "
+                       f"90th percentile {p90:.1f} s ({3600 / statistics.fmean(secs):.0f} labels/hour)")
+        n = len(rows[0]["sample_tokens"])
+        n_cand = n_cand or n
+        shown = [r["order"].index(r["best"]) for r in rows if isinstance(r.get("order"), list) and r["best"] in r["order"]]
+        if shown:  # a labeler who mostly presses "1" is not reading
+            hist = collections.Counter(shown)
+            out.append("  picked screen position: " + "  ".join(f"{k + 1}: {hist[k] / len(shown):.0%}" for k in range(n)))
+        hist = collections.Counter(r["best"] for r in rows)
+        out.append("  picked sample index:    " + "  ".join(f"{k}: {hist[k] / len(rows):.0%}" for k in range(n)))
+        for r in rows:
+            if len(r["sample_tokens"]) == n_cand:
+                ratings[item_key(r)].append(r["best"])
+    multi = [v for v in ratings.values() if len(v) >= 2]
+    if not multi:
+        out.append("agreement: no item is labeled more than once across these files "
+                   "(give several labelers the same comparisons file, each with their own --out)")
+        return "\n".join(out)
+    table = [[v.count(j) for j in range(n_cand)] for v in multi]
+    sizes = collections.Counter(len(v) for v in multi)
+    out.append(f"agreement on {len(multi)} items labeled more than once ("
+               + ", ".join(f"{k} labels: {v} items" for k, v in sorted(sizes.items())) + "):")
+    out.append(f"  percent agreement (pairs of labels that agree): {percent_agreement(table):.1%}"
+               f"   (chance with uniform picks: {1 / n_cand:.1%})")
+    kappa = fleiss_kappa(table)
+    out.append(f"  Fleiss' kappa: {kappa:.3f}" if not math.isnan(kappa) else
+               "  Fleiss' kappa: undefined (every label picked the same candidate index)")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The labeling session: state and file I/O, no curses (so tests can drive it directly too)
+
+
+class Session:
+    """Which items are decided, what comes next, and the append-only log on disk.
+
+    queue[0] is the item on screen. Undecided items come in file order, then skipped ones. `history` is the order of
+    decisions (label or skip) still standing, for undo.
+    """
+
+    def __init__(self, cfg: Config, comparisons: list[dict], instructions: str | None):
+        self.cfg, self.rows = cfg, comparisons
+        self.by_id = {r["id"]: r for r in comparisons}
+        self.n = len(comparisons[0]["samples"])
+        self.custom_instructions = instructions
+        self.notice = labels.repair_truncated_tail(cfg.out) if os.path.exists(cfg.out) else None
+        self.state: dict[str, str] = {}  # id -> "label" | "skip"
+        self.recent_seconds: list[float] = []  # time per label, for the labels/hour shown in the status line
+        self.history: list[str] = []
+        if os.path.exists(cfg.out):
+            self._load_existing()
+        undecided = [r["id"] for r in comparisons if r["id"] not in self.state]
+        skipped = [r["id"] for r in comparisons if self.state.get(r["id"]) == "skip"]
+        self.queue = undecided + skipped
+        self.session_labels = 0
+
+    def _load_existing(self) -> None:
+        """Read our own log back, checking that it belongs to this comparisons file."""
+        path, comp = self.cfg.out, self.cfg.comparisons
+        if labels._is_json_list(path):
+            raise FormatError(f"{path}: this is a JSON list (OpenAI's label format), not a labels.jsonl log; "
+                              f"choose another --out")
+        items = labels.read_jsonl(path)
+        final, order, _ = labels.resolve(items, path)
+        for lineno, obj in items:
+            row = self.by_id.get(obj["id"])
+            if row is None:
+                raise FormatError(
+                    f"{path}:{lineno}: id {obj['id']!r} is not in {comp}: this labels file was made for a different "
+                    f"comparisons file. Pass the comparisons file it belongs to, or a new --out.")
+            if "best" in obj and (obj.get("query_tokens") != row["query_tokens"]
+                                  or obj.get("sample_tokens") != row["sample_tokens"]):
+                raise FormatError(
+                    f"{path}:{lineno}: id {obj['id']!r} has different tokens than the comparison with that id in "
+                    f"{comp}: this labels file was made for a different comparisons file. Pass the comparisons file "
+                    f"it belongs to, or a new --out.")
+            if "best" in obj and not (type(obj["best"]) is int and 0 <= obj["best"] < self.n):
+                raise FormatError(f"{path}:{lineno}: `best` = {obj['best']!r} is not an index 0..{self.n - 1}")
+        for id_ in order:
+            kind = final[id_][1]
+            if kind in ("label", "skip"):
+                self.state[id_] = kind
+                self.history.append(id_)
+            if kind == "label" and isinstance(final[id_][2].get("seconds"), (int, float)):
+                self.recent_seconds.append(final[id_][2]["seconds"])
+
+    # --- what is on screen -------------------------------------------------------------------------------------
+    def current(self) -> dict | None:
+        return self.by_id[self.queue[0]] if self.queue else None
+
+    def order(self, row: dict) -> list[int]:
+        return shuffled_order(row["id"], self.cfg.labeler, self.cfg.seed, len(row["samples"]))
+
+    def instruction(self, row: dict | None) -> str:
+        if self.custom_instructions is not None:
+            return next((ln for ln in self.custom_instructions.splitlines() if ln.strip()), "")
+        task = self.cfg.task or (row or self.rows[0])["task"]
+        return labels.TASK_INSTRUCTIONS[task]
+
+    def done(self) -> int:
+        return sum(1 for v in self.state.values() if v == "label")
+
+    def skipped(self) -> int:
+        return sum(1 for v in self.state.values() if v == "skip")
+
+    def rate_per_hour(self) -> float | None:
+        """From the mean time of the last 20 labels: tracks the current pace, survives restarts."""
+        recent = self.recent_seconds[-20:]
+        return 3600.0 / max(statistics.fmean(recent), 1e-3) if recent else None
+
+    # --- decisions: each one is on disk before it returns --------------------------------------------------------
+    def choose(self, position: int, seconds: float) -> int:
+        """The labeler pressed key position+1; returns the original index stored as `best`."""
+        row = self.current()
+        order = self.order(row)
+        best = order[position]
+        labels.append_jsonl(self.cfg.out, {**row, "best": best, "labeler": self.cfg.labeler,
+                                           "seconds": round(seconds, 3), "created": labels.now_iso(), "order": order})
+        self._decided(row["id"], "label")
+        self.queue.pop(0)
+        self.recent_seconds.append(seconds)
+        self.session_labels += 1
+        return best
+
+    def skip(self, seconds: float) -> None:
+        row = self.current()
+        labels.append_jsonl(self.cfg.out, {"id": row["id"], "skip": True, "labeler": self.cfg.labeler,
+                                           "seconds": round(seconds, 3), "created": labels.now_iso()})
+        self._decided(row["id"], "skip")
+        self.queue.append(self.queue.pop(0))  # skipped items come back after everything else
+
+    def undo(self) -> str | None:
+        """Withdraw the most recent standing decision and show that item again. Returns its id (None: nothing)."""
+        if not self.history:
+            return None
+        id_ = self.history.pop()
+        labels.append_jsonl(self.cfg.out, {"id": id_, "undo": True, "labeler": self.cfg.labeler,
+                                           "created": labels.now_iso()})
+        self.state.pop(id_, None)
+        if id_ in self.queue:
+            self.queue.remove(id_)
+        self.queue.insert(0, id_)
+        return id_
+
+    def _decided(self, id_: str, kind: str) -> None:
+        self.state[id_] = kind
+        if id_ in self.history:
+            self.history.remove(id_)
+        self.history.append(id_)
+
+
+def load_session(cfg: Config) -> Session:
+    """Read and check everything before the screen is taken over; FormatError / OSError say what is wrong."""
+    comparisons = labels.read_comparisons(cfg.comparisons)
+    instructions = None
+    if cfg.instructions:
+        with open(cfg.instructions, encoding="utf-8") as f:
+            instructions = f.read()
+    elif not cfg.task:
+        unknown = sorted({r["task"] for r in comparisons} - set(labels.TASK_INSTRUCTIONS))
+        if unknown:
+            raise FormatError(f"{cfg.comparisons}: no built-in instruction for task(s) {', '.join(unknown)}; pass "
+                              f"--instructions FILE or --task ({', '.join(labels.TASK_INSTRUCTIONS)})")
+    return Session(cfg, comparisons, instructions)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Screen: build the lines for the current state, then draw them (only `draw` and `run_ui` touch curses)
+
+HELP = """Keys
+  1..{n}        pick the best candidate (numbers as shown on screen; the order is shuffled per item)
+  s           skip this item: it comes back after all the others (also after a restart)
+  u           undo the last decision (label or skip), and show that item again
+  ?           this help (any key closes it)
+  q, Ctrl-C   quit: every decision is already saved; run the same command to resume
+  Up/Down, PgUp/PgDn, Home/End    scroll a long item
+
+Saving
+  Each decision is written to {out} and flushed to disk before the next item appears.
+  Labeler: {labeler}.  Comparisons: {comparisons}.
+
+Instructions
+"""
+
+
+def item_lines(s: Session, width: int) -> list[tuple[str, int]]:
+    """The scrollable body for the current item: instruction, query, then the candidates in shuffled order."""
+    row = s.current()
+    if row is None:
+        return [(ln, curses.A_BOLD) for ln in wrap(f"All {len(s.rows)} items are labeled. Press q to quit "
+                                                   f"(u undoes the last label).", width)]
+    lines = [(ln, curses.A_BOLD) for ln in wrap(s.instruction(row), width)]
+    lines.append(("", 0))
+    lines += [(ln, curses.A_UNDERLINE if i == 0 else 0)
+              for i, ln in enumerate(wrap(row["query"] or "(empty query)", width, "Query: ", 2))]
+    for k, idx in enumerate(s.order(row)):
+        text = row["samples"][idx]
+        lines.append(("", 0))
+        lines += [(ln, curses.A_DIM if not text.strip() else 0)
+                  for ln in wrap(text if text.strip() else "(empty response)", width, f"[{k + 1}] ", 4)]
+    return lines
+
+
+def help_lines(s: Session, width: int) -> list[tuple[str, int]]:
+    text = HELP.format(n=s.n, out=s.cfg.out, labeler=s.cfg.labeler, comparisons=s.cfg.comparisons)
+    text += s.custom_instructions if s.custom_instructions is not None else s.instruction(s.current())
+    return [(ln, curses.A_BOLD if ln and not ln.startswith(" ") else 0) for ln in wrap(text, width)]
+
+
+def status_text(s: Session) -> str:
+    row = s.current()
+    remaining = len(s.rows) - s.done()
+    rate = s.rate_per_hour()
+    # Most important first: narrow terminals cut the end off.
+    parts = [f"{s.done()}/{len(s.rows)} done", f"item {row['id']}" if row else "finished"]
+    if s.skipped():
+        parts.append(f"{s.skipped()} skipped")
+    parts.append(f"{rate:.0f} labels/h" if rate else "-- labels/h")
+    parts.append(f"ETA {fmt_duration(remaining * 3600 / rate)}" if rate and remaining else "ETA --")
+    return " " + " | ".join(parts) + " "
+
+
+def safe_addstr(win, y: int, x: int, text: str, attr: int = 0) -> None:
+    """addstr that never raises: clipped to the window, bottom-right cell avoided, unencodable chars replaced."""
+    h, w = win.getmaxyx()
+    if not (0 <= y < h and 0 <= x < w):
+        return
+    text = clip(text, w - x - (1 if y == h - 1 else 0))
+    try:
+        win.addstr(y, x, text, attr)
+    except UnicodeEncodeError:  # a non-UTF-8 locale: show what it can encode
+        enc = locale.getpreferredencoding(False) or "ascii"
+        safe_addstr(win, y, x, text.encode(enc, "replace").decode(enc), attr)
+    except curses.error:
+        pass
+
+
+def draw(win, lines, scroll: int, message: str, status: str) -> int:
+    """Body on rows 0..h-3, message on row h-2, status on row h-1. Returns the scroll offset actually used."""
+    h, w = win.getmaxyx()
+    body = max(0, h - 2)
+    scroll = max(0, min(scroll, len(lines) - body))
+    win.erase()
+    for r, (text, attr) in enumerate(lines[scroll:scroll + body]):
+        safe_addstr(win, r, 0, text, attr)
+    # The scroll hint goes first on the message line, so a narrow terminal still shows it.
+    more = ("[more above and below]" if scroll > 0 and scroll + body < len(lines) else
+            "[more below: Down/PgDn]" if scroll + body < len(lines) else
+            "[more above: Up/PgUp]" if scroll > 0 else "")
+    if h >= 2:
+        safe_addstr(win, h - 2, 0, f"{more} {message}" if more else message, curses.A_BOLD)
+    safe_addstr(win, h - 1, 0, status.ljust(w), curses.A_REVERSE)
+    win.noutrefresh()
+    curses.doupdate()
+    return scroll
+
+
+SCROLL_KEYS = {curses.KEY_UP, curses.KEY_DOWN, curses.KEY_PPAGE, curses.KEY_NPAGE, curses.KEY_HOME, curses.KEY_END}
+
+
+def scrolled(key: int, scroll: int, page: int) -> int:
+    page = max(1, page - 1)  # keep one line of context when paging
+    return {curses.KEY_UP: scroll - 1, curses.KEY_DOWN: scroll + 1, curses.KEY_PPAGE: scroll - page,
+            curses.KEY_NPAGE: scroll + page, curses.KEY_HOME: 0, curses.KEY_END: 10**9}[key]
+
+
+def run_ui(win, s: Session, notice: str | None) -> None:
+    """The key loop. Returns on q; KeyboardInterrupt (Ctrl-C) propagates after curses.wrapper restores the terminal."""
+    try:
+        curses.curs_set(0)
+    except curses.error:
+        pass  # terminals without an invisible cursor
+    keys_hint = f"1-{s.n} pick  s skip  u undo  ? help  q quit"
+    mode, scroll, message = "item", 0, keys_hint
+    banner = [(ln, curses.A_BOLD) for ln in wrap(f"Note: {notice}", 10**6)] if notice else []  # shown until a key
+    shown_id, shown_at = None, time.monotonic()
+    while True:
+        row = s.current()
+        if (row and row["id"]) != shown_id:  # a new item: its timer starts now, at the top
+            shown_id, shown_at, scroll = (row and row["id"]), time.monotonic(), 0
+        h, w = win.getmaxyx()
+        lines = help_lines(s, w) if mode == "help" else item_lines(s, w)
+        if banner:
+            lines = [(ln, a) for text, a in banner for ln in wrap(text, w)] + [("", 0)] + lines
+        scroll = draw(win, lines, scroll, message, status_text(s))
+        key = win.get_wch()
+        message = keys_hint
+        if key != curses.KEY_RESIZE:
+            banner = []
+        if key == curses.KEY_RESIZE:
+            curses.update_lines_cols()
+            win.clear()  # full repaint at the new size
+            continue
+        if key in SCROLL_KEYS:
+            scroll = scrolled(key, scroll, max(1, h - 2))
+            continue
+        if mode == "help":  # any other key closes help
+            mode, scroll = "item", 0
+            continue
+        if key == "q":
+            return
+        if key == "?":
+            mode, scroll = "help", 0
+        elif key == "u":
+            id_ = s.undo()
+            message = f"undid the decision on item {id_}: decide again" if id_ else "nothing to undo"
+        elif row is None and key in ("s",) + tuple(str(k) for k in range(1, 10)):
+            message = "all items are labeled: u undoes the last label, q quits"
+        elif key == "s":
+            s.skip(time.monotonic() - shown_at)
+            message = f"skipped item {row['id']}: it comes back after the others"
+        elif isinstance(key, str) and key in "123456789" and len(key) == 1:
+            if int(key) > s.n:
+                message = f"there are only {s.n} candidates: press 1-{s.n}"
+            else:
+                best = s.choose(int(key) - 1, time.monotonic() - shown_at)
+                message = f"saved: item {row['id']} -> [{key}]"
+        else:
+            name = repr(key) if isinstance(key, str) else curses.keyname(key).decode(errors="replace")
+            message = f"key {name} does nothing: {keys_hint}"
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv)
+    if cfg.stats:
+        try:
+            print(stats_report(cfg.stats))
+        except FormatError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
+    try:
+        s = load_session(cfg)
+    except (FormatError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if s.notice:
+        print(f"note: {s.notice}", file=sys.stderr)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print("error: label_tool.py needs an interactive terminal (stdin and stdout must be a tty), and this is not "
+              "one. Run it directly in a terminal, not through a pipe or redirection. For scripted labels use "
+              "`python reward.py label`.", file=sys.stderr)
+        return 2
+    locale.setlocale(locale.LC_ALL, "")  # curses writes UTF-8 only under a UTF-8 locale
+    os.environ.setdefault("ESCDELAY", "25")  # a lone Esc should not freeze the screen for a second
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # kill / closing the terminal: leave the screen clean too
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    code = 0
+    try:
+        curses.wrapper(run_ui, s, s.notice)
+    except KeyboardInterrupt:
+        code = 130
+    print(f"{cfg.out}: {s.session_labels} labels this session; {s.done()}/{len(s.rows)} items labeled"
+          + (f", {s.skipped()} skipped" if s.skipped() else "")
+          + (". Every decision is saved; run the same command to resume." if s.done() < len(s.rows) else ". All done."))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

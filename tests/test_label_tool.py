@@ -1,0 +1,740 @@
+"""label_tool.py, driven as a person would: the real program in a pseudo-terminal, keys in, screen read back.
+
+The screen is read by a small VT220 emulator below (TERM=vt220: cursor addressing, erase, insert/delete line and
+character, scroll regions: what ncurses sends for that terminal), so no tmux or pyte is needed. The kill test SIGKILLs
+the tool at random moments of a long scripted run and checks, against an independent model of the queue, that the
+labels file always parses and holds exactly the decisions the screen had confirmed.
+"""
+import ctypes
+import ctypes.util
+import codecs
+import fcntl
+import json
+import math
+import os
+import pty
+import random
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+import label_tool
+import labels
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOL = str(ROOT / "label_tool.py")
+FIXTURES = Path(__file__).parent / "fixtures"
+MIXED = str(FIXTURES / "comparisons_mixed.jsonl")
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A minimal terminal: enough of VT220 to show what ncurses draws.
+
+try:  # the C library's wcwidth is what ncurses itself uses to place wide characters
+    _libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    _libc.setlocale(6, b"C.UTF-8")  # LC_ALL = 6 on glibc; only affects this test process's C-level width lookups
+    _wcwidth = _libc.wcwidth
+    _wcwidth.argtypes = [ctypes.c_wchar]
+except (OSError, AttributeError):
+    _wcwidth = None
+
+
+def cell_width(ch):
+    if _wcwidth is not None:
+        w = _wcwidth(ch)
+        if w >= 0:
+            return w
+    if unicodedata.combining(ch):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+
+
+class Screen:
+    def __init__(self, rows, cols):
+        self.rows, self.cols = rows, cols
+        self.grid = [[" "] * cols for _ in range(rows)]
+        self.y = self.x = 0
+        self.top, self.bottom = 0, rows - 1
+        self.insert = False
+        self.saved = (0, 0)
+        self.pending_wrap = False
+        self.buf = ""  # an escape sequence split across reads
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.last_char = " "
+
+    def text(self):
+        return "\n".join("".join(row).rstrip() for row in self.grid)
+
+    def feed(self, data: bytes):
+        s = self.buf + self.decoder.decode(data)
+        self.buf = ""
+        i = 0
+        while i < len(s):
+            c = s[i]
+            if c == "\x1b":
+                m = re.match(r"\x1b(\[[?>]?[0-9;]*[ -/]*[@-~]|[()][0-9A-Za-z]|[78DEMHc=>]|\][^\x07]*\x07)", s[i:])
+                if m is None:
+                    if len(s) - i < 32:  # incomplete: wait for more bytes
+                        self.buf = s[i:]
+                        return
+                    i += 1  # unknown: drop the ESC
+                    continue
+                self._escape(m.group(0))
+                i += len(m.group(0))
+                continue
+            self._char(c)
+            i += 1
+
+    def _linefeed(self):
+        if self.y == self.bottom:
+            self._scroll_up(1)
+        elif self.y < self.rows - 1:
+            self.y += 1
+
+    def _scroll_up(self, n, at=None):
+        at = self.top if at is None else at
+        for _ in range(n):
+            del self.grid[at]
+            self.grid.insert(self.bottom, [" "] * self.cols)
+
+    def _scroll_down(self, n, at=None):
+        at = self.top if at is None else at
+        for _ in range(n):
+            del self.grid[self.bottom]
+            self.grid.insert(at, [" "] * self.cols)
+
+    def _char(self, c):
+        if c == "\r":
+            self.x, self.pending_wrap = 0, False
+        elif c in "\n\x0b\x0c":
+            self._linefeed()
+            self.pending_wrap = False
+        elif c == "\b":
+            self.x, self.pending_wrap = max(0, self.x - 1), False
+        elif c == "\t":
+            self.x = min(self.cols - 1, (self.x // 8 + 1) * 8)
+        elif ord(c) < 0x20 or c == "\x7f":
+            pass  # BEL, SO/SI, NUL padding
+        else:
+            w = cell_width(c)
+            if w == 0:  # combining mark: joins the previous cell
+                if self.x > 0:
+                    self.grid[self.y][self.x - 1] += c
+                return
+            if self.pending_wrap or self.x + w > self.cols:
+                self.x, self.pending_wrap = 0, False
+                self._linefeed()
+            row = self.grid[self.y]
+            if self.insert:
+                for _ in range(w):
+                    row.insert(self.x, " ")
+                    row.pop()
+            row[self.x] = c
+            if w == 2:
+                row[self.x + 1] = ""  # right half of a wide character
+            self.last_char = c
+            if self.x + w >= self.cols:
+                self.x, self.pending_wrap = self.cols - 1, True  # xenl: wrap only when the next char comes
+            else:
+                self.x += w
+
+    def _escape(self, seq):
+        self.pending_wrap = False
+        if seq[1] != "[":
+            k = seq[1]
+            if k == "7":
+                self.saved = (self.y, self.x)
+            elif k == "8":
+                self.y, self.x = self.saved
+            elif k == "D":
+                self._linefeed()
+            elif k == "E":
+                self.x = 0
+                self._linefeed()
+            elif k == "M":
+                if self.y == self.top:
+                    self._scroll_down(1)
+                elif self.y > 0:
+                    self.y -= 1
+            elif k == "c":
+                self.__init__(self.rows, self.cols)
+            return  # charsets, keypad modes, OSC: nothing to show
+        body, final = seq[2:-1], seq[-1]
+        if body[:1] in ("?", ">"):
+            return  # private modes (cursor visibility, autowrap, ...)
+        ps = [int(p) if p else 0 for p in body.split(";")] if body else []
+        p1 = ps[0] if ps else 0
+        n = max(1, p1)
+        row = self.grid[self.y]
+        if final == "A":
+            self.y = max(self.top if self.y >= self.top else 0, self.y - n)
+        elif final == "B":
+            self.y = min(self.bottom if self.y <= self.bottom else self.rows - 1, self.y + n)
+        elif final == "C":
+            self.x = min(self.cols - 1, self.x + n)
+        elif final == "D":
+            self.x = max(0, self.x - n)
+        elif final in "Hf":
+            self.y = min(self.rows - 1, max(1, ps[0] if ps else 1) - 1)
+            self.x = min(self.cols - 1, max(1, ps[1] if len(ps) > 1 else 1) - 1)
+        elif final == "G":
+            self.x = min(self.cols - 1, n - 1)
+        elif final == "d":
+            self.y = min(self.rows - 1, n - 1)
+        elif final == "J":
+            if p1 == 0:
+                row[self.x:] = [" "] * (self.cols - self.x)
+                for r in range(self.y + 1, self.rows):
+                    self.grid[r] = [" "] * self.cols
+            elif p1 == 1:
+                row[:self.x + 1] = [" "] * (self.x + 1)
+                for r in range(self.y):
+                    self.grid[r] = [" "] * self.cols
+            else:
+                self.grid = [[" "] * self.cols for _ in range(self.rows)]
+        elif final == "K":
+            if p1 == 0:
+                row[self.x:] = [" "] * (self.cols - self.x)
+            elif p1 == 1:
+                row[:self.x + 1] = [" "] * (self.x + 1)
+            else:
+                self.grid[self.y] = [" "] * self.cols
+        elif final == "L" and self.top <= self.y <= self.bottom:
+            self._scroll_down(n, at=self.y)
+        elif final == "M" and self.top <= self.y <= self.bottom:
+            self._scroll_up(n, at=self.y)
+        elif final == "P":
+            del row[self.x:self.x + n]
+            row.extend([" "] * (self.cols - len(row)))
+        elif final == "@":
+            for _ in range(n):
+                row.insert(self.x, " ")
+            del row[self.cols:]
+        elif final == "X":
+            row[self.x:self.x + n] = [" "] * len(row[self.x:self.x + n])
+        elif final == "r":
+            self.top = max(1, ps[0] if ps else 1) - 1
+            self.bottom = min(self.rows, ps[1] if len(ps) > 1 and ps[1] else self.rows) - 1
+            self.y = self.x = 0
+        elif final == "S":
+            self._scroll_up(n)
+        elif final == "T":
+            self._scroll_down(n)
+        elif final == "b":
+            for _ in range(n):
+                self._char(self.last_char)
+        elif final in "hl" and p1 == 4:
+            self.insert = final == "h"
+        # m (colors/attributes), n, c: nothing to show
+
+
+KEYS = {"up": "\x1b[A", "down": "\x1b[B", "pgup": "\x1b[5~", "pgdn": "\x1b[6~", "ctrl-c": "\x03"}
+
+
+class Tool:
+    """label_tool.py running in a pseudo-terminal of the given size."""
+
+    def __init__(self, args, rows=30, cols=100):
+        env = {k: v for k, v in os.environ.items() if k not in ("LINES", "COLUMNS")}  # they override the tty size
+        env.update(TERM="vt220", LANG="C.UTF-8", LC_ALL="C.UTF-8", PYTHONDONTWRITEBYTECODE="1")
+        pid, fd = pty.fork()
+        if pid == 0:  # child: only set the size and exec (anything else would run inside pytest's forked copy)
+            try:
+                fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+                os.execve(sys.executable, [sys.executable, TOOL, *args], env)
+            finally:
+                os._exit(127)
+        self.pid, self.fd, self.screen, self.output = pid, fd, Screen(rows, cols), b""
+        self.code = None
+
+    def _pump(self, timeout):
+        r, _, _ = select.select([self.fd], [], [], timeout)
+        if not r:
+            return True
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            data = b""
+        if not data:
+            return False
+        self.output += data
+        self.screen.feed(data)
+        return True
+
+    def wait_for(self, pred, timeout=10.0, what=""):
+        """Read output until pred(screen text) holds; fail with the screen shown."""
+        if isinstance(pred, (str, list)):  # every string must be on screen (a redraw may arrive in pieces)
+            needles = [pred] if isinstance(pred, str) else pred
+            pred, what = (lambda t: all(n in t for n in needles)), what or repr(needles)
+        end = time.monotonic() + timeout
+        while True:
+            if pred(self.screen.text()):
+                # A redraw can arrive in pieces: only trust a screen that has been quiet for a moment.
+                while select.select([self.fd], [], [], 0.03)[0] and self._pump(0):
+                    pass
+                text = self.screen.text()
+                if pred(text):
+                    return text
+            if time.monotonic() > end or not self._pump(min(0.2, max(0.0, end - time.monotonic()))):
+                if pred(self.screen.text()):
+                    return self.screen.text()
+                raise AssertionError(f"waited for {what} in vain; screen:\n{self.screen.text()}\n"
+                                     f"raw tail: {self.output[-400:]!r}")
+
+    def send(self, keys):
+        os.write(self.fd, KEYS.get(keys, keys).encode())
+
+    def resize(self, rows, cols):
+        self.screen = Screen(rows, cols)  # the tool repaints everything after a resize
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))  # the kernel sends SIGWINCH
+
+    def wait_exit(self, timeout=10.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                while self._pump(0.05):
+                    pass
+                os.close(self.fd)
+                self.code = os.waitstatus_to_exitcode(status)
+                return self.code
+            self._pump(0.05)
+        raise AssertionError(f"the tool did not exit; screen:\n{self.screen.text()}")
+
+    def kill(self):
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+    def mapping(self):
+        """Screen number -> the candidate's text as shown, for the item on screen (first line of each candidate)."""
+        return {int(m.group(1)): m.group(2) for m in re.finditer(r"^\[(\d)\] (.*)$", self.screen.text(), re.M)}
+
+
+@pytest.fixture
+def cleanup():
+    tools = []
+    yield tools
+    for t in tools:  # never leave a child running, even when a test fails
+        try:
+            os.kill(t.pid, signal.SIGKILL)
+            os.waitpid(t.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def start(cleanup, args, **kw):
+    t = Tool(args, **kw)
+    cleanup.append(t)
+    return t
+
+
+def pick(tool, startswith):
+    """Press the number of the candidate whose text starts with `startswith`, paging down to find it as a person
+    would."""
+    for _ in range(20):
+        for k, text in tool.mapping().items():
+            if text.startswith(startswith):
+                tool.send(str(k))
+                return k
+        before = tool.screen.text()
+        if "more below" not in before:
+            break
+        tool.send("pgdn")
+        tool.wait_for(lambda s: s != before and "done | item" in s, what="the page to scroll")
+    raise AssertionError(f"no candidate starting with {startswith!r} on screen:\n{tool.screen.text()}")
+
+
+def lines_of(path):
+    return [obj for _, obj in labels.read_jsonl(path)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def test_fleiss_kappa_wikipedia_example():
+    # Fleiss (1971) as worked on Wikipedia: 10 items, 14 raters, 5 categories. P-bar = 0.378, P_e = 0.213, kappa = 0.210.
+    table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
+             [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+    assert label_tool.percent_agreement(table) == pytest.approx(0.378, abs=5e-4)
+    assert label_tool.fleiss_kappa(table) == pytest.approx(0.210, abs=5e-4)
+
+
+def test_fleiss_kappa_hand_worked_best_of_4():
+    """3 items, 2 labels each, 4 candidates. Item A: both pick 0; B: both pick 1; C: one picks 0, one picks 2.
+    P_i = 1, 1, 0 -> P-bar = 2/3. Pooled p = (3, 2, 1, 0)/6 -> P_e = (9 + 4 + 1)/36 = 7/18.
+    kappa = (2/3 - 7/18) / (1 - 7/18) = (5/18) / (11/18) = 5/11."""
+    table = [[2, 0, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0]]
+    assert label_tool.percent_agreement(table) == pytest.approx(2 / 3)
+    assert label_tool.fleiss_kappa(table) == pytest.approx(5 / 11)
+    # Items with different numbers of labels: A has 3 labels (0, 0, 1): P_A = (4 + 1 - 3) / 6 = 1/3; B: (2, 2) -> 1.
+    # P-bar = 2/3; pooled p = (2, 1, 2, 0)/5 -> P_e = 9/25; kappa = (2/3 - 9/25) / (16/25) = (23/75) / (16/25) = 23/48.
+    assert label_tool.fleiss_kappa([[2, 1, 0, 0], [0, 0, 2, 0]]) == pytest.approx(23 / 48)
+    assert math.isnan(label_tool.fleiss_kappa([[2, 0], [2, 0]]))  # everyone picked the same index: undefined
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 13, 40, 97])
+def test_wrap_fits_and_keeps_every_character(width):
+    rows = labels.read_comparisons(MIXED)
+    for text in [r["query"] for r in rows] + [s for r in rows for s in r["samples"]]:
+        out = label_tool.wrap(text, width, "[1] ", 4)
+        assert out and all(label_tool.text_width(ln) <= max(width, 2) for ln in out)  # a 2-cell char needs 2 cells
+        shown = "".join(ln for ln in out).replace(" ", "")
+        assert shown == "[1]" + label_tool.sanitize(text).replace(" ", "").replace("\n", "")
+
+
+def test_sanitize_removes_every_control_character():
+    out = label_tool.sanitize("a\x1b[2Jb\x07c\x00d\x7fe\x9bf\tg\r\nh\u2028i")
+    assert not any(ord(c) < 0x20 and c != "\n" or 0x7F <= ord(c) < 0xA0 for c in out)
+    assert out == "a\u241b[2Jb\u2407c\u2400d\u2421e\ufffdf    g\nh\ni"
+
+
+def test_shuffled_order_is_a_stable_permutation():
+    orders = {tuple(label_tool.shuffled_order(f"c{i}", "ann", 0, 4)) for i in range(50)}
+    assert all(sorted(o) == [0, 1, 2, 3] for o in orders) and len(orders) > 10  # shuffled, not one fixed order
+    assert label_tool.shuffled_order("c1", "ann", 0, 4) == label_tool.shuffled_order("c1", "ann", 0, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The real program in a terminal
+
+
+def test_label_skip_undo_help_quit_and_resume(tmp_path, cleanup):
+    out = str(tmp_path / "labels.jsonl")
+    t = start(cleanup, [MIXED, "--out", out, "--labeler", "ann"])
+    scr = t.wait_for("0/4 done | item q-plain")
+    assert "Pick the continuation with the most positive and happy sentiment" in scr
+    assert "Query: The old house at the end of the lane" in scr and "-- labels/h" in scr
+    pick(t, "a family of five")  # sample 0, wherever the shuffle put it
+    scr = t.wait_for("1/4 done | item q-unicode")
+    # Unicode, emoji and CJK arrive intact; the ESC inside a response is shown, not obeyed.
+    assert "🎉😀" in scr and "日本語のテキスト" in scr and "Ça va? Très bien" in scr
+    assert "␛[31mRED␛[0m" in scr and "(empty response)" in scr
+    t.send("s")
+    scr = t.wait_for("item q-long")
+    assert "skipped item q-unicode" in scr and "1 skipped" in scr and "[more below: Down/PgDn]" in scr
+    t.send("x")
+    t.wait_for("key 'x' does nothing")
+    t.send("7")
+    t.wait_for("there are only 4 candidates")
+    before = t.screen.text()
+    t.send("pgdn")
+    scr = t.wait_for(lambda s: s != before and "more above" in s, what="the page to scroll")
+    t.send("?")
+    t.wait_for(["Keys", "undo the last decision", "and flushed to disk", "done | item"])
+    t.send("z")  # any key closes help
+    t.wait_for("Query: A very long query")
+    pick(t, "short.")  # sample 1
+    scr = t.wait_for("2/4 done | item q-empty")
+    assert "(empty query)" in scr and scr.count("(empty response)") == 2
+    t.send("u")
+    scr = t.wait_for("undid the decision on item q-long")
+    assert "1/4 done | item q-long" in scr
+    t.send("q")
+    assert t.wait_exit() == 0
+    assert b"1/4 items labeled, 1 skipped" in t.output and b"Traceback" not in t.output
+
+    log = lines_of(out)
+    assert [(o["id"], o.get("best"), o.get("skip"), o.get("undo")) for o in log] == [
+        ("q-plain", 0, None, None), ("q-unicode", None, True, None), ("q-long", 1, None, None),
+        ("q-long", None, None, True)]
+    first = log[0]
+    assert first["labeler"] == "ann" and first["seconds"] > 0 and sorted(first["order"]) == [0, 1, 2, 3]
+    assert first["query_tokens"] == labels.read_comparisons(MIXED)[0]["query_tokens"]
+
+    # Restart: undecided items first in file order (q-long, q-empty), the skipped one last.
+    t = start(cleanup, [MIXED, "--out", out, "--labeler", "ann"])
+    t.wait_for("1/4 done | item q-long | 1 skipped")
+    pick(t, "Rain.")  # sample 3
+    t.wait_for("2/4 done | item q-empty")
+    pick(t, "Only this one has words.")  # sample 1
+    scr = t.wait_for("3/4 done | item q-unicode")
+    pick(t, "Everyone cheered")  # sample 0
+    scr = t.wait_for("All 4 items are labeled")
+    t.send("1")
+    t.wait_for("all items are labeled: u undoes")
+    t.send("q")
+    assert t.wait_exit() == 0
+    rows = {r["id"]: r for r in labels.read_labels(out)}
+    assert {k: r["best"] for k, r in rows.items()} == {"q-plain": 0, "q-long": 3, "q-empty": 1, "q-unicode": 0}
+    assert "🎉" in rows["q-unicode"]["samples"][0]  # the text round-trips through the log
+
+
+def test_undo_works_across_restarts(tmp_path, cleanup):
+    out = str(tmp_path / "labels.jsonl")
+    t = start(cleanup, [MIXED, "--out", out])
+    t.wait_for("item q-plain")
+    t.send("1")
+    t.wait_for("item q-unicode")
+    t.send("q")
+    t.wait_exit()
+    t = start(cleanup, [MIXED, "--out", out])
+    t.wait_for("1/4 done | item q-unicode")
+    t.send("u")
+    t.wait_for("0/4 done | item q-plain")
+    t.send("u")
+    t.wait_for("nothing to undo")
+    t.send("q")
+    t.wait_exit()
+    assert [o.get("undo") for o in lines_of(out)] == [None, True]
+
+
+def test_ctrl_c_quits_cleanly(tmp_path, cleanup):
+    out = str(tmp_path / "labels.jsonl")
+    t = start(cleanup, [MIXED, "--out", out])
+    t.wait_for("item q-plain")
+    t.send("2")
+    t.wait_for("item q-unicode")
+    t.send("ctrl-c")
+    assert t.wait_exit() == 130
+    assert b"Every decision is saved" in t.output and b"Traceback" not in t.output
+    assert len(labels.read_labels(out)) == 1
+
+
+def test_small_terminal_and_resize(tmp_path, cleanup):
+    out = str(tmp_path / "labels.jsonl")
+    t = start(cleanup, [MIXED, "--out", out], rows=30, cols=100)
+    t.wait_for("item q-plain")
+    t.resize(6, 24)  # 4 body rows: everything scrolls
+    scr = t.wait_for(lambda s: "0/4 done" in s and "[more below" in s, what="a redraw at 24x6")
+    assert all(len(ln) <= 24 for ln in scr.split("\n"))
+    for _ in range(12):
+        t.send("pgdn")
+    t.wait_for("[more above")
+    t.send("1")
+    t.wait_for("1/4 done")
+    t.resize(2, 8)  # absurdly small: still no crash, keys still work
+    t.send("s")
+    t.resize(1, 5)
+    t.send("1")
+    t.resize(24, 80)
+    t.wait_for(lambda s: "2/4 done | item q-empty | 1 skipped" in s, what="a redraw at 80x24")
+    t.send("q")
+    assert t.wait_exit() == 0
+    assert [o.get("skip", False) for o in lines_of(out)] == [False, True, False]
+    # Starting in a tiny terminal works too.
+    t = start(cleanup, [MIXED, "--out", out], rows=3, cols=12)
+    t.wait_for("2/4 done")
+    t.send("q")
+    assert t.wait_exit() == 0
+
+
+def test_truncated_last_line_is_repaired_on_open(tmp_path, cleanup):
+    out = tmp_path / "labels.jsonl"
+    rows = labels.read_comparisons(MIXED)
+    labels.append_jsonl(out, {**rows[0], "best": 2, "labeler": "x", "seconds": 1.0, "created": labels.now_iso()})
+    good = out.read_bytes()
+    with open(out, "ab") as f:  # what a power cut in the middle of a write would leave
+        f.write(json.dumps({**rows[1], "best": 1})[:50].encode())
+    t = start(cleanup, [MIXED, "--out", str(out)])
+    scr = t.wait_for("1/4 done | item q-unicode")
+    assert "labels.jsonl:2: removed an incomplete last line" in scr.replace("\n", " ")
+    assert out.read_bytes() == good
+    t.send("3")
+    t.wait_for("2/4 done")
+    t.send("q")
+    t.wait_exit()
+    assert [r["id"] for r in labels.read_labels(out)] == ["q-plain", "q-unicode"]
+
+
+def make_comparisons(path, n_items, n=4):
+    rows = [{"id": f"i{i:02d}", "task": "sentiment", "query": f"query of item {i}", "query_tokens": [i, 1, 2],
+             "samples": [f"i{i:02d}-cand{j} text" for j in range(n)],
+             "sample_tokens": [[100 + j, i] for j in range(n)]} for i in range(n_items)]
+    labels.write_comparisons(path, rows)
+    return [r["id"] for r in rows]
+
+
+class Model:
+    """What the labels file and the screen should hold, written from the spec independently of label_tool.Session."""
+
+    def __init__(self, ids):
+        self.ids, self.log = ids, []  # log: (id, kind, best)
+        self.rebuild()
+
+    def rebuild(self):
+        """The queue and undo history a fresh start derives from the log."""
+        last = {}
+        for id_, kind, _ in self.log:
+            last.pop(id_, None)
+            last[id_] = kind
+        self.history = [i for i, k in last.items() if k in ("label", "skip")]
+        self.queue = [i for i in self.ids if last.get(i) not in ("label", "skip")] + \
+                     [i for i in self.ids if last.get(i) == "skip"]
+
+    def done(self):
+        last = {}
+        for id_, kind, _ in self.log:
+            last[id_] = kind
+        return sum(1 for k in last.values() if k == "label")
+
+    def apply(self, action, best=None):
+        """One key's effect: returns the message the tool must show once the decision is on disk."""
+        if action == "label":
+            id_ = self.queue.pop(0)
+            self.log.append((id_, "label", best))
+        elif action == "skip":
+            id_ = self.queue.pop(0)
+            self.queue.append(id_)
+            self.log.append((id_, "skip", None))
+        else:  # undo
+            id_ = self.history.pop()
+            self.log.append((id_, "undo", None))
+            if id_ in self.queue:
+                self.queue.remove(id_)
+            self.queue.insert(0, id_)
+            return
+        if id_ in self.history:
+            self.history.remove(id_)
+        self.history.append(id_)
+
+    def signature(self):
+        return f"{self.done()}/{len(self.ids)} done | " + (f"item {self.queue[0]}" if self.queue else "finished")
+
+
+def file_log(path):
+    if not os.path.exists(path):
+        return []
+    out = []
+    for _, o in labels.read_jsonl(path):  # must always parse
+        kind = "undo" if o.get("undo") else "skip" if o.get("skip") else "label"
+        out.append((o["id"], kind, o.get("best")))
+    return out
+
+
+def test_sigkill_at_random_moments_loses_nothing_confirmed(tmp_path, cleanup):
+    comp, out = str(tmp_path / "c.jsonl"), str(tmp_path / "labels.jsonl")
+    ids = make_comparisons(comp, 30)
+    rng = random.Random(1234)
+    model = Model(ids)
+    kills = {"confirmed": 0, "in flight": 0}
+    for round_ in range(14):
+        t = start(cleanup, [comp, "--out", out, "--labeler", "k"])
+        t.wait_for(model.signature())
+        n_steps = rng.randint(1, 12)
+        kill_in_flight = rng.random() < 0.5
+        for step in range(n_steps):
+            prev_msg_screen = t.screen.text()
+            choices = ["label"] * 5 + ["skip"] * (len(model.queue) > 1) + ["undo"] * bool(model.history)
+            action = rng.choice(choices) if model.queue else "undo"
+            if action == "label":
+                m = t.mapping()
+                key = rng.randint(1, 4)
+                best = int(re.match(r"i\d\d-cand(\d)", m[key]).group(1))  # what the screen showed under that key
+                before_id = model.queue[0]
+                model.apply("label", best)
+                t.send(str(key))
+                expect = f"saved: item {before_id} -> [{key}]"
+            elif action == "skip":
+                before_id = model.queue[0]
+                model.apply("skip")
+                t.send("s")
+                expect = f"skipped item {before_id}"
+            else:
+                undone = model.history[-1]
+                model.apply("undo")
+                t.send("u")
+                expect = f"undid the decision on item {undone}"
+            if step == n_steps - 1 and kill_in_flight:
+                time.sleep(rng.choice([0, 0, 0.0005, 0.002, 0.005]))
+                break
+            sig = model.signature()
+            t.wait_for(lambda s: expect in s and sig in s and s != prev_msg_screen, what=f"{expect!r} + {sig!r}")
+        t.kill()
+        got = file_log(out)
+        if kill_in_flight:
+            kills["in flight"] += 1
+            # The key was sent but not confirmed: the file holds every confirmed decision, plus this one or not.
+            assert got in (model.log[:-1], model.log), f"round {round_}: {got[-3:]} vs {model.log[-3:]}"
+            model.log = got
+        else:
+            kills["confirmed"] += 1
+            assert got == model.log, f"round {round_}: file differs from the confirmed decisions"
+        model.rebuild()  # what a restart resumes from
+    assert all(kills.values()), kills  # both kinds of kill happened
+    # And reward.py's reader agrees with the model on the final labels.
+    expect = {}
+    for id_, kind, best in model.log:
+        expect.pop(id_, None)
+        if kind == "label":
+            expect[id_] = best
+    if expect:
+        assert {r["id"]: r["best"] for r in labels.read_labels(out)} == expect
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Refusals and errors (no terminal needed: files are checked first)
+
+
+def run_tool(*args):
+    return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=60)
+
+
+def test_refuses_without_a_terminal(tmp_path):
+    r = run_tool(MIXED, "--out", str(tmp_path / "l.jsonl"))
+    assert r.returncode == 2 and "needs an interactive terminal" in r.stderr
+    assert not (tmp_path / "l.jsonl").exists()
+
+
+def test_malformed_comparisons_names_the_line(tmp_path):
+    bad = tmp_path / "c.jsonl"
+    good = Path(MIXED).read_text(encoding="utf-8").split("\n")
+    bad.write_text("\n".join(good[:2] + ['{"id": "x", "task": "sentiment", ']) + "\n", encoding="utf-8")
+    r = run_tool(str(bad), "--out", str(tmp_path / "l.jsonl"))
+    assert r.returncode == 1 and f"{bad}:3: not valid JSON" in r.stderr
+
+
+def test_labels_file_of_another_comparisons_file_is_refused(tmp_path):
+    comp = str(tmp_path / "other.jsonl")
+    make_comparisons(comp, 3)
+    out = str(tmp_path / "l.jsonl")
+    row = labels.read_comparisons(comp)[1]
+    labels.append_jsonl(out, {**row, "best": 0, "labeler": "x", "seconds": 1.0, "created": ""})
+    r = run_tool(MIXED, "--out", out)
+    assert r.returncode == 1
+    assert f"{out}:1: id 'i01' is not in {MIXED}" in r.stderr and "different comparisons file" in r.stderr
+    # Same id, different content: also refused.
+    mixed_row = labels.read_comparisons(MIXED)[0]
+    os.remove(out)
+    labels.append_jsonl(out, {**mixed_row, "sample_tokens": [[1], [2], [3], [4]], "best": 0})
+    r = run_tool(MIXED, "--out", out)
+    assert r.returncode == 1 and "has different tokens" in r.stderr
+
+
+def test_unknown_task_needs_instructions(tmp_path):
+    comp = tmp_path / "c.jsonl"
+    row = labels.read_comparisons(MIXED)[0]
+    labels.write_comparisons(comp, [{**row, "task": "poetry"}])
+    r = run_tool(str(comp), "--out", str(tmp_path / "l.jsonl"))
+    assert r.returncode == 1 and "no built-in instruction for task(s) poetry" in r.stderr
+
+
+def test_stats_counts_times_and_agreement(tmp_path):
+    comp = str(tmp_path / "c.jsonl")
+    make_comparisons(comp, 4)
+    rows = labels.read_comparisons(comp)
+    # The hand-worked table of test_fleiss_kappa_hand_worked_best_of_4: items 0, 1 agree; item 2 disagrees (0 vs 2);
+    # item 3 is labeled once (not counted for agreement).
+    for who, picks in (("alice", [0, 1, 0, 3]), ("bob", [0, 1, 2])):
+        for r, b in zip(rows, picks):
+            labels.append_jsonl(tmp_path / f"{who}.jsonl", {**r, "best": b, "labeler": who, "seconds": 2.0 + b,
+                                                              "created": "", "order": [0, 1, 2, 3]})
+    labels.append_jsonl(tmp_path / "bob.jsonl", {"id": rows[3]["id"], "skip": True})
+    r = run_tool("--stats", str(tmp_path / "alice.jsonl"), str(tmp_path / "bob.jsonl"))
+    assert r.returncode == 0, r.stderr
+    assert "alice.jsonl: 4 labels by alice (4)" in r.stdout
+    assert "bob.jsonl: 3 labels by bob (3); 1 skipped, 0 undos, 4 lines" in r.stdout
+    assert "median 2.5 s, mean 3.0 s" in r.stdout  # alice: 2, 3, 2, 5 seconds
+    assert "agreement on 3 items labeled more than once (2 labels: 3 items)" in r.stdout
+    assert "percent agreement (pairs of labels that agree): 66.7%" in r.stdout
+    assert "Fleiss' kappa: 0.455" in r.stdout  # 5/11
