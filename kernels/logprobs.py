@@ -53,8 +53,10 @@ def token_logprobs_reference(hidden, weight, targets, temperature=1.0):
     """logp[i] = log softmax(hidden[i] · Wᵀ / τ)[targets[i]] and the entropy of that distribution, in fp32.
 
     hidden (N, d), weight (V, d), targets (N,) long in [0, V). Builds the full (N, V) logits: for tests and small N.
+    fp64 inputs are computed in fp64 (the tests' ground truth), everything else in fp32.
     """
-    logits = hidden.float() @ weight.float().t() / temperature  # (N, V)
+    dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    logits = hidden.to(dtype) @ weight.to(dtype).t() / temperature  # (N, V)
     logp_all = torch.log_softmax(logits, dim=-1)  # (N, V)
     logp = logp_all.gather(-1, targets[:, None].long()).squeeze(-1)  # (N,)
     entropy = -(logp_all.exp() * logp_all).sum(-1)  # (N,)

@@ -184,9 +184,17 @@ def test_token_logprobs_fp32_matches_reference(case):
     got = _run_logprobs(token_logprobs, hidden, weight, targets, temperature, g_logp, g_ent, grads,
                         vocab_chunk=vocab_chunk)
     want = _run_logprobs(token_logprobs_reference, hidden, weight, targets, temperature, g_logp, g_ent, grads)
-    for name, a, b in zip(("logp", "entropy", "dhidden", "dweight"), got, want):
+    truth = _run_logprobs(token_logprobs_reference, hidden.double(), weight.double(), targets, temperature,
+                          g_logp.double(), g_ent.double(), grads)
+    for name, a, b, t in zip(("logp", "entropy", "dhidden", "dweight"), got, want, truth):
         assert torch.isfinite(a).all(), f"{name} has NaN/inf"
-        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        # against an fp64 ground truth: within 1e-5 relative to the tensor's scale, or no worse than 2x PyTorch's
+        # own fp32 error (sums of ~1000 terms in a different order differ by a few ulps)
+        err = (a.double() - t).abs().max().item()
+        torch_err = (b.double() - t).abs().max().item()
+        scale = max(1.0, t.abs().max().item())
+        assert err <= max(1e-5 * scale, 2 * torch_err), f"{name}: fp32 error {err:.2e} (scale {scale:.1f}) vs " \
+                                                        f"torch fp32 error {torch_err:.2e}"
 
 
 @FEWER
