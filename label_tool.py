@@ -27,6 +27,7 @@ import argparse
 import collections
 import curses
 import dataclasses
+import fcntl
 import getpass
 import json
 import locale
@@ -72,7 +73,8 @@ def parse_args(argv=None) -> Config:
         elif f.name == "stats":
             p.add_argument("--stats", nargs="+", default=[], metavar="LABELS", help=doc)
         else:
-            p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=doc + (f" (default: {f.default!r})" if f.default != "" else ""))
+            default = f" (default: {f.default!r})" if f.default != "" else ""
+            p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=doc + default)
     cfg = Config(**vars(p.parse_args(argv)))
     # Derived / checked once, here.
     if not cfg.stats and not (cfg.comparisons and cfg.out):
@@ -263,14 +265,17 @@ def stats_report(paths: list[str]) -> str:
         secs = sorted(r["seconds"] for r in rows if r.get("seconds"))
         if secs:
             p90 = secs[min(len(secs) - 1, math.ceil(0.9 * len(secs)) - 1)]
-            out.append(f"  time per label: median {statistics.median(secs):.1f} s, mean {statistics.fmean(secs):.1f} s, "
+            out.append(f"  time per label: median {statistics.median(secs):.1f} s, "
+                       f"mean {statistics.fmean(secs):.1f} s, "
                        f"90th percentile {p90:.1f} s ({3600 / statistics.fmean(secs):.0f} labels/hour)")
         n = len(rows[0]["sample_tokens"])
         n_cand = n_cand or n
-        shown = [r["order"].index(r["best"]) for r in rows if isinstance(r.get("order"), list) and r["best"] in r["order"]]
+        shown = [r["order"].index(r["best"]) for r in rows
+                 if isinstance(r.get("order"), list) and r["best"] in r["order"]]
         if shown:  # a labeler who mostly presses "1" is not reading
             hist = collections.Counter(shown)
-            out.append("  picked screen position: " + "  ".join(f"{k + 1}: {hist[k] / len(shown):.0%}" for k in range(n)))
+            out.append("  picked screen position: "
+                       + "  ".join(f"{k + 1}: {hist[k] / len(shown):.0%}" for k in range(n)))
         hist = collections.Counter(r["best"] for r in rows)
         out.append("  picked sample index:    " + "  ".join(f"{k}: {hist[k] / len(rows):.0%}" for k in range(n)))
         for r in rows:
@@ -549,7 +554,10 @@ def run_ui(win, s: Session, notice: str | None) -> None:
         if banner:
             lines = [(ln, a) for text, a in banner for ln in wrap(text, w)] + [("", 0)] + lines
         scroll = draw(win, lines, scroll, message, status_text(s))
-        key = win.get_wch()
+        try:
+            key = win.get_wch()
+        except curses.error:  # no key after all (a signal interrupted the read): just redraw
+            continue
         message = keys_hint
         if key != curses.KEY_RESIZE:
             banner = []
@@ -610,6 +618,15 @@ def main(argv=None) -> int:
         print("error: label_tool.py needs an interactive terminal (stdin and stdout must be a tty), and this is not "
               "one. Run it directly in a terminal, not through a pipe or redirection. For scripted labels use "
               "`python reward.py label`.", file=sys.stderr)
+        return 2
+    # One writer per labels file: two sessions would show the same items and interleave their lines. The lock dies
+    # with the process (kill -9 included), so a crash never leaves a stale lock behind.
+    lock = open(cfg.out, "ab")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"error: another label_tool.py session is writing to {cfg.out}. Finish that one first, or give each "
+              f"labeler their own --out (label_tool.py --stats compares them).", file=sys.stderr)
         return 2
     locale.setlocale(locale.LC_ALL, "")  # curses writes UTF-8 only under a UTF-8 locale
     os.environ.setdefault("ESCDELAY", "25")  # a lone Esc should not freeze the screen for a second

@@ -362,7 +362,8 @@ def lines_of(path):
 
 
 def test_fleiss_kappa_wikipedia_example():
-    # Fleiss (1971) as worked on Wikipedia: 10 items, 14 raters, 5 categories. P-bar = 0.378, P_e = 0.213, kappa = 0.210.
+    # Fleiss (1971) as worked on Wikipedia: 10 items, 14 raters, 5 categories.
+    # P-bar = 0.378, P_e = 0.213, kappa = 0.210.
     table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
              [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
     assert label_tool.percent_agreement(table) == pytest.approx(0.378, abs=5e-4)
@@ -526,6 +527,21 @@ def test_small_terminal_and_resize(tmp_path, cleanup):
     t.wait_for("2/4 done")
     t.send("q")
     assert t.wait_exit() == 0
+
+
+def test_second_session_on_the_same_file_is_refused(tmp_path, cleanup):
+    out = str(tmp_path / "labels.jsonl")
+    first = start(cleanup, [MIXED, "--out", out])
+    first.wait_for("0/4 done | item q-plain")
+    second = start(cleanup, [MIXED, "--out", out])
+    assert second.wait_exit() == 2 and b"another label_tool.py session is writing to" in second.output
+    first.send("1")
+    first.wait_for("1/4 done")
+    first.kill()  # the lock goes with the process: a new session starts at once
+    third = start(cleanup, [MIXED, "--out", out])
+    third.wait_for("1/4 done | item q-unicode")
+    third.send("q")
+    assert third.wait_exit() == 0
 
 
 def test_truncated_last_line_is_repaired_on_open(tmp_path, cleanup):

@@ -80,7 +80,8 @@ def test_openai_json_is_converted():
     rows = labels.read_labels(FIXTURES / "openai_best_of_4.json")
     assert [r["best"] for r in rows] == [0, 3, 2]
     r = rows[0]
-    assert labels.OPENAI_PAD_ID not in r["query_tokens"] and all(labels.OPENAI_PAD_ID not in t for t in r["sample_tokens"])
+    assert labels.OPENAI_PAD_ID not in r["query_tokens"]
+    assert all(labels.OPENAI_PAD_ID not in t for t in r["sample_tokens"])
     assert r["query"] == "He smiled at" and r["samples"][1] == "the dog."
     assert r["task"] == "fixtures" and len(r["sample_tokens"]) == 4
 
@@ -183,9 +184,9 @@ def test_task_instructions_cover_every_task():
     assert "most positive and happy sentiment" in labels.TASK_INSTRUCTIONS["sentiment"]
 
 
-def test_labels_py_imports_no_torch():
+def test_labels_and_label_tool_import_no_torch():
     # label_tool.py must start fast: importing labels must not pull in torch (or numpy).
-    code = "import sys, labels; bad = [m for m in ('torch', 'numpy') if m in sys.modules]; print(bad)"
+    code = "import sys, labels, label_tool; bad = [m for m in ('torch', 'numpy') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, capture_output=True,
                          text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
     assert out.returncode == 0, out.stderr
