@@ -462,8 +462,7 @@ def item_lines(s: Session, width: int) -> list[tuple[str, int]]:
                                                    f"(u undoes the last label).", width)]
     lines = [(ln, curses.A_BOLD) for ln in wrap(s.instruction(row), width)]
     lines.append(("", 0))
-    lines += [(ln, curses.A_UNDERLINE if i == 0 else 0)
-              for i, ln in enumerate(wrap(row["query"] or "(empty query)", width, "Query: ", 2))]
+    lines += [(ln, 0) for ln in wrap(row["query"] or "(empty query)", width, "Query: ", 2)]
     for k, idx in enumerate(s.order(row)):
         text = row["samples"][idx]
         lines.append(("", 0))

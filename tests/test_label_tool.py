@@ -236,6 +236,21 @@ class Screen:
         # m (colors/attributes), n, c: nothing to show
 
 
+def _have_vt220() -> bool:
+    """The terminal description the pty tests ask ncurses for (Debian/Ubuntu: package ncurses-base)."""
+    import curses
+    fd = os.open(os.devnull, os.O_WRONLY)
+    try:
+        curses.setupterm("vt220", fd)
+        return True
+    except curses.error:
+        return False
+    finally:
+        os.close(fd)
+
+
+needs_terminal = pytest.mark.skipif(not _have_vt220(), reason="no terminfo entry for vt220 (install ncurses-base)")
+
 KEYS = {"up": "\x1b[A", "down": "\x1b[B", "pgup": "\x1b[5~", "pgdn": "\x1b[6~", "ctrl-c": "\x03"}
 
 
@@ -409,6 +424,7 @@ def test_shuffled_order_is_a_stable_permutation():
 # The real program in a terminal
 
 
+@needs_terminal
 def test_label_skip_undo_help_quit_and_resume(tmp_path, cleanup):
     out = str(tmp_path / "labels.jsonl")
     t = start(cleanup, [MIXED, "--out", out, "--labeler", "ann"])
@@ -470,6 +486,7 @@ def test_label_skip_undo_help_quit_and_resume(tmp_path, cleanup):
     assert "🎉" in rows["q-unicode"]["samples"][0]  # the text round-trips through the log
 
 
+@needs_terminal
 def test_undo_works_across_restarts(tmp_path, cleanup):
     out = str(tmp_path / "labels.jsonl")
     t = start(cleanup, [MIXED, "--out", out])
@@ -489,6 +506,7 @@ def test_undo_works_across_restarts(tmp_path, cleanup):
     assert [o.get("undo") for o in lines_of(out)] == [None, True]
 
 
+@needs_terminal
 def test_ctrl_c_quits_cleanly(tmp_path, cleanup):
     out = str(tmp_path / "labels.jsonl")
     t = start(cleanup, [MIXED, "--out", out])
@@ -501,6 +519,7 @@ def test_ctrl_c_quits_cleanly(tmp_path, cleanup):
     assert len(labels.read_labels(out)) == 1
 
 
+@needs_terminal
 def test_small_terminal_and_resize(tmp_path, cleanup):
     out = str(tmp_path / "labels.jsonl")
     t = start(cleanup, [MIXED, "--out", out], rows=30, cols=100)
@@ -529,6 +548,7 @@ def test_small_terminal_and_resize(tmp_path, cleanup):
     assert t.wait_exit() == 0
 
 
+@needs_terminal
 def test_second_session_on_the_same_file_is_refused(tmp_path, cleanup):
     out = str(tmp_path / "labels.jsonl")
     first = start(cleanup, [MIXED, "--out", out])
@@ -544,6 +564,7 @@ def test_second_session_on_the_same_file_is_refused(tmp_path, cleanup):
     assert third.wait_exit() == 0
 
 
+@needs_terminal
 def test_truncated_last_line_is_repaired_on_open(tmp_path, cleanup):
     out = tmp_path / "labels.jsonl"
     rows = labels.read_comparisons(MIXED)
@@ -627,6 +648,7 @@ def file_log(path):
     return out
 
 
+@needs_terminal
 def test_sigkill_at_random_moments_loses_nothing_confirmed(tmp_path, cleanup):
     comp, out = str(tmp_path / "c.jsonl"), str(tmp_path / "labels.jsonl")
     ids = make_comparisons(comp, 30)
