@@ -247,7 +247,7 @@ def stats_report(paths: list[str]) -> str:
     """Counts, time per label, position bias and inter-labeler agreement for one or more labels files."""
     out, ratings, n_cand = [], collections.defaultdict(list), None
     for path in paths:
-        if labels._is_json_list(path):  # OpenAI's released JSON: labels only, no log
+        if labels.is_json_list(path):  # OpenAI's released JSON: labels only, no log
             rows, c = labels.read_labels(path), None
         else:
             items = labels.read_jsonl(path)
@@ -328,7 +328,7 @@ class Session:
     def _load_existing(self) -> None:
         """Read our own log back, checking that it belongs to this comparisons file."""
         path, comp = self.cfg.out, self.cfg.comparisons
-        if labels._is_json_list(path):
+        if labels.is_json_list(path):
             raise FormatError(f"{path}: this is a JSON list (OpenAI's label format), not a labels.jsonl log; "
                               f"choose another --out")
         items = labels.read_jsonl(path)

@@ -245,7 +245,7 @@ def read_labels(path, vocab_size=VOCAB_SIZE, counts: dict | None = None) -> list
     Pass a dict as `counts` to receive {"lines", "labels", "undone", "skipped"} so callers can print what they did
     not use (nothing is dropped silently).
     """
-    if _is_json_list(path):
+    if is_json_list(path):
         rows = _read_openai_json(path, vocab_size)
         if counts is not None:
             counts.update(lines=len(rows), labels=len(rows), undone=0, skipped=0)
@@ -281,7 +281,8 @@ def read_labels(path, vocab_size=VOCAB_SIZE, counts: dict | None = None) -> list
     return rows
 
 
-def _is_json_list(path) -> bool:
+def is_json_list(path) -> bool:
+    """True for OpenAI's released JSON (a list), False for our JSONL logs."""
     try:
         with open(path, "rb") as f:
             return f.read(256).lstrip().startswith(b"[")
@@ -374,7 +375,7 @@ def main(argv=None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     path = argv[0]
     try:
-        items = None if _is_json_list(path) else read_jsonl(path)
+        items = None if is_json_list(path) else read_jsonl(path)
         if items and "best" not in items[0][1] and not ({"undo", "skip"} & set(items[0][1])):
             rows = read_comparisons(path)
             print(f"{path}: {len(rows)} comparisons, N = {len(rows[0]['samples'])}, "
