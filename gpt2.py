@@ -67,7 +67,7 @@ PRESETS = {
     "gpt2-medium": GPT2Config(n_layer=24, n_head=16, n_embd=1024),  # 355M params
     "gpt2-large": GPT2Config(n_layer=36, n_head=20, n_embd=1280),  # 774M params, the paper's model
     "gpt2-xl": GPT2Config(n_layer=48, n_head=25, n_embd=1600),  # 1558M params
-    "tiny": GPT2Config(n_layer=2, n_head=4, n_embd=128),  # 6.6M params (6.4M of them the embedding), tests and CPU demos
+    "tiny": GPT2Config(n_layer=2, n_head=4, n_embd=128),  # 7.0M params (6.4M of them the embedding), tests and CPU demos
 }
 
 HUB_REPOS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -104,7 +104,9 @@ def torch_attention(q, k, v, key_mask=None):
     """
     Tq, Tk = q.size(-2), k.size(-2)
     if key_mask is None and Tq == Tk:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # the fast path
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # no padding: the fast path
+    if key_mask is None and Tq == 1:
+        return F.scaled_dot_product_attention(q, k, v)  # one new token sees every cached key
     causal = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)  # (Tq, Tk)
     allowed = causal if key_mask is None else causal & key_mask[:, None, None, :]  # (B, 1, Tq, Tk)
     sees_a_key = allowed.any(-1, keepdim=True)  # (B, 1, Tq, 1)
@@ -122,6 +124,7 @@ class KVCache:
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)  # (B, max_len) real tokens
+        self.padded = False  # any pad cached? If not, attention skips the mask altogether
         self.len = 0  # positions filled so far
 
     def append(self, layer: int, k, v):
@@ -150,7 +153,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         if cache is not None:
             k, v = cache.append(self.layer, k, v)  # (B, H, Tk, D): everything so far, this step included
-            key_mask = cache.key_mask[:, : k.size(2)]
+            key_mask = cache.key_mask[:, : k.size(2)] if cache.padded else None
         if k.size(2) == T and kernels_enabled(self.use_kernels, x):
             import kernels
 
@@ -231,6 +234,7 @@ class GPT2(nn.Module):
             seen = cache.key_mask[:, : cache.len].sum(1, keepdim=True)  # (B, 1) real tokens already cached
             pos = seen + torch.cumsum(mask, dim=1) - mask.long()
             cache.key_mask[:, cache.len : cache.len + T] = mask
+            cache.padded = cache.padded or not bool(mask.all())  # one sync at the prefill (decode tokens are real)
             key_mask = None  # the attention layers read the cache's mask
         end = T + (cache.len if cache is not None else 0)  # bounds every position id without a device sync
         if end > self.config.n_positions:
@@ -281,6 +285,11 @@ def resolve_checkpoint(name_or_dir: str) -> Path:
     if path.is_dir():
         return path
     repo = HUB_REPOS.get(name_or_dir, name_or_dir if name_or_dir.startswith("openai-community/") else None)
+    if repo is None and name_or_dir in PRESETS:
+        raise ValueError(
+            f"{name_or_dir!r} is a preset with no released weights: use GPT2.from_config({name_or_dir!r}) for random "
+            f"weights, or tasks.load_base_model({name_or_dir!r}) for the tiny model fitted to the shipped passages"
+        )
     if repo is None:
         raise ValueError(
             f"no such model {name_or_dir!r}: give a directory holding config.json and model.safetensors (or "
@@ -451,8 +460,9 @@ def generate(
         if greedy:
             nxt = logits.argmax(-1)  # (B,)
         else:
-            probs = F.softmax(filter_logits(logits, top_k, top_p), dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
+            probs = logprobs.exp() if top_k == 0 and top_p >= 1.0 else F.softmax(filter_logits(logits, top_k, top_p), -1)
+            # argmax(p / E), E ~ Exp(1), draws from p: what torch.multinomial does inside, minus its validity checks
+            nxt = (probs / torch.empty_like(probs).exponential_(generator=generator)).argmax(-1)  # (B,)
         lp = logprobs.gather(-1, nxt[:, None])[:, 0]  # (B,)
         out_tokens[:, t] = torch.where(done, PAD_ID, nxt)
         out_logprobs[:, t] = torch.where(done, 0.0, lp)
