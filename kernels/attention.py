@@ -124,6 +124,7 @@ def _attn_fwd(Q, K, V, O,  # (B, H, T, D) inputs of any strides; O output (B, H,
               BLOCK_N: tl.constexpr,  # keys per inner step (BLOCK_M must be a multiple of it)
               HEAD_DIM: tl.constexpr,  # D, a power of two
               FP32_DOT: tl.constexpr):  # True for fp32 inputs: exact (ieee) dots instead of TF32
+    tl.static_assert(BLOCK_M % BLOCK_N == 0, "the unmasked stage must start on a key-tile boundary")
     pid_m = tl.program_id(0)  # which query block
     pid_bh = tl.program_id(1)  # which (batch, head)
     b = pid_bh // H
@@ -249,6 +250,7 @@ def _attn_bwd_dkdv(Q, K, V, DO,  # (B, H, T, D) inputs and output gradient, any 
                    BLOCK_M: tl.constexpr,  # query rows per inner step
                    BLOCK_N: tl.constexpr,  # keys owned by this program (a multiple of BLOCK_M)
                    HEAD_DIM: tl.constexpr, FP32_DOT: tl.constexpr):  # D; exact fp32 dots
+    tl.static_assert(BLOCK_N % BLOCK_M == 0, "the unmasked stage must start on a query-tile boundary")
     pid_n = tl.program_id(0)  # which key block
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -343,6 +345,7 @@ def _attn_bwd_dq(Q, K, V, DO,  # (B, H, T, D) inputs and output gradient, any st
                  BLOCK_M: tl.constexpr,  # query rows owned by this program (a multiple of BLOCK_N)
                  BLOCK_N: tl.constexpr,  # keys per inner step
                  HEAD_DIM: tl.constexpr, FP32_DOT: tl.constexpr):  # D; exact fp32 dots
+    tl.static_assert(BLOCK_M % BLOCK_N == 0, "the unmasked stage must start on a key-tile boundary")
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -378,20 +381,36 @@ def _attn_bwd_dq(Q, K, V, DO,  # (B, H, T, D) inputs and output gradient, any st
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Block sizes. One fixed config per head dim, checked for shared memory and register spills on sm_80 and sm_90 by
-# tests/test_kernels_aot.py. The interpreter uses the same tiles (large tiles are also what makes it fast).
+# tests/test_kernels_aot.py (not tuned on a GPU yet). The interpreter uses the same tiles, so the CPU tests run the
+# exact loop structure a GPU runs. Constraints: forward and dQ need BLOCK_M % BLOCK_N == 0, dK/dV BLOCK_N % BLOCK_M == 0
+# (the unmasked middle stage must start on a tile boundary).
 
-def fwd_config(head_dim):
+def fwd_config(head_dim, fp32=False):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward kernel."""
-    if head_dim <= 64:
-        return 128, 64, 4, 3
-    return 128, 32, 8, 2
+    if fp32:  # exact fp32 dots get no tensor-core fragments: small tiles, or registers spill
+        return (32, 32, 4, 2) if head_dim <= 64 else (16, 16, 4, 2)
+    return (128, 64, 4, 3) if head_dim <= 64 else (128, 32, 8, 2)
 
 
-def bwd_config(head_dim):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) shared by the dK/dV and dQ kernels (square tiles)."""
-    if head_dim <= 64:
-        return 64, 64, 4, 2
-    return 64, 64, 8, 1
+def bwd_dkdv_config(head_dim, fp32=False):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dK/dV kernel: BLOCK_N keys owned, BLOCK_M query rows per step."""
+    if fp32:
+        return (16, 32, 4, 2) if head_dim <= 64 else (16, 16, 4, 1)
+    return (64, 64, 4, 2) if head_dim <= 64 else (32, 64, 8, 2)  # 64×64 with D = 128 spills on sm_80 and sm_90
+
+
+def bwd_dq_config(head_dim, fp32=False):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dQ kernel: BLOCK_M query rows owned, BLOCK_N keys per step."""
+    if fp32:
+        return (32, 16, 4, 2) if head_dim <= 64 else (16, 16, 4, 2)
+    return (64, 32, 4, 2) if head_dim <= 64 else (64, 32, 8, 2)  # 64×64 spills 40 B on sm_80
+
+
+def _tiles_fp32(dtype):
+    """Which tile table a launch uses. The interpreter always takes the 16-bit tables (same code, exact dots either
+    way): its cost is per program and per op, and the small fp32 tiles would make the CPU tests ~5x slower. The fp32
+    GPU tables are compiled by tests/test_kernels_aot.py and exercised by one interpreter test that patches this."""
+    return dtype == torch.float32 and not _interpreting()
 
 
 def _interpreting():
@@ -444,7 +463,7 @@ class _FlashAttention(torch.autograd.Function):
         q, k, v = [x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v)]
         o = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)  # (B, H, T, D)
         lse = torch.empty((B * H, T), dtype=torch.float32, device=q.device)  # (B·H, T) base-2 log-sum-exp
-        BLOCK_M, BLOCK_N, num_warps, num_stages = fwd_config(D)
+        BLOCK_M, BLOCK_N, num_warps, num_stages = fwd_config(D, _tiles_fp32(q.dtype))
         sm_scale = 1.0 / math.sqrt(D)
         grid = (triton.cdiv(T, BLOCK_M), B * H)
         _attn_fwd[grid](q, k, v, o, lse, start, *q.stride(), *k.stride(), *v.stride(), *o.stride(), H, T,
@@ -460,7 +479,6 @@ class _FlashAttention(torch.autograd.Function):
         if do.stride(-1) != 1:
             do = do.contiguous()
         sm_scale = 1.0 / math.sqrt(D)
-        BLOCK_M, BLOCK_N, num_warps, num_stages = bwd_config(D)
         fp32 = q.dtype == torch.float32
         # 1. delta = rowsum(dO ⊙ O)
         delta = torch.empty((B * H, T), dtype=torch.float32, device=q.device)  # (B·H, T)
@@ -470,11 +488,13 @@ class _FlashAttention(torch.autograd.Function):
         dk = torch.empty_like(dq)
         dv = torch.empty_like(dq)
         # 2. dK, dV: one program per key block
+        BLOCK_M, BLOCK_N, num_warps, num_stages = bwd_dkdv_config(D, _tiles_fp32(q.dtype))
         _attn_bwd_dkdv[(triton.cdiv(T, BLOCK_N), B * H)](
             q, k, v, do, dk, dv, lse, delta, start, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(),
             H, T, sm_scale, sm_scale * 1.4426950408889634, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HEAD_DIM=D,
             FP32_DOT=fp32, num_warps=num_warps, num_stages=num_stages)
         # 3. dQ: one program per query block
+        BLOCK_M, BLOCK_N, num_warps, num_stages = bwd_dq_config(D, _tiles_fp32(q.dtype))
         _attn_bwd_dq[(triton.cdiv(T, BLOCK_M), B * H)](
             q, k, v, do, dq, lse, delta, start, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
             H, T, sm_scale, sm_scale * 1.4426950408889634, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HEAD_DIM=D,

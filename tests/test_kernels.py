@@ -125,6 +125,19 @@ def test_attention_deterministic_and_right_padding_harmless():
     torch.testing.assert_close(o[..., :-5, :], o_ref[..., :-5, :], atol=2e-5, rtol=1e-4)
 
 
+def test_attention_fp32_gpu_tiles(monkeypatch):
+    # the interpreter normally runs the 16-bit tile tables; this runs the small fp32 GPU tiles (32x32, 16x32, 32x16)
+    import importlib
+    attn_module = importlib.import_module("kernels.attention")
+    monkeypatch.setattr(attn_module, "_tiles_fp32", lambda dtype: dtype == torch.float32)
+    B, H, T, D = 2, 1, 45, 32
+    g = torch.Generator(device=DEVICE).manual_seed(5)
+    q, k, v, do = (torch.randn(B, H, T, D, generator=g, device=DEVICE) for _ in range(4))
+    mask = _left_pad_mask([0, 19], T)
+    for a, b in zip(_run_attention(attention, q, k, v, mask, do), _run_attention(attention_reference, q, k, v, mask, do)):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
 def test_attention_rejects_bad_input():
     q = torch.randn(1, 1, 8, 32, device=DEVICE)
     with pytest.raises(ValueError, match="attention_mask must be"):
