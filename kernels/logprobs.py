@@ -245,7 +245,10 @@ class _TokenLogprobs(torch.autograd.Function):
             _logprob_bwd_chunk[(triton.cdiv(N, BR), triton.cdiv(vc, BV))](
                 z, g, targets, lse, entropy, g_logp, g_ent, z.stride(0), g.stride(0), N, vc, v0,
                 1.0 / ctx.temperature, BLOCK_R=BR, BLOCK_V=BV, num_warps=warps)
-            d_weight[v0:v0 + vc] = _mm_f32(g.t(), hidden.t()) if weight.dtype == torch.float32 else g.t() @ hidden
+            if weight.dtype == g.dtype:
+                torch.mm(g.t(), hidden, out=d_weight[v0:v0 + vc])  # (Vc, d), rows of W are contiguous: no temporary
+            else:  # e.g. an fp32 master weight with bf16 activations
+                d_weight[v0:v0 + vc] = _mm_f32(g.t(), hidden.t())
             d_hidden += _mm_f32(g, w_c.t())
             del z, g
         return d_hidden.to(hidden.dtype), d_weight, None, None, None
