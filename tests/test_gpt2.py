@@ -274,3 +274,20 @@ def test_cli_samples_every_prompt(checkpoint_dir, capsys):
                "--max-new-tokens", "5", "--greedy", "--device", "cpu"])
     out = capsys.readouterr().out
     assert out.count("=== ") == 2 and "A much longer prompt here" in out
+
+
+def test_kernels_on_match_kernels_off(checkpoint_dir):
+    """The Triton kernels (interpreter on CPU) give the model the same logits, log-probs and gradients as PyTorch."""
+    pytest.importorskip("triton")
+    on = GPT2.from_pretrained(str(checkpoint_dir), use_kernels="on")
+    off = GPT2.from_pretrained(str(checkpoint_dir), use_kernels="off")
+    tokens, mask = left_pad(prompts(lengths=(9, 4, 1)))
+    with torch.no_grad():
+        torch.testing.assert_close(on(tokens, mask)[mask], off(tokens, mask)[mask], atol=1e-5, rtol=1e-5)
+    grads = []
+    for m in (on, off):
+        lp, ent, _ = response_logprobs(m, tokens, mask, 3, temperature=0.7)
+        (lp.sum() + 0.1 * ent.sum()).backward()
+        grads.append((lp.detach(), ent.detach(), m.transformer.h[0].attn.c_attn.weight.grad.clone()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
