@@ -9,7 +9,8 @@ lm-human-preferences (language/model.py) that RLHF needs:
     only real tokens (exclusive cumsum of the mask), so a sequence's logits do not depend on its padding;
   * log-probs of the tempered distribution (logits / temperature) everywhere, which PPO's ratio and KL need.
 
-Parameter names follow the Hugging Face checkpoints (wte, wpe, h.N.attn.c_attn, ...), so loading is a copy loop.
+Parameter names and layouts follow the Hugging Face checkpoints (wte, wpe, h.N.attn.c_attn, ..., weights stored
+(in, out) as their Conv1D does), so loading is a plain copy loop.
 There is no dropout: lm-human-preferences turns it off in every call (do_dropout=False), and so do we.
 
 Run it:
@@ -139,13 +140,26 @@ class KVCache:
 # The model
 
 
+class Linear(nn.Module):
+    """y = x @ weight + bias with weight stored (in, out), the checkpoints' Conv1D layout: loading needs no transpose,
+    and on CPU x @ W runs ~20% faster than nn.Linear's x @ W.T at decoding's small batches (measured, 2 cores)."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.reshape(-1, x.size(-1)), self.weight).view(*x.shape[:-1], -1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPT2Config, layer: int):
         super().__init__()
         assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
         self.n_head, self.layer, self.use_kernels = config.n_head, layer, config.use_kernels
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
+        self.c_proj = Linear(config.n_embd, config.n_embd)
 
     def forward(self, x, key_mask, cache: KVCache | None = None):
         B, T, C = x.shape
@@ -167,8 +181,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPT2Config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd)
 
     def forward(self, x):
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's gelu is the tanh approximation
@@ -206,9 +220,9 @@ class GPT2(nn.Module):
 
     @staticmethod
     def _init_weights(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, (Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear):
+        if isinstance(module, Linear):
             nn.init.zeros_(module.bias)
 
     @property
@@ -352,11 +366,8 @@ def read_hf_weights(folder: Path) -> dict:
     raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
 
 
-CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # stored (in, out)
-
-
 def checkpoint_to_state_dict(state: dict, model: GPT2, folder: Path) -> dict:
-    """Map checkpoint names onto ours, transposing the Conv1D weights; every tensor's presence and shape checked."""
+    """Map checkpoint names onto ours (the same names and layouts); every tensor's presence and shape checked."""
     # names come with or without the 'transformer.' prefix; attn.bias / masked_bias are old causal-mask buffers
     state = {k.removeprefix("transformer."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.endswith(("attn.bias", "attn.masked_bias")) or ".c_" in k}
@@ -366,8 +377,6 @@ def checkpoint_to_state_dict(state: dict, model: GPT2, folder: Path) -> dict:
         if key not in state:
             raise ValueError(f"{folder}: tensor {key!r} is missing from the checkpoint; is it a GPT-2 checkpoint?")
         t = state.pop(key)
-        if key.endswith(CONV1D):
-            t = t.t()
         if tuple(t.shape) != tuple(param.shape):
             raise ValueError(
                 f"{folder}: tensor {key!r} has shape {tuple(t.shape)}, expected {tuple(param.shape)} for this config"
@@ -425,6 +434,15 @@ def filter_logits(logits, top_k=0, top_p=1.0):
     return logits
 
 
+def sample_inverse_cdf(probs, generator=None):
+    """One draw per row of probs (B, V): the first token whose cumulative probability exceeds u ~ U[0, total).
+    Exact, and on CPU ~50x cheaper than torch.multinomial, whose exponential draw over all V tokens took ~9 ms of a
+    ~70 ms decoding step at batch 8 (measured, 2 cores). A zero-probability token is never chosen (right=True)."""
+    cdf = probs.cumsum(-1)  # (B, V)
+    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device) * cdf[:, -1:]  # (B, 1)
+    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.size(-1) - 1)
+
+
 @torch.no_grad()
 def generate(
     model: GPT2,
@@ -461,8 +479,7 @@ def generate(
             nxt = logits.argmax(-1)  # (B,)
         else:
             probs = logprobs.exp() if top_k == 0 and top_p >= 1.0 else F.softmax(filter_logits(logits, top_k, top_p), -1)
-            # argmax(p / E), E ~ Exp(1), draws from p: what torch.multinomial does inside, minus its validity checks
-            nxt = (probs / torch.empty_like(probs).exponential_(generator=generator)).argmax(-1)  # (B,)
+            nxt = sample_inverse_cdf(probs, generator)  # (B,)
         lp = logprobs.gather(-1, nxt[:, None])[:, 0]  # (B,)
         out_tokens[:, t] = torch.where(done, PAD_ID, nxt)
         out_logprobs[:, t] = torch.where(done, 0.0, lp)

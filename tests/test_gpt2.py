@@ -291,3 +291,12 @@ def test_kernels_on_match_kernels_off(checkpoint_dir):
         grads.append((lp.detach(), ent.detach(), m.transformer.h[0].attn.c_attn.weight.grad.clone()))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_inverse_cdf_sampling_matches_probabilities():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2], [0.25, 0.25, 0.25, 0.25, 0.0]]).repeat(20_000, 1)
+    draws = gpt2.sample_inverse_cdf(probs, torch.Generator().manual_seed(0)).view(20_000, 2)
+    for row in range(2):
+        freq = torch.bincount(draws[:, row], minlength=5).float() / 20_000
+        assert (freq[probs[row] == 0] == 0).all()  # zero-probability tokens are never drawn
+        torch.testing.assert_close(freq, probs[row], atol=0.012, rtol=0)  # ~4 standard errors at n = 20,000
