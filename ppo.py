@@ -37,6 +37,7 @@ import inspect
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -46,8 +47,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 import gpt2
+import labels
 import reward
 import tasks
 
@@ -77,12 +80,6 @@ def compute_rewards(scores, logprobs, ref_logprobs, kl_coef: float):
     rewards = non_score_reward.clone()
     rewards[:, -1] += scores  # score lands on the last response token
     return rewards, non_score_reward, kl
-
-
-def penalize_scores(scores, valid, penalty: float):
-    """A response without its stop token (tasks.truncate_responses -> valid=False) gets `penalty` (-1) INSTEAD of the
-    reward model's score: replacement, not addition (lm-human-preferences make_score_fn, paper-spec §1.6)."""
-    return torch.where(valid, scores, torch.full_like(scores, penalty))
 
 
 def compute_gae(rewards, values, gamma: float, lam: float):
@@ -371,3 +368,476 @@ class PolicyAndValue(nn.Module):
         # V at the state before each response token: values[:, context_length - 1 : -1] in the released code
         values = self.value_head(hidden[:, T - n_response - 1 : T - 1]).squeeze(-1).float()  # (B, R)
         return logprobs, entropy, values
+
+
+# -----------------------------------------------------------------------------
+# Rollout (steps 1-3) and the PPO update (steps 4-5)
+
+
+def autocast(device: str):
+    """bf16 autocast on CUDA (matmuls in bf16, log-softmax and losses in fp32); plain fp32 on CPU."""
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def forward_in_chunks(fn, chunk: int, *tensors):
+    """fn(*tensors) -> tuple of (b, ...) tensors, run over the batch `chunk` rows at a time and concatenated."""
+    parts = [fn(*(x[i : i + chunk] for x in tensors)) for i in range(0, tensors[0].size(0), chunk)]
+    return tuple(torch.cat(p) for p in zip(*parts))
+
+
+@torch.no_grad()
+def rollout(policy, ref, reward_model, task, raw_queries, cfg: Config, kl_coef: float, generator, device):
+    """Steps 1-3 for one batch of raw queries (token lists, without the task's prefix/suffix).
+    Returns a dict of (B, ...) tensors plus timings."""
+    t0 = time.perf_counter()
+    R = task.response_length
+    queries = [tasks.format_query(task, q) for q in raw_queries]  # what the policy reads
+    q_tokens, q_mask = gpt2.left_pad(queries, device=device)  # (B, Q)
+    q_mask &= q_tokens != gpt2.PAD_ID  # a query may hold pads of its own (OpenAI pads queries on the right)
+    # 1. rollout: fixed-length responses from π at the task's temperature (EOS does not stop sampling)
+    with autocast(device):
+        responses, _ = gpt2.generate(policy.lm, q_tokens, q_mask, R, cfg.temperature, generator=generator)  # (B, R)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t_generate = time.perf_counter() - t0
+    tokens = torch.cat([q_tokens, responses], 1)  # (B, T)
+    mask = torch.cat([q_mask, torch.ones_like(responses, dtype=torch.bool)], 1)  # (B, T)
+    # old log-probs and values come from the SAME forward function as training (as lm-human-preference-details),
+    # not from the sampling loop, so on the first minibatch of the first epoch the ratio is exactly 1
+    with autocast(device):
+        chunk = cfg.micro_batch_size
+        logprobs, _, values = forward_in_chunks(lambda t, m: policy(t, m, R, cfg.temperature), chunk, tokens, mask)
+        ref_logprobs, _ = forward_in_chunks(
+            lambda t, m: gpt2.response_logprobs(ref, t, m, R, cfg.temperature)[:2], chunk, tokens, mask)  # (B, R)
+        # 2. score: truncate at the stop token, score with the reward model, -1 where the stop token is missing
+        truncated, valid = tasks.truncate_responses(responses, task)  # (B, R) PAD_ID after the stop token, (B,)
+        # the reward model reads the RAW query + response, as the released code (paper-spec §1.2 item 7)
+        raw_tokens, raw_mask = gpt2.left_pad(raw_queries, device=device)  # (B, Q')
+        (scores,) = forward_in_chunks(lambda q, m, r: (reward_model.score(q, m, r),), chunk, raw_tokens, raw_mask, truncated)
+    scores = tasks.penalize(scores.float(), valid, task)  # (B,) replacement, not addition
+    # 3. rewards: per-token KL penalty against ρ, the score at the last token
+    rewards, non_score_reward, kl = compute_rewards(scores, logprobs, ref_logprobs, kl_coef)
+    return dict(tokens=tokens, mask=mask, responses=responses, truncated=truncated, valid=valid, scores=scores,
+                logprobs=logprobs, ref_logprobs=ref_logprobs, values=values, rewards=rewards,
+                non_score_reward=non_score_reward, kl=kl, t_generate=t_generate, t_rollout=time.perf_counter() - t0)
+
+
+def ppo_update(policy, optimizer, batch: dict, cfg: Config, n_response: int, shuffle_gen, device) -> dict:
+    """Steps 4-5: noptepochs passes over shuffled minibatches, one optimizer step per minibatch, gradients accumulated
+    over micro-batches. Returns stats as (E, M, A) tensors (averaged for logging, so no minibatch is left out)."""
+    B, E, M = cfg.batch_size, cfg.noptepochs, cfg.nminibatches
+    mb = exact_div(B, M, "--batch-size / --nminibatches")
+    micro = min(cfg.micro_batch_size, mb)
+    A = exact_div(mb, micro, "minibatch size / --micro-batch-size")
+    stats = {}
+
+    def record(e, m, a, name, value):
+        stats.setdefault(name, torch.zeros(E, M, A))[e, m, a] = value.item() if torch.is_tensor(value) else value
+
+    for e in range(E):
+        perm = torch.randperm(B, generator=shuffle_gen).to(device)  # a fresh shuffle every epoch
+        for m in range(M):
+            idx = perm[m * mb : (m + 1) * mb]
+            # 4. advantages, per minibatch as the released code does (with nminibatches = 1: the whole batch):
+            #    whiten rewards (scale only), GAE, whiten advantages (zero mean, unit variance)
+            rewards = batch["rewards"][idx]  # (mb, R)
+            if cfg.whiten_rewards:
+                rewards = whiten(rewards, shift_mean=False)
+            old_values, old_logprobs = batch["values"][idx], batch["logprobs"][idx]  # (mb, R)
+            advantages, returns = compute_gae(rewards, old_values, cfg.gamma, cfg.lam)
+            advantages = whiten(advantages)
+            # 5. PPO: clipped policy loss + vf_coef · clipped value loss, summed over micro-batches
+            optimizer.zero_grad(set_to_none=True)
+            total = torch.zeros((), device=device)
+            for a in range(A):
+                j = slice(a * micro, (a + 1) * micro)
+                with autocast(device):
+                    new_logprobs, entropy, vpred = policy(
+                        batch["tokens"][idx][j], batch["mask"][idx][j], n_response, cfg.temperature)  # (micro, R)
+                pg_loss, pg_stats = ppo_policy_loss(new_logprobs.float(), old_logprobs[j], advantages[j], cfg.cliprange)
+                vf_loss, vf_stats = value_loss(vpred, old_values[j], returns[j], cfg.cliprange_value)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                (loss * (micro / mb)).backward()  # each micro-batch is a mean over micro·R tokens: rescale to the minibatch mean
+                total += loss.detach() * (micro / mb)
+                for k, v in pg_stats.items():
+                    record(e, m, a, f"ppo/policy/{k}", v)
+                record(e, m, a, "ppo/policy/entropy", entropy.float().mean())
+                record(e, m, a, "ppo/loss/policy", pg_loss)
+                record(e, m, a, "ppo/loss/value", vf_loss)
+                record(e, m, a, "ppo/val/clipfrac", vf_stats["clipfrac"])
+                record(e, m, a, "ppo/val/error", vf_stats["error"])
+                record(e, m, a, "ppo/val/vpred", vpred.mean())
+                record(e, m, a, "ppo/returns/mean", returns[j].mean())
+                record(e, m, a, "ppo/returns/var", returns[j].var(unbiased=False))
+            if not torch.isfinite(total):  # before the step, so no NaN ever reaches the weights
+                raise FloatingPointError(f"the PPO loss is {total.item()} (epoch {e}, minibatch {m})")
+            optimizer.step()
+    return stats
+
+
+# -----------------------------------------------------------------------------
+# Evaluation, logging, checkpoints
+
+
+@torch.no_grad()
+def evaluate(policy, ref, reward_model, task, labeler, queries, cfg: Config, device) -> dict:
+    """Reward-model score, scripted true score and KL of the current policy on fixed held-out queries; its own
+    generator (seed fixed) so evaluating never moves the training RNG."""
+    gen = torch.Generator(device=device).manual_seed(12345)
+    stats = {}
+    for i in range(0, len(queries), cfg.batch_size):
+        b = rollout(policy, ref, reward_model, task, queries[i : i + cfg.batch_size], cfg, 0.0, gen, device)
+        for k, v in [("score", b["scores"]), ("kl", b["kl"].sum(1)), ("true_score", true_scores(labeler, b["truncated"]))]:
+            if v is not None:
+                stats.setdefault(k, []).append(v.float().cpu())
+    out = {k: torch.cat(v).mean().item() for k, v in stats.items()}
+    if "true_score" in stats:
+        out["true_score_std"] = torch.cat(stats["true_score"]).std(unbiased=False).item()
+    return out
+
+
+def decode(enc, row) -> str:
+    return enc.decode([t for t in row if t < gpt2.EOT_ID])
+
+
+def true_scores(labeler, truncated):
+    """The scripted labeler's score of each truncated response: the true reward when measuring PPO offline."""
+    if labeler is None:
+        return None
+    enc = gpt2.get_tokenizer()
+    return torch.as_tensor(np.asarray(labeler.score([decode(enc, r) for r in truncated.tolist()]), dtype=np.float32))
+
+
+def rollout_stats(batch: dict, true: torch.Tensor | None, kl_coef: float) -> dict:
+    """Per-update 'objective/...' metrics from a rollout batch (sums over tokens are per episode, then averaged)."""
+    out = {
+        "objective/score": batch["scores"].mean().item(),
+        "objective/kl": batch["kl"].sum(1).mean().item(),
+        "objective/kl_coef": kl_coef,
+        "objective/entropy": (-batch["logprobs"]).sum(1).mean().item(),
+        "objective/score_total": (batch["scores"] + batch["non_score_reward"].sum(1)).mean().item(),
+        "objective/valid_fraction": batch["valid"].float().mean().item(),
+    }
+    if true is not None:
+        out["objective/true_score"] = true.mean().item()
+    return out
+
+
+def print_samples(enc, queries, batch, true, n: int = 4):
+    """A plain-text table of a few queries, responses and scores (the lm-human-preference-details rich table)."""
+    print(f"{'query (end)':<42} | {'response (truncated)':<60} | score  | true   | kl")
+    for i in range(min(n, len(queries))):
+        q = decode(enc, queries[i]).replace("\n", " ")[-40:]
+        r = decode(enc, batch["truncated"][i].tolist()).replace("\n", " ")[:60]
+        t = f"{true[i].item():6.2f}" if true is not None else "   -  "
+        print(f"{q:<42} | {r:<60} | {batch['scores'][i].item():6.2f} | {t} | {batch['kl'][i].sum().item():5.2f}")
+
+
+def atomic_save(obj, path: Path):
+    """Write to a temporary file, then rename: a crash mid-write never destroys the last good checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state(sample_gen, shuffle_gen) -> dict:
+    state = dict(sample=sample_gen.get_state(), shuffle=shuffle_gen.get_state(), torch=torch.get_rng_state(),
+                 numpy=np.random.get_state(), python=random.getstate())
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, sample_gen, shuffle_gen):
+    sample_gen.set_state(state["sample"])
+    shuffle_gen.set_state(state["shuffle"])
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def plot_curves(metrics: list[dict], path: Path, kl_target: float | None):
+    """curves.png: score, true score, KL and β against episodes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [m["episodes"] for m in metrics]
+    keys = [("objective/score", "reward-model score"), ("objective/true_score", "scripted labeler's true score"),
+            ("objective/kl", "KL(π‖ρ), nats"), ("objective/kl_coef", "β")]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
+    for ax, (key, title) in zip(axes.flat, keys):
+        if metrics and key in metrics[0]:
+            ax.plot(x, [m[key] for m in metrics])
+        if key == "objective/kl" and kl_target is not None:
+            ax.axhline(kl_target, color="gray", ls="--", lw=1, label="target")
+            ax.legend()
+        ax.set_title(title)
+        ax.set_xlabel("episodes")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# -----------------------------------------------------------------------------
+# The reward model: load a checkpoint, or build one (sample -> scripted label -> train) with reward.py
+
+
+def load_reward(path: str, ref: gpt2.GPT2, device):
+    """Load a reward checkpoint made from the same base model as the policy; any failure is one clear message."""
+    try:
+        rm = reward.load_reward_model(path, device=device, expect_config=ref.config)
+    except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as e:
+        raise SystemExit(f"error: reward model {path}: {e}\n  (a reward model must be trained from the same base "
+                         f"model as the policy: `python reward.py train --model <the --model given here> ...`)")
+    return rm.eval().requires_grad_(False)
+
+
+def build_reward_model(cfg: Config, ref, task, labeler, device) -> str:
+    """No --reward given: train one into the run folder and return its path (a resumed run reuses it).
+    From --labels if given; otherwise sample comparisons from ρ and label them with the scripted labeler."""
+    out = Path(cfg.run_dir) / "rm.pt"
+    if out.exists():
+        print(f"reward model: reusing {out}")
+        return str(out)
+    if cfg.labels:
+        rows = labels.read_labels(cfg.labels)
+        print(f"reward model: training on {len(rows)} labels from {cfg.labels}")
+    elif labeler is None:
+        raise SystemExit(f"error: task {cfg.task} has no scripted labeler to make labels with; pass --reward rm.pt "
+                         f"or --labels labels.jsonl (OpenAI's released labels: see `python reward.py --help`)")
+    else:
+        print(f"reward model: sampling {cfg.rm_comparisons} comparisons from ρ, labeling them with the scripted "
+              f"'{labeler.name}' labeler, then training")
+        comparisons = reward.sample_comparisons(ref, task, cfg.rm_comparisons, seed=cfg.seed, device=device)
+        rows = reward.label_comparisons(comparisons, labeler.name)
+    rm, metrics = reward.train_reward_model(rows, reward.TrainConfig(), policy=ref, device=device)
+    print(f"reward model: {json.dumps(metrics)}")
+    reward.save_reward_model(rm, out)
+    return str(out)
+
+
+def policy_with_reward_value(ref, reward_model) -> PolicyAndValue:
+    """--value-model reward: π from ρ; V a separate network initialized from the reward model, trunk and head, with
+    the reward normalization folded into the head so V starts equal to the normalized score (Stiennon et al. 2020)."""
+    policy = PolicyAndValue(copy.deepcopy(ref).requires_grad_(True), copy.deepcopy(reward_model.lm).requires_grad_(True))
+    with torch.no_grad():
+        gain, bias = reward_model.reward_gain.float(), reward_model.reward_bias.float()
+        policy.value_head.weight.copy_(reward_model.head.weight * gain)
+        policy.value_head.bias.copy_(reward_model.head.bias * gain + bias)
+    return policy
+
+
+# -----------------------------------------------------------------------------
+# Main
+
+
+def metric_line(update: int, n_updates: int, m: dict) -> str:
+    """The fixed-format console line of one update."""
+    true = f"true {m['objective/true_score']:6.3f} | " if "objective/true_score" in m else ""
+    return (f"update {update:>5}/{n_updates} | score {m['objective/score']:6.3f} | {true}kl {m['objective/kl']:6.3f} | "
+            f"beta {m['objective/kl_coef']:.4f} | entropy {m['objective/entropy']:6.2f} | "
+            f"clipfrac {m['ppo/policy/clipfrac']:.3f} | approxkl {m['ppo/policy/approxkl']:.5f} | "
+            f"vf_err {m['ppo/val/error']:.4f} | {m['time/rollout_tokens_per_s']:7.0f} tok/s | "
+            f"rollout {m['time/rollout']:5.1f}s train {m['time/train']:5.1f}s")
+
+
+def train(cfg: Config) -> dict:
+    """The whole run: setup, optional reward-model building, the PPO loop, the summary. Returns summary.json."""
+    # ---- setup (boilerplate: device, seeds, run folder, models) ----
+    device = gpt2.pick_device(cfg.device)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    task = tasks.get_task(cfg.task)
+    R = task.response_length
+    labeler_name = cfg.labeler or (cfg.task if cfg.task in tasks.LABELERS else "")
+    labeler = tasks.get_labeler(labeler_name) if labeler_name else None
+    ckpt_path = run_dir / "checkpoint.pt"
+    ckpt = None
+    if cfg.resume:
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise SystemExit(f"error: cannot resume from {ckpt_path}: {e}")
+
+    ref = tasks.load_base_model(cfg.model, device=device).requires_grad_(False)  # ρ: frozen, never optimized
+    if not cfg.reward:
+        cfg.reward = build_reward_model(cfg, ref, task, labeler, device)  # the whole pipeline: sample, label, train
+    reward_model = load_reward(cfg.reward, ref, device)
+    policy = PolicyAndValue(copy.deepcopy(ref).requires_grad_(True))  # π starts as ρ; V: zero head on π's trunk
+    if cfg.value_model == "reward":
+        policy = policy_with_reward_value(ref, reward_model)
+    elif cfg.value_model != "shared":
+        raise SystemExit(f"error: --value-model {cfg.value_model!r}: use 'shared' or 'reward'")
+    policy.eval()  # dropout off ([BLOG] #13); eval mode does not stop gradients
+    params = [p for p in policy.parameters() if p.requires_grad]
+    if cfg.adam == "tf":
+        optimizer = AdamTF(params, lr=cfg.lr, eps=cfg.adam_eps)
+    elif cfg.adam == "torch":
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
+    else:
+        raise SystemExit(f"error: --adam {cfg.adam!r}: use 'tf' or 'torch'")
+    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+              else FixedKLController(cfg.kl_coef))
+    # data order: OpenAI shuffles the query set with a fixed seed 0 whatever the run's seed; so do we
+    source = tasks.QuerySource(task, "train", seed=0)
+    eval_queries = tasks.QuerySource(task, "test", seed=0).next_batch(cfg.eval_episodes, formatted=False)
+    sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)  # sampling responses
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)  # minibatch shuffles
+    n_updates = math.ceil(cfg.total_episodes / cfg.batch_size)
+    metrics_path = run_dir / "metrics.jsonl"
+    start, seconds_before = 0, 0.0
+    if ckpt is not None:
+        policy.load_state_dict(ckpt["policy"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        kl_ctl.load_state_dict(ckpt["kl_ctl"])
+        source.load_state_dict(ckpt["data"])
+        set_rng_state(ckpt["rng"], sample_gen, shuffle_gen)
+        start, before, seconds_before = ckpt["update"], ckpt["before"], ckpt["seconds"]
+        # metrics written after the checkpoint (the run died later) are dropped: the resumed run writes them again
+        lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
+        metrics_path.write_text("".join(l + "\n" for l in lines if json.loads(l)["update"] <= start))
+        print(f"resumed {run_dir} at update {start}/{n_updates}")
+    else:
+        metrics_path.write_text("")
+    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+
+    # ---- compute budget ----
+    Q = max(len(tasks.format_query(task, q)) for q in eval_queries[:8]) if eval_queries else task.query_length
+    M = cfg.nminibatches
+    print(f"compute budget: {cfg.total_episodes:,} episodes / {cfg.batch_size} per update = {n_updates:,} updates "
+          f"({n_updates * cfg.noptepochs * M:,} Adam steps: {cfg.noptepochs} epochs x {M} minibatches)\n"
+          f"  per update: {cfg.batch_size} queries of ~{Q} tokens, {cfg.batch_size * R:,} tokens generated, "
+          f"{cfg.noptepochs} x {cfg.batch_size} x {Q + R} tokens trained; total {n_updates * cfg.batch_size * R:,} "
+          f"tokens generated | model {cfg.model} on {device} | run dir {run_dir}")
+    if ckpt is None:
+        before = evaluate(policy, ref, reward_model, task, labeler, eval_queries, cfg, device)
+        print(f"before training (on {len(eval_queries)} held-out queries): {json.dumps(before)}")
+
+    # ---- the PPO loop ----
+    enc = gpt2.get_tokenizer()
+    t_start = time.time()
+    last = {}
+    stop = n_updates if not cfg.stop_after else min(n_updates, cfg.stop_after)
+    bar = tqdm(range(start, stop), desc="ppo", unit="update", initial=start, total=n_updates, file=sys.stdout,
+               dynamic_ncols=True, disable=None)
+    for update in bar:
+        lr = cfg.lr * (1 - update / n_updates)  # annealed linearly to 0 over the updates (released code: per update)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # 1-3. rollout, score, rewards (see rollout())
+        raw_queries = source.next_batch(cfg.batch_size, formatted=False)
+        batch = rollout(policy, ref, reward_model, task, raw_queries, cfg, kl_ctl.value, sample_gen, device)
+        true = true_scores(labeler, batch["truncated"])
+        # 4-5. advantages and PPO epochs (see ppo_update())
+        t0 = time.perf_counter()
+        try:
+            stats = ppo_update(policy, optimizer, batch, cfg, R, shuffle_gen, device)
+        except FloatingPointError as e:
+            raise SystemExit(f"error: update {update + 1}: {e}. Stopped; the last good checkpoint is kept at "
+                             f"{ckpt_path if ckpt_path.exists() else '(none yet)'}. Try a lower --lr or check the "
+                             f"reward model's scores (`python reward.py eval`).")
+        t_train = time.perf_counter() - t0
+        # 6. KL controller: adapt β toward the target with this batch's mean KL (released code: after every update)
+        m = rollout_stats(batch, true, kl_ctl.value)
+        kl_ctl.update(m["objective/kl"], cfg.batch_size)
+        # ---- logging (boilerplate) ----
+        m.update({k: v.mean().item() for k, v in stats.items()})
+        m["ppo/val/var_explained"] = 1 - m["ppo/val/error"] / max(m["ppo/returns/var"], 1e-8)
+        m.update({"update": update + 1, "episodes": (update + 1) * cfg.batch_size, "ppo/lr": lr,
+                  "time/rollout": batch["t_rollout"], "time/train": t_train,
+                  "time/rollout_tokens_per_s": cfg.batch_size * R / max(batch["t_generate"], 1e-9)})
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(m) + "\n")
+        tqdm.write(metric_line(update + 1, n_updates, m), file=sys.stdout)
+        if cfg.sample_every and (update + 1) % cfg.sample_every == 0:
+            print_samples(enc, [tasks.format_query(task, q) for q in raw_queries], batch, true)
+        last = m
+        if (update + 1) % cfg.save_every == 0 or update + 1 == stop:
+            seconds = seconds_before + time.time() - t_start
+            atomic_save(dict(policy=policy.state_dict(), optimizer=optimizer.state_dict(), kl_ctl=kl_ctl.state_dict(),
+                             data=source.state_dict(), rng=rng_state(sample_gen, shuffle_gen), update=update + 1,
+                             before=before, seconds=seconds, config=asdict(cfg)), ckpt_path)
+            plot_curves([json.loads(l) for l in metrics_path.read_text().splitlines()], run_dir / "curves.png",
+                        cfg.kl_target if cfg.adaptive_kl else None)
+    bar.close()
+    if stop < n_updates:
+        print(f"stopped after {stop}/{n_updates} updates (--stop-after); continue with: python ppo.py --resume {run_dir}")
+        return {}
+
+    # ---- summary ----
+    after = evaluate(policy, ref, reward_model, task, labeler, eval_queries, cfg, device)
+    summary = dict(score_before=before["score"], score_after=after["score"], true_score_before=before.get("true_score"),
+                   true_score_after=after.get("true_score"), true_score_std_before=before.get("true_score_std"),
+                   kl=after["kl"], kl_train_last=last.get("objective/kl"), kl_coef=kl_ctl.value, updates=n_updates,
+                   episodes=n_updates * cfg.batch_size, seconds=round(seconds_before + time.time() - t_start, 1),
+                   eval_episodes=len(eval_queries), device=device, model=cfg.model, task=cfg.task, reward=cfg.reward)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"after training: {json.dumps(after)}\nsummary: {run_dir / 'summary.json'}\n{json.dumps(summary, indent=2)}")
+    return summary
+
+
+def bench(cfg: Config, n_timed: int = 3) -> dict:
+    """Time PPO updates at this config on random weights (no download; the timing does not depend on the weights):
+    one warm-up update, then n_timed timed ones. Default config = the 124M sentiment setting: batch 512, 64 + 24 tokens."""
+    device = gpt2.pick_device(cfg.device)
+    task = tasks.get_task(cfg.task)
+    torch.manual_seed(cfg.seed)
+    ref = gpt2.GPT2.from_config(cfg.model).to(device).eval().requires_grad_(False)
+    reward_model = reward.RewardModel(copy.deepcopy(ref)).to(device).eval().requires_grad_(False)
+    policy = PolicyAndValue(copy.deepcopy(ref).requires_grad_(True)).eval()
+    optimizer = AdamTF(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    raw_queries = torch.randint(0, 50000, (cfg.batch_size, task.query_length), generator=shuffle_gen).tolist()
+    print(f"bench: {cfg.model} (random weights) on {device}, batch {cfg.batch_size}, {task.query_length} + "
+          f"{task.response_length} tokens, micro-batch {cfg.micro_batch_size}, {cfg.noptepochs} epochs")
+    rows = []
+    for i in range(1 + n_timed):
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        batch = rollout(policy, ref, reward_model, task, raw_queries, cfg, cfg.kl_coef, sample_gen, device)
+        t1 = time.perf_counter()
+        ppo_update(policy, optimizer, batch, cfg, task.response_length, shuffle_gen, device)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        row = dict(update_s=t2 - t0, rollout_s=t1 - t0, generate_s=batch["t_generate"], train_s=t2 - t1,
+                   generate_tok_s=cfg.batch_size * task.response_length / batch["t_generate"],
+                   peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan"))
+        print(("warm-up " if i == 0 else f"update {i}  ") + " | ".join(f"{k} {v:.3f}" for k, v in row.items()))
+        if i:
+            rows.append(row)
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    print(f"bench mean over {n_timed} updates ({device}): " + " | ".join(f"{k} {v:.3f}" for k, v in mean.items()))
+    return mean
+
+
+def main(argv=None):
+    cfg, given = parse_args(argv)
+    if cfg.resume:
+        # the run's own config, with the flags given now on top (e.g. --stop-after, --device); never its stop_after
+        saved_path = Path(cfg.resume) / "config.json"
+        if not saved_path.exists():
+            raise SystemExit(f"error: --resume {cfg.resume}: no config.json there (is it a ppo.py run folder?)")
+        saved = json.loads(saved_path.read_text())
+        saved["stop_after"] = 0
+        saved.update({k: v for k, v in given.items() if k != "resume"})
+        cfg = Config(**{**saved, "resume": cfg.resume, "run_dir": cfg.resume})
+    if cfg.bench:
+        return bench(cfg)
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()
