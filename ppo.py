@@ -207,6 +207,10 @@ class Config:
     rm_comparisons: int = 4992
     """comparisons to sample and label with the scripted labeler when neither --reward nor --labels is given
     (4,992 = the released style-task label count)"""
+    rm_lr: float = 5e-5
+    """reward-model learning rate when this run trains one (the released books setting: 5e-5)"""
+    rm_normalize_samples: int = 256
+    """responses from ρ used to normalize the reward model to mean 0, std 1 before and after its training"""
     labeler: str = ""
     """scripted labeler for the labels and for the true score (empty: the task's own, where tasks.py has one)"""
     value_model: str = "shared"
@@ -287,7 +291,7 @@ TASK_DEFAULTS = {
 }
 TINY_DEFAULTS = dict(
     total_episodes=64 * 40, batch_size=64, micro_batch_size=64, lr=1e-4, kl_coef=0.05, kl_target=3.0, kl_horizon=1000,
-    rm_comparisons=256, eval_episodes=64, sample_every=10, save_every=10,
+    rm_comparisons=512, rm_lr=3e-4, eval_episodes=64, sample_every=10, save_every=10,
 )
 
 
@@ -606,8 +610,7 @@ def build_reward_model(cfg: Config, ref, task, labeler, device) -> str:
         print(f"reward model: reusing {out}")
         return str(out)
     if cfg.labels:
-        rows = labels.read_labels(cfg.labels)
-        print(f"reward model: training on {len(rows)} labels from {cfg.labels}")
+        rows = reward.read_label_rows(cfg.labels)  # ours or OpenAI's released JSON; prints what it did not use
     elif labeler is None:
         raise SystemExit(f"error: task {cfg.task} has no scripted labeler to make labels with; pass --reward rm.pt "
                          f"or --labels labels.jsonl (OpenAI's released labels: see `python reward.py --help`)")
@@ -615,8 +618,12 @@ def build_reward_model(cfg: Config, ref, task, labeler, device) -> str:
         print(f"reward model: sampling {cfg.rm_comparisons} comparisons from ρ, labeling them with the scripted "
               f"'{labeler.name}' labeler, then training")
         comparisons = reward.sample_comparisons(ref, task, cfg.rm_comparisons, seed=cfg.seed, device=device)
-        rows = reward.label_comparisons(comparisons, labeler.name)
-    rm, metrics = reward.train_reward_model(rows, reward.TrainConfig(), policy=ref, device=device)
+        rows = reward.label_comparisons(comparisons, labeler)
+        labels.write_comparisons(Path(cfg.run_dir) / "labels.jsonl", rows)  # kept for `python reward.py eval`
+    rm_cfg = reward.TrainConfig(labels=cfg.labels or str(Path(cfg.run_dir) / "labels.jsonl"), model=cfg.model,
+                                out=str(out), task=cfg.task, lr=cfg.rm_lr, seed=cfg.seed,
+                                normalize_samples=cfg.rm_normalize_samples)
+    rm, metrics = reward.train_reward_model(rows, rm_cfg, policy=ref, device=device)
     print(f"reward model: {json.dumps(metrics)}")
     reward.save_reward_model(rm, out)
     return str(out)

@@ -42,9 +42,11 @@ def test_score_lands_on_last_token_and_kl_penalty_everywhere():
 
 
 def test_penalty_replaces_score_without_stop_token():
+    import tasks  # the penalty is written once, in tasks.py; ppo.rollout applies it (checked in the rollout test too)
+
     scores = torch.tensor([0.7, 3.0, -2.0])
     valid = torch.tensor([True, False, True])
-    torch.testing.assert_close(ppo.penalize_scores(scores, valid, -1.0), torch.tensor([0.7, -1.0, -2.0]))
+    torch.testing.assert_close(tasks.penalize(scores, valid, tasks.get_task("sentiment")), torch.tensor([0.7, -1.0, -2.0]))
 
 
 def test_policy_loss_hand_worked():
@@ -104,3 +106,160 @@ def test_adam_tf_epsilon_outside_bias_correction():
         m, v = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad**2
         theta -= 0.1 * math.sqrt(1 - 0.999**t) / (1 - 0.9**t) * m / (math.sqrt(v) + eps)
         assert p.item() == pytest.approx(theta, rel=1e-5)
+
+
+# -----------------------------------------------------------------------------
+# The first update: old log-probs come from the training forward, so the ratio starts at exactly 1
+
+
+class CountStopsRM:
+    """A stand-in reward model: the number of '.' tokens in the (truncated) response. Deterministic and instant."""
+
+    def score(self, query, query_mask, response):
+        return (response == 13).float().sum(1)
+
+
+def small_setup(batch_size=8, micro=2, nminibatches=2):
+    import copy
+
+    import gpt2
+    import tasks
+
+    torch.manual_seed(0)
+    ref = gpt2.GPT2.from_config("tiny").eval().requires_grad_(False)
+    policy = ppo.PolicyAndValue(copy.deepcopy(ref).requires_grad_(True)).eval()
+    cfg = ppo.Config(model="tiny", batch_size=batch_size, micro_batch_size=micro, nminibatches=nminibatches,
+                     lr=1e-3, device="cpu")
+    task = tasks.get_task("sentiment")
+    queries = tasks.QuerySource(task, "train", seed=0).next_batch(batch_size, formatted=False)
+    return ref, policy, cfg, task, queries
+
+
+def test_first_minibatch_ratio_exactly_one_and_penalty_in_rollout():
+    import tasks
+
+    ref, policy, cfg, task, queries = small_setup()
+    gen = torch.Generator().manual_seed(0)
+    batch = ppo.rollout(policy, ref, CountStopsRM(), task, queries, cfg, 0.1, gen, "cpu")
+    B, R = batch["responses"].shape
+    assert (B, R) == (8, task.response_length)
+    # π = ρ at the start: the KL penalty is exactly 0, and the value head is zero-initialized
+    assert torch.equal(batch["logprobs"], batch["ref_logprobs"]) and torch.equal(batch["values"], torch.zeros(B, R))
+    # score: the stand-in RM where the stop token exists, -1 where it does not; placed on the last token only
+    expected = torch.where(batch["valid"], (batch["truncated"] == 13).float().sum(1), torch.tensor(-1.0))
+    torch.testing.assert_close(batch["scores"], expected)
+    torch.testing.assert_close(batch["rewards"][:, -1], expected)
+    assert torch.equal(batch["rewards"][:, :-1], torch.zeros(B, R - 1))
+    truncated, valid = tasks.truncate_responses(batch["responses"], task)
+    assert torch.equal(truncated, batch["truncated"]) and torch.equal(valid, batch["valid"])
+
+    opt = ppo.AdamTF(policy.parameters(), lr=1e-3)
+    stats = ppo.ppo_update(policy, opt, batch, cfg, R, torch.Generator().manual_seed(0), "cpu")
+    E, M, A = stats["ppo/policy/approxkl"].shape
+    assert (E, M, A) == (4, 2, 2)
+    # every micro-batch of the first minibatch of the first epoch: no optimizer step yet, so π_new == π_old exactly
+    assert torch.equal(stats["ppo/policy/ratio_max"][0, 0], torch.ones(A))
+    assert torch.equal(stats["ppo/policy/ratio_min"][0, 0], torch.ones(A))
+    assert torch.equal(stats["ppo/policy/approxkl"][0, 0], torch.zeros(A))
+    assert torch.equal(stats["ppo/policy/clipfrac"][0, 0], torch.zeros(A))
+    # ... and after the first optimizer step the policy has moved (so the check above can fail)
+    assert stats["ppo/policy/approxkl"][0, 1].min() > 0 and stats["ppo/policy/approxkl"][-1].min() > 0
+
+
+def test_value_model_from_reward_starts_at_the_normalized_score():
+    import copy
+
+    import gpt2
+    import reward
+
+    ref, _, cfg, task, queries = small_setup()
+    rm = reward.RewardModel(copy.deepcopy(ref)).eval()
+    with torch.no_grad():
+        rm.reward_gain.fill_(2.0)
+        rm.reward_bias.fill_(-0.5)
+    policy = ppo.policy_with_reward_value(ref, rm)
+    tokens, mask = gpt2.left_pad(queries)
+    R = 3
+    with torch.no_grad():
+        _, _, values = policy(tokens, mask, R, 0.7)  # (B, R)
+        T = tokens.size(1)
+        expected = torch.stack([rm(tokens[:, : T - R + t], mask[:, : T - R + t]) for t in range(R)], 1)
+    torch.testing.assert_close(values, expected, atol=1e-5, rtol=1e-5)
+
+
+# -----------------------------------------------------------------------------
+# The whole pipeline on tiny (smoke), resume, bad input. One pipeline run builds the reward model the others reuse.
+
+TINY = ["--model", "tiny", "--batch-size", "8", "--micro-batch-size", "4", "--eval-episodes", "8", "--save-every", "1",
+        "--sample-every", "2"]
+
+
+def metrics_of(run_dir):
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """`python ppo.py --model tiny` with tiny budgets: sample comparisons, scripted labels, train the RM, then PPO."""
+    run_dir = tmp_path_factory.mktemp("pipeline")
+    summary = ppo.main(TINY + ["--rm-comparisons", "16", "--rm-normalize-samples", "32", "--total-episodes", "16",
+                         "--run-dir", str(run_dir)])
+    return run_dir, summary
+
+
+def test_pipeline_smoke(pipeline_run):
+    run_dir, summary = pipeline_run
+    for name in ["config.json", "metrics.jsonl", "curves.png", "checkpoint.pt", "summary.json", "rm.pt", "labels.jsonl"]:
+        assert (run_dir / name).exists(), name
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    for key in ["score_before", "score_after", "true_score_before", "true_score_after", "kl", "updates", "seconds"]:
+        assert summary[key] is not None and math.isfinite(summary[key]), key
+    assert summary["updates"] == 2
+    m = metrics_of(run_dir)
+    assert [r["update"] for r in m] == [1, 2]
+    assert m[0]["objective/kl"] == 0.0  # π = ρ for the first rollout
+    assert m[1]["objective/kl_coef"] < m[0]["objective/kl_coef"]  # KL far below target: the controller lowers β
+
+
+def test_resume_gives_the_same_metrics(pipeline_run, tmp_path):
+    rm = str(pipeline_run[0] / "rm.pt")
+    args = TINY + ["--reward", rm, "--total-episodes", "24"]
+    ppo.main(args + ["--run-dir", str(tmp_path / "whole")])
+    ppo.main(args + ["--run-dir", str(tmp_path / "parts"), "--stop-after", "2"])
+    assert len(metrics_of(tmp_path / "parts")) == 2
+    summary = ppo.main(["--resume", str(tmp_path / "parts")])
+    assert metrics_of(tmp_path / "parts") == metrics_of(tmp_path / "whole")
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    for key in ["score_after", "true_score_after", "kl", "kl_coef", "updates"]:
+        assert summary[key] == whole[key], key
+
+
+def test_bad_reward_checkpoints(pipeline_run, tmp_path):
+    import gpt2
+    import reward
+
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"\x80\x02 this is not a checkpoint")
+    with pytest.raises(SystemExit, match="not a reward model checkpoint"):
+        ppo.main(TINY + ["--reward", str(bad), "--run-dir", str(tmp_path / "a")])
+    other = tmp_path / "other-size.pt"
+    reward.save_reward_model(reward.RewardModel(gpt2.GPT2(gpt2.GPT2Config(n_layer=1, n_head=2, n_embd=64))), other)
+    with pytest.raises(SystemExit, match="policy has"):
+        ppo.main(TINY + ["--reward", str(other), "--run-dir", str(tmp_path / "b")])
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(pipeline_run, tmp_path, monkeypatch):
+    calls = []
+    real = ppo.compute_rewards
+
+    def nan_on_second_update(scores, *args):
+        calls.append(1)
+        return real(scores * (float("nan") if len(calls) == 3 else 1.0), *args)  # call 1: eval; 2: update 1
+
+    monkeypatch.setattr(ppo, "compute_rewards", nan_on_second_update)
+    run_dir = tmp_path / "nan"
+    with pytest.raises(SystemExit, match=r"(?s)update 2: the PPO loss is nan.*last good checkpoint is kept"):
+        ppo.main(TINY + ["--reward", str(pipeline_run[0] / "rm.pt"), "--total-episodes", "32", "--run-dir", str(run_dir)])
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["update"] == 1 and all(torch.isfinite(v).all() for v in ckpt["policy"].values())
