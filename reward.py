@@ -428,7 +428,7 @@ def train_reward_model(rows: list[dict], cfg: TrainConfig, policy: GPT2 | None =
     if held_out:
         metrics["test_before"] = evaluate(rm, held_out, cfg.eval_batch_size)
         print(f"train: held-out accuracy before training {metrics['test_before']['accuracy']:.3f} "
-              f"(chance {1 / N:.3f})")
+              f"(chance {1 / N:.3f}), loss {metrics['test_before']['loss']:.4f} (uniform {math.log(N):.4f})")
 
     # 2. one epoch over a seeded permutation, lr annealed linearly to 0 (train_reward.py line 249)
     params = [p for p in rm.parameters() if p.requires_grad]  # includes reward_gain/bias, as OpenAI
