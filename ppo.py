@@ -209,6 +209,8 @@ class Config:
     (4,992 = the released style-task label count)"""
     rm_lr: float = 5e-5
     """reward-model learning rate when this run trains one (the released books setting: 5e-5)"""
+    rm_batch_size: int = 32
+    """reward-model comparisons per step when this run trains one (the released books setting: 32)"""
     rm_normalize_samples: int = 256
     """responses from ρ used to normalize the reward model to mean 0, std 1 before and after its training"""
     labeler: str = ""
@@ -290,8 +292,9 @@ TASK_DEFAULTS = {
     "tldr": dict(lr=2e-6, batch_size=32, kl_coef=0.03, adaptive_kl=False, whiten_rewards=False, micro_batch_size=16),
 }
 TINY_DEFAULTS = dict(
-    total_episodes=64 * 40, batch_size=64, micro_batch_size=64, lr=1e-4, kl_coef=0.05, kl_target=3.0, kl_horizon=1000,
-    rm_comparisons=512, rm_lr=3e-4, eval_episodes=64, sample_every=10, save_every=10,
+    total_episodes=32 * 30, batch_size=32, micro_batch_size=32, lr=3e-4, kl_coef=0.02, kl_target=4.0, kl_horizon=1000,
+    rm_comparisons=800, rm_lr=1e-3, rm_batch_size=16, rm_normalize_samples=128, eval_episodes=64, sample_every=10,
+    save_every=10,
 )
 
 
@@ -622,6 +625,7 @@ def build_reward_model(cfg: Config, ref, task, labeler, device) -> str:
         labels.write_comparisons(Path(cfg.run_dir) / "labels.jsonl", rows)  # kept for `python reward.py eval`
     rm_cfg = reward.TrainConfig(labels=cfg.labels or str(Path(cfg.run_dir) / "labels.jsonl"), model=cfg.model,
                                 out=str(out), task=cfg.task, lr=cfg.rm_lr, seed=cfg.seed,
+                                batch_size=cfg.rm_batch_size,
                                 normalize_samples=cfg.rm_normalize_samples)
     rm, metrics = reward.train_reward_model(rows, rm_cfg, policy=ref, device=device)
     print(f"reward model: {json.dumps(metrics)}")
