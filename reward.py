@@ -414,6 +414,7 @@ def train_reward_model(rows: list[dict], cfg: TrainConfig, policy: GPT2 | None =
     policy = policy.to(device).eval()
     check_rows_fit(rows + list(held_out), policy.config, cfg.labels)
     rm = RewardModel(copy.deepcopy(policy), base_model=cfg.model).to(device)  # rho's weights, a fresh random head
+    rm.requires_grad_(True)  # every weight trains, even if the caller froze rho (ppo.py does)
     N = len(train_rows[0]["sample_tokens"])
     n_steps = math.ceil(len(train_rows) / cfg.batch_size)
     print(f"train: task {task.name}, {len(train_rows)} train / {len(held_out)} held-out comparisons of N={N}, "

@@ -191,3 +191,17 @@ def test_end_to_end_tiny_sample_label_train_eval(tmp_path, capsys):
     test_path = write_lines(tmp_path / "test.jsonl", lab_path.read_text().splitlines()[150:])
     assert reward.main(["eval", "--rm", str(rm_path), "--labels", test_path, "--device", "cpu"]) == 0
     assert f"accuracy {m['test']['accuracy']:.3f}" in capsys.readouterr().out
+
+
+def test_training_moves_every_weight_even_from_a_frozen_policy():
+    torch.manual_seed(0)
+    policy = GPT2.from_config(dataclasses.replace(PRESETS["tiny"])).requires_grad_(False)  # as ppo.py passes rho
+    before = policy.transformer.h[0].mlp.c_fc.weight.clone()
+    rows = [label_row(i, best=i % 2) for i in range(4)]
+    cfg = reward.TrainConfig(labels="<rows>", task="sentiment", model="tiny", batch_size=2, lr=1e-3,
+                             normalize_before=False, normalize_after=False, device="cpu")
+    rm, m = reward.train_reward_model(rows, cfg, policy=policy, test_rows=[])
+    assert m["num_train"] == 4 and m["num_test"] == 0
+    assert not torch.equal(rm.lm.transformer.h[0].mlp.c_fc.weight, before)  # the RM's own copy trained
+    assert torch.equal(policy.transformer.h[0].mlp.c_fc.weight, before)  # rho untouched
+    assert rm.meta["task"] == "sentiment" and rm.meta["seed"] == 1
