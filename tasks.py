@@ -387,7 +387,8 @@ _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 
 def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+    """Lowercase words of a text; <|endoftext|> is a separator, not a word."""
+    return _WORD.findall(text.replace("<|endoftext|>", " ").lower())
 
 
 def _lexicon(name: str) -> dict[str, int]:

@@ -107,6 +107,7 @@ def test_sentiment_and_descriptiveness_scores_by_hand():
     assert tasks.sentiment_score("He didn't cry at all.") == pytest.approx(10 * 1 / 5)  # n't negates
     assert tasks.sentiment_score("The chair is by the door.") == 0.0
     assert tasks.sentiment_score("") == 0.0
+    assert tasks.sentiment_score("<|endoftext|>It was good.") == pytest.approx(10 * 1 / 3)
     assert tasks.descriptiveness_score("The red door was cold.") == pytest.approx(10 * 2 / 5)
     assert tasks.descriptiveness_score("He said that it was so.") == 0.0
 
