@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -35,7 +34,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 PAD_ID = 50259  # OpenAI's padding id in label files (n_vocab + 2, "for historical reasons"); never fed to the model
 EOT_ID = 50256  # <|endoftext|>
@@ -497,11 +495,59 @@ def generate(
 # Per-token log-probs without the full (N, V) logits
 
 
-def _logprobs_chunk(hidden, weight, targets, temperature):
-    logits = (hidden @ weight.T).float() / temperature  # (n, V): one chunk only
-    logp = F.log_softmax(logits, dim=-1)
-    entropy = -(logp.exp() * logp).sum(-1)  # (n,)
-    return logp.gather(-1, targets[:, None])[:, 0], entropy
+class _ChunkedLogprobs(torch.autograd.Function):
+    """The PyTorch path of token_logprobs: `chunk` token rows at a time, with a hand-written backward.
+
+    Forward, per chunk: z = h·Wᵀ/τ (n, V), lse = logsumexp(z), log p = z − lse, entropy = −Σ p·log p. Saved for the
+    backward: h, W, targets, lse and entropy (two floats per token), never the logits. Backward, per chunk: recompute
+    z, then with log p = z − lse, p = e^{log p}:
+        ∂L/∂z = [g_logp·(1[j=y] − p) − g_ent·p·(log p + entropy)] / τ
+    and dh = (∂L/∂z)·W, dW = (∂L/∂z)ᵀ·h. The same math as the Triton kernel (kernels/logprobs.py), which chunks the
+    vocabulary instead. Against autograd through log_softmax with activation checkpointing this makes about half the
+    passes over the (n, V) logits (measured: PPO's forward+backward of the tiny model ~25% faster on 2 CPU cores).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, chunk):
+        logps, entropies, lses = [], [], []
+        for i in range(0, hidden.size(0), chunk):
+            z = (hidden[i : i + chunk] @ weight.T).float().mul_(1.0 / temperature)  # (n, V): one chunk only
+            lse = torch.logsumexp(z, -1)  # (n,)
+            logp_all = z.sub_(lse[:, None])  # (n, V) log p, in place
+            logps.append(logp_all.gather(-1, targets[i : i + chunk, None])[:, 0])
+            entropies.append(-torch.linalg.vecdot(logp_all.exp(), logp_all))  # H = −Σ p·log p (no cancellation)
+            lses.append(lse)
+        logp, entropy, lse = torch.cat(logps), torch.cat(entropies), torch.cat(lses)
+        ctx.save_for_backward(hidden, weight, targets, lse, entropy)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.set_materialize_grads(False)  # an output outside the loss gets None, not a tensor of zeros
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, g_logp, g_ent):
+        hidden, weight, targets, lse, entropy = ctx.saved_tensors
+        inv_t = 1.0 / ctx.temperature
+        dh = torch.zeros_like(hidden, dtype=torch.float32) if ctx.needs_input_grad[0] else None
+        dw = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        if g_logp is None:
+            g_logp = torch.zeros_like(lse)
+        for i in range(0, hidden.size(0), ctx.chunk):
+            h, j = hidden[i : i + ctx.chunk], slice(i, i + ctx.chunk)
+            logp = (h @ weight.T).float().mul_(inv_t).sub_(lse[j, None])  # (n, V) log p, recomputed
+            p = logp.exp()
+            # g = −p·(g_logp + g_ent·(log p + H)), built in place in the log p buffer; then + g_logp at the target
+            if g_ent is None:  # PPO's case: only the log-probs are in the loss
+                g = p.mul_(-g_logp[j, None])
+            else:
+                g = logp.add_(entropy[j, None]).mul_(g_ent[j, None]).add_(g_logp[j, None]).mul_(p).neg_()
+            g.scatter_add_(-1, targets[j, None], g_logp[j, None])
+            g.mul_(inv_t)  # (n, V) = ∂L/∂logits
+            if dh is not None:
+                dh[j] = g @ weight.float()
+            if dw is not None:
+                dw.addmm_(g.T, h.float())
+        return (dh.to(hidden.dtype) if dh is not None else None, dw.to(weight.dtype) if dw is not None else None,
+                None, None, None)
 
 
 def token_logprobs(hidden, weight, targets, temperature: float = 1.0, use_kernels="auto", chunk: int = 1024):
@@ -509,20 +555,15 @@ def token_logprobs(hidden, weight, targets, temperature: float = 1.0, use_kernel
 
     hidden (N, C), weight (V, C), targets (N,) -> logprobs (N,), entropy (N,). On CUDA (use_kernels='auto') the fused
     Triton kernel does this in one pass over the vocabulary; here, the PyTorch path works `chunk` rows at a time and
-    recomputes each chunk's logits in the backward (activation checkpointing), so autograd never holds (N, V) either.
+    recomputes each chunk's logits in the backward, so autograd never holds (N, V) either.
     """
     if kernels_enabled(use_kernels, hidden):
         import kernels
 
         return kernels.token_logprobs(hidden, weight, targets, temperature)
-    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    parts = []
-    for i in range(0, hidden.size(0), chunk):
-        args = (hidden[i : i + chunk], weight, targets[i : i + chunk], temperature)
-        parts.append(checkpoint(_logprobs_chunk, *args, use_reentrant=False) if needs_grad else _logprobs_chunk(*args))
-    if not parts:
+    if hidden.size(0) == 0:
         return hidden.new_zeros(0, dtype=torch.float32), hidden.new_zeros(0, dtype=torch.float32)
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return _ChunkedLogprobs.apply(hidden, weight, targets.long(), temperature, chunk)
 
 
 def response_logprobs(model: GPT2, tokens, attention_mask, n_response: int, temperature: float = 1.0):
@@ -573,17 +614,23 @@ class SampleArgs:
     """Triton kernels: 'auto' (on CUDA), 'on', 'off'"""
 
 
-def parse_dataclass_args(cls, argv=None, description=None):
-    """A --help with each field's docstring, from a dataclass: argparse over dataclasses.fields."""
+def field_docs(cls) -> dict[str, str]:
+    """Each dataclass field's docstring: the string literal right after it in the class source (dataclasses drop
+    them, so read them from the source)."""
     import ast
     import inspect
 
-    # field docstrings are the string literals right after each field in the class source
-    docs, tree = {}, ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = nxt.value.value
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    return {
+        a.target.id: " ".join(b.value.value.split())
+        for a, b in zip(body, body[1:])
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
+    }
+
+
+def parse_dataclass_args(cls, argv=None, description=None):
+    """A --help with each field's docstring, from a dataclass: argparse over dataclasses.fields."""
+    docs = field_docs(cls)
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
