@@ -9,7 +9,8 @@ It follows openai/lm-human-preferences (train_reward.py, rewards.py, label_types
   * reward = gain * head + bias, with gain/bias set so that rewards of rho's responses have mean 0 and (population)
     std 1, before training and again after it (so PPO's KL coefficient always means the same thing);
   * loss = softmax cross-entropy over the N candidates against the labeled best (N = 2 is Bradley-Terry);
-  * one epoch, learning rate annealed linearly to 0, Adam with TF1's epsilon (1e-5), no dropout, no clipping.
+  * one epoch (--epochs for more: the tiny CPU demo needs several), learning rate annealed linearly to 0, Adam with
+    TF1's epsilon (1e-5), no dropout, no clipping.
 
 Four subcommands; each has a real --help:
     python reward.py sample --task sentiment --model gpt2 --n 1000 --out comparisons.jsonl
@@ -77,33 +78,30 @@ def gain_bias(mean: float, std: float, target_mean: float = 0.0, target_std: flo
     return gain, target_mean - gain * mean
 
 
-class AdamTF(torch.optim.Optimizer):
-    """Adam as TF1's AdamOptimizer (lm-human-preferences utils/core.py::minimize), whose epsilon is "epsilon hat":
+class AdamTF(torch.optim.Adam):
+    """Adam with TF1's epsilon placement, as lm-human-preferences (tf.train.AdamOptimizer; [BLOG] §3.8 item 21):
 
-        lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t);   p -= lr_t * m / (sqrt(v) + eps)
+        TF1:   p -= lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + eps)         (eps outside the correction)
+        torch: p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps')
 
-    PyTorch's Adam adds eps to sqrt(v / (1 - beta2^t)) instead, i.e. its eps equals TF's eps / sqrt(1 - beta2^t):
-    ~30x larger at step 1 with beta2 = 0.999. The difference matters early in a short run such as one RM epoch.
+    These agree when eps' = eps / sqrt(1 - beta2^t), so we set that before every step and let torch's Adam do the
+    rest. With the same eps, torch's effective epsilon is eps * sqrt(1 - beta2^t), ~30x smaller at step 1, which
+    makes its first updates much larger (the blog measured PPO's approxkl 0.00237 vs TF's 0.00037). Used by the
+    reward model here and by PPO (ppo.py).
     """
 
     def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-5):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+        super().__init__(params, lr=lr, betas=betas, eps=eps)
+        for group in self.param_groups:
+            group["tf_eps"] = eps
 
     @torch.no_grad()
-    def step(self):
+    def step(self, closure=None):
         for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st["t"], st["m"], st["v"] = 0, torch.zeros_like(p), torch.zeros_like(p)
-                st["t"] += 1
-                st["m"].lerp_(p.grad, 1 - b1)
-                st["v"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                lr_t = group["lr"] * math.sqrt(1 - b2 ** st["t"]) / (1 - b1 ** st["t"])
-                p.addcdiv_(st["m"], st["v"].sqrt().add_(group["eps"]), value=-lr_t)
+            steps = [self.state[p]["step"] for p in group["params"] if "step" in self.state.get(p, {})]
+            t = int(steps[0]) + 1 if steps else 1  # the step about to be taken
+            group["eps"] = group["tf_eps"] / math.sqrt(1 - group["betas"][1] ** t)
+        return super().step(closure)
 
 
 # -----------------------------------------------------------------------------
@@ -279,7 +277,9 @@ class TrainConfig:
     batch_size: int = 32
     """comparisons per step (OpenAI books: 32; summaries: 16)"""
     lr: float = 5e-5
-    """peak learning rate, annealed linearly to 0 over the one epoch (OpenAI books: 5e-5; summaries: 2.5e-5)"""
+    """peak learning rate, annealed linearly to 0 over training (OpenAI books: 5e-5; summaries: 2.5e-5)"""
+    epochs: int = 1
+    """passes over the labels (OpenAI and the paper: 1; the tiny CPU demo has few labels and needs several)"""
     adam_eps: float = 1e-5
     """Adam epsilon (OpenAI: 1e-5)"""
     tf_adam: bool = True
@@ -416,9 +416,12 @@ def train_reward_model(rows: list[dict], cfg: TrainConfig, policy: GPT2 | None =
     rm = RewardModel(copy.deepcopy(policy), base_model=cfg.model).to(device)  # rho's weights, a fresh random head
     rm.requires_grad_(True)  # every weight trains, even if the caller froze rho (ppo.py does)
     N = len(train_rows[0]["sample_tokens"])
-    n_steps = math.ceil(len(train_rows) / cfg.batch_size)
+    if cfg.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
+    n_seen = len(train_rows) * cfg.epochs
+    n_steps = math.ceil(n_seen / cfg.batch_size)
     print(f"train: task {task.name}, {len(train_rows)} train / {len(held_out)} held-out comparisons of N={N}, "
-          f"{n_steps} steps of {cfg.batch_size}, lr {cfg.lr} -> 0, base model {cfg.model}")
+          f"{cfg.epochs} epoch(s), {n_steps} steps of {cfg.batch_size}, lr {cfg.lr} -> 0, base model {cfg.model}")
     metrics: dict = dict(num_train=len(train_rows), num_test=len(held_out), N=N)
 
     # 1. normalize the random head's rewards under rho (OpenAI: normalize_before)
@@ -431,18 +434,20 @@ def train_reward_model(rows: list[dict], cfg: TrainConfig, policy: GPT2 | None =
         print(f"train: held-out accuracy before training {metrics['test_before']['accuracy']:.3f} "
               f"(chance {1 / N:.3f}), loss {metrics['test_before']['loss']:.4f} (uniform {math.log(N):.4f})")
 
-    # 2. one epoch over a seeded permutation, lr annealed linearly to 0 (train_reward.py line 249)
+    # 2. one epoch (OpenAI; more with --epochs) over seeded permutations, lr annealed linearly to 0 over all of
+    #    training (train_reward.py line 249)
     params = [p for p in rm.parameters() if p.requires_grad]  # includes reward_gain/bias, as OpenAI
     opt = AdamTF(params, lr=cfg.lr, eps=cfg.adam_eps) if cfg.tf_adam else torch.optim.Adam(params, lr=cfg.lr,
                                                                                           eps=cfg.adam_eps)
-    order = np.random.default_rng(cfg.seed).permutation(len(train_rows))
+    rng = np.random.default_rng(cfg.seed)
+    order = np.concatenate([rng.permutation(len(train_rows)) for _ in range(cfg.epochs)])  # a fresh order per epoch
     rm.train()  # no dropout anywhere; train() only for form
     running_loss, running_acc, t0 = [], [], time.time()
     bar = tqdm(range(n_steps), desc="train reward model", unit="step")
     for step in bar:
         start = step * cfg.batch_size
         batch = [train_rows[i] for i in order[start : start + cfg.batch_size]]
-        lr = cfg.lr * (1 - start / len(train_rows))
+        lr = cfg.lr * (1 - start / n_seen)
         for g in opt.param_groups:
             g["lr"] = lr
         rewards, best = comparison_rewards(rm, batch, device)  # (B, N), (B,)
