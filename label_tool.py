@@ -586,7 +586,7 @@ def run_ui(win, s: Session, notice: str | None) -> None:
             if int(key) > s.n:
                 message = f"there are only {s.n} candidates: press 1-{s.n}"
             else:
-                best = s.choose(int(key) - 1, time.monotonic() - shown_at)
+                s.choose(int(key) - 1, time.monotonic() - shown_at)
                 message = f"saved: item {row['id']} -> [{key}]"
         else:
             name = repr(key) if isinstance(key, str) else curses.keyname(key).decode(errors="replace")
