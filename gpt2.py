@@ -471,7 +471,9 @@ def generate(
     out_logprobs = torch.zeros(B, max_new_tokens, device=tokens.device)
     done = torch.zeros(B, dtype=torch.bool, device=tokens.device)
     for t in range(max_new_tokens):
-        logits = (h @ model.lm_head_weight.T).float() / temperature  # (B, V)
+        # W @ hᵀ, not h @ Wᵀ: BLAS then streams the (V, C) weight in its stored row order, which at decoding's small
+        # batches is ~1.6x faster on CPU (14.6 vs 23.4 ms at B = 8 for GPT-2's 154 MB head, 2 cores); same result
+        logits = (model.lm_head_weight @ h.T).T.float() / temperature  # (B, V)
         logprobs = F.log_softmax(logits, dim=-1)
         if greedy:
             nxt = logits.argmax(-1)  # (B,)
