@@ -211,7 +211,8 @@ def sample_comparisons(policy: GPT2, task, n: int, n_samples: int = 4, batch_siz
     src = tasks.QuerySource(task, split, seed=seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     rows, n_dropped, n_drawn, n_valid = [], 0, 0, 0
-    bar = tqdm(total=n, desc=f"sample comparisons ({task.name})", unit=" cmp")
+    # disable=None: a progress bar in a terminal, none in a log file (the summary lines are printed either way)
+    bar = tqdm(total=n, desc=f"sample comparisons ({task.name})", unit=" cmp", disable=None)
     while len(rows) < n:
         queries = src.next_batch(min(max(1, batch_size // n_samples), n - len(rows)), formatted=False)
         found: list[list[list[int]]] = [[] for _ in queries]
@@ -443,7 +444,7 @@ def train_reward_model(rows: list[dict], cfg: TrainConfig, policy: GPT2 | None =
     order = np.concatenate([rng.permutation(len(train_rows)) for _ in range(cfg.epochs)])  # a fresh order per epoch
     rm.train()  # no dropout anywhere; train() only for form
     running_loss, running_acc, t0 = [], [], time.time()
-    bar = tqdm(range(n_steps), desc="train reward model", unit="step")
+    bar = tqdm(range(n_steps), desc="train reward model", unit="step", disable=None)
     for step in bar:
         start = step * cfg.batch_size
         batch = [train_rows[i] for i in order[start : start + cfg.batch_size]]

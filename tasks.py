@@ -527,7 +527,7 @@ def fit_tiny(fit: TinyFitConfig = TinyFitConfig()) -> GPT2:
     wte = model.transformer.wte.weight
     gen = torch.Generator().manual_seed(fit.seed)
     opt = torch.optim.AdamW(list(model.parameters()) + [unseen_row], lr=fit.lr, weight_decay=0.0, betas=(0.9, 0.95))
-    bar = tqdm(range(fit.steps), desc="fit tiny model on the shipped passages", unit="step")
+    bar = tqdm(range(fit.steps), desc="fit tiny model on the shipped passages", unit="step", disable=None)
     for step in bar:
         # 1. learning rate: linear warmup, then cosine decay to lr/10
         warm = min(1.0, (step + 1) / 20)
