@@ -176,8 +176,8 @@ def test_token_logprobs_chunked_matches_naive():
 
 
 def test_token_logprobs_gradients_of_each_output_alone_match_fp64():
-    """The hand-written backward, with only log-probs in the loss (PPO), only entropy, and neither output's grad
-    materialized, against autograd through log_softmax in fp64."""
+    """The hand-written backward with only log-probs in the loss (PPO's case) and with only entropy, against autograd
+    through log_softmax in fp64; then a weight that needs no gradient (dW skipped)."""
     torch.manual_seed(1)
     N, C, Vs = 23, 8, 517
     h64, w64 = torch.randn(N, C, dtype=torch.float64), torch.randn(Vs, C, dtype=torch.float64)
