@@ -1,25 +1,30 @@
 """
-GPT-2 from scratch: the model, checkpoint loading, the tokenizer, fast batched sampling, and per-token log-probs.
+GPT-2 from scratch: the model, checkpoint loading, the tokenizer, fast batched sampling, and
+per-token log-probs.
 
-Every other stage stands on this file: reward.py adds a scalar head, ppo.py adds a value head and keeps a frozen copy
-as the reference policy. It follows the GPT-2 paper and OpenAI's code (gpt-2/src/model.py), with two additions from
-lm-human-preferences (language/model.py) that RLHF needs:
+Every other stage stands on this file: reward.py adds a scalar head, ppo.py adds a value head and
+keeps a frozen copy as the reference policy. It follows the GPT-2 paper and OpenAI's code
+(gpt-2/src/model.py), with two additions from lm-human-preferences (language/model.py) that RLHF
+needs:
 
-  * left-padded batches: an attention mask marks real tokens; pads are masked out of attention and position ids count
-    only real tokens (exclusive cumsum of the mask), so a sequence's logits do not depend on its padding;
-  * log-probs of the tempered distribution (logits / temperature) everywhere, which PPO's ratio and KL need.
+  * left-padded batches: an attention mask marks real tokens; pads are masked out of attention and
+    position ids count only real tokens (exclusive cumsum of the mask), so a sequence's logits do
+    not depend on its padding;
+  * log-probs of the tempered distribution (logits / temperature) everywhere, which PPO's ratio and
+    KL need.
 
-Parameter names and layouts follow the Hugging Face checkpoints (wte, wpe, h.N.attn.c_attn, ..., weights stored
-(in, out) as their Conv1D does), so loading is a plain copy loop.
-There is no dropout: lm-human-preferences turns it off in every call (do_dropout=False), and so do we.
+Parameter names and layouts follow the Hugging Face checkpoints (wte, wpe, h.N.attn.c_attn, ...,
+weights stored (in, out) as their Conv1D does), so loading is a plain copy loop. There is no
+dropout: lm-human-preferences turns it off in every call (do_dropout=False), and so do we.
 
 Run it:
     python gpt2.py --model gpt2 --prompt "Hello, my name is" --prompt "The meaning of life" --max-new-tokens 40
     python gpt2.py --model ./my-hf-checkpoint-dir --greedy
 
-Shape letters: B = batch, T = sequence length, C = channels (n_embd), H = heads, D = head size (C / H),
-V = vocabulary (50257), R = response length (new tokens), N = flattened tokens (B * R).
+Shape letters: B = batch, T = sequence length, C = channels (n_embd), H = heads, D = head size (C /
+H), V = vocabulary (50257), R = response length (new tokens), N = flattened tokens (B * R).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,11 +40,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-PAD_ID = 50259  # OpenAI's padding id in label files (n_vocab + 2, "for historical reasons"); never fed to the model
+# OpenAI's padding id in label files (n_vocab + 2, "for historical reasons"); never fed to the model
+PAD_ID = 50259
 EOT_ID = 50256  # <|endoftext|>
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Config
 
 
@@ -58,7 +64,8 @@ class GPT2Config:
     layer_norm_epsilon: float = 1e-5
     """LayerNorm epsilon, as in the checkpoints"""
     use_kernels: str = "auto"
-    """Triton kernels: 'auto' (on CUDA tensors), 'on' (always; CPU runs them under TRITON_INTERPRET=1), 'off'"""
+    """Triton kernels: 'auto' (on CUDA tensors), 'on' (always; CPU runs them under
+    TRITON_INTERPRET=1), 'off'"""
 
 
 PRESETS = {
@@ -66,10 +73,13 @@ PRESETS = {
     "gpt2-medium": GPT2Config(n_layer=24, n_head=16, n_embd=1024),  # 355M params
     "gpt2-large": GPT2Config(n_layer=36, n_head=20, n_embd=1280),  # 774M params, the paper's model
     "gpt2-xl": GPT2Config(n_layer=48, n_head=25, n_embd=1600),  # 1558M params
-    "tiny": GPT2Config(n_layer=2, n_head=4, n_embd=128),  # 7.0M params (6.4M of them the embedding), tests and CPU demos
+    # 7.0M params (6.4M of them the embedding), tests and CPU demos
+    "tiny": GPT2Config(n_layer=2, n_head=4, n_embd=128),
 }
 
-HUB_REPOS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
+HUB_REPOS = {
+    name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+}
 
 
 def kernels_enabled(mode: str, t: torch.Tensor) -> bool:
@@ -90,23 +100,25 @@ def kernels_enabled(mode: str, t: torch.Tensor) -> bool:
     return True
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Attention (the PyTorch path; kernels.attention is the fused one)
 
 
 def torch_attention(q, k, v, key_mask=None):
     """Causal attention of the last Tq queries over Tk keys, with a key-padding mask.
 
-    q: (B, H, Tq, D); k, v: (B, H, Tk, D) with Tk >= Tq (Tk > Tq while decoding with a KV cache: query i sits at
-    position Tk - Tq + i). key_mask: (B, Tk) bool, True for real tokens, or None. A query that sees no real key (a
-    left pad) returns 0, as the Triton kernel does, instead of the NaN a fully masked softmax row would give.
+    q: (B, H, Tq, D); k, v: (B, H, Tk, D) with Tk >= Tq (Tk > Tq while decoding with a KV cache:
+    query i sits at position Tk - Tq + i). key_mask: (B, Tk) bool, True for real tokens, or None. A
+    query that sees no real key (a left pad) returns 0, as the Triton kernel does, instead of the
+    NaN a fully masked softmax row would give.
     """
     Tq, Tk = q.size(-2), k.size(-2)
     if key_mask is None and Tq == Tk:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # no padding: the fast path
     if key_mask is None and Tq == 1:
         return F.scaled_dot_product_attention(q, k, v)  # one new token sees every cached key
-    causal = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)  # (Tq, Tk)
+    # (Tq, Tk)
+    causal = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
     allowed = causal if key_mask is None else causal & key_mask[:, None, None, :]  # (B, 1, Tq, Tk)
     sees_a_key = allowed.any(-1, keepdim=True)  # (B, 1, Tq, 1)
     # let key-less queries attend to everything (finite math), then zero them
@@ -115,14 +127,16 @@ def torch_attention(q, k, v, key_mask=None):
 
 
 class KVCache:
-    """Pre-allocated keys and values for every layer, written in place while sampling (no torch.cat per step)."""
+    """Pre-allocated keys and values for every layer, written in place while sampling (no
+    torch.cat per step)."""
 
     def __init__(self, config: GPT2Config, batch: int, max_len: int, device, dtype):
         D = config.n_embd // config.n_head
         shape = (config.n_layer, batch, config.n_head, max_len, D)
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
-        self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)  # (B, max_len) real tokens
+        # (B, max_len) real tokens
+        self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.padded = False  # any pad cached? If not, attention skips the mask altogether
         self.len = 0  # positions filled so far
 
@@ -134,13 +148,14 @@ class KVCache:
         return self.k[layer, :, :, : self.len + T], self.v[layer, :, :, : self.len + T]
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The model
 
 
 class Linear(nn.Module):
-    """y = x @ weight + bias with weight stored (in, out), the checkpoints' Conv1D layout: loading needs no transpose,
-    and on CPU x @ W runs ~20% faster than nn.Linear's x @ W.T at decoding's small batches (measured, 2 cores)."""
+    """y = x @ weight + bias with weight stored (in, out), the checkpoints' Conv1D layout:
+    loading needs no transpose, and on CPU x @ W runs ~20% faster than nn.Linear's x @ W.T at
+    decoding's small batches (measured, 2 cores)."""
 
     def __init__(self, n_in: int, n_out: int):
         super().__init__()
@@ -148,7 +163,9 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_out))
 
     def forward(self, x):
-        return torch.addmm(self.bias, x.reshape(-1, x.size(-1)), self.weight).view(*x.shape[:-1], -1)
+        return torch.addmm(self.bias, x.reshape(-1, x.size(-1)), self.weight).view(
+            *x.shape[:-1], -1
+        )
 
 
 class CausalSelfAttention(nn.Module):
@@ -156,20 +173,24 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
         self.n_head, self.layer, self.use_kernels = config.n_head, layer, config.use_kernels
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
+        # q, k, v for all heads in one matmul
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)
         self.c_proj = Linear(config.n_embd, config.n_embd)
 
     def forward(self, x, key_mask, cache: KVCache | None = None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        # (B, H, T, D)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
-            k, v = cache.append(self.layer, k, v)  # (B, H, Tk, D): everything so far, this step included
+            # (B, H, Tk, D): everything so far, this step included
+            k, v = cache.append(self.layer, k, v)
             key_mask = cache.key_mask[:, : k.size(2)] if cache.padded else None
         if k.size(2) == T and kernels_enabled(self.use_kernels, x):
             import kernels
 
-            y = kernels.attention(q, k, v, key_mask)  # full sequence (training, scoring, prefill): fused kernel
+            # full sequence (training, scoring, prefill): fused kernel
+            y = kernels.attention(q, k, v, key_mask)
         else:
             y = torch_attention(q, k, v, key_mask)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
@@ -183,7 +204,8 @@ class MLP(nn.Module):
         self.c_proj = Linear(4 * config.n_embd, config.n_embd)
 
     def forward(self, x):
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's gelu is the tanh approximation
+        # GPT-2's gelu is the tanh approximation
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
 
 class Block(nn.Module):
@@ -205,14 +227,16 @@ class GPT2(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding, tied to the LM head
+                # token embedding, tied to the LM head
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.n_positions, config.n_embd),  # learned position embedding
                 h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
             )
         )
         self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2 scales residual projections by 1/sqrt(2 * n_layer)
+        # GPT-2 scales residual projections by 1/sqrt(2 * n_layer)
+        for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
@@ -230,27 +254,35 @@ class GPT2(nn.Module):
     def hidden_states(self, idx, attention_mask=None, cache: KVCache | None = None):
         """Final hidden states (after ln_f) for token ids idx (B, T).
 
-        attention_mask (B, T): 1 for real tokens, 0 for pads (left padding). Pads are masked out of attention, get id 0
-        for the embedding lookup (so PAD_ID, outside the vocabulary, is safe) and do not advance the position ids:
-        positions are the exclusive cumsum of the mask, as in lm-human-preferences (positions_for).
-        With a cache, idx are the next tokens after those already cached.
+        attention_mask (B, T): 1 for real tokens, 0 for pads (left padding). Pads are masked out of
+        attention, get id 0 for the embedding lookup (so PAD_ID, outside the vocabulary, is safe)
+        and do not advance the position ids: positions are the exclusive cumsum of the mask, as in
+        lm-human-preferences (positions_for). With a cache, idx are the next tokens after those
+        already cached.
         """
         B, T = idx.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(idx, dtype=torch.bool)
         mask = attention_mask.bool()  # (B, T)
         if cache is None:
-            pos = torch.cumsum(mask, dim=1) - mask.long()  # (B, T) exclusive cumsum: real tokens get 0, 1, 2, ...
-            key_mask = None if bool(mask.all()) else mask  # no mask at all lets attention take its fastest path
+            # (B, T) exclusive cumsum: real tokens get 0, 1, 2, ...
+            pos = torch.cumsum(mask, dim=1) - mask.long()
+            # no mask at all lets attention take its fastest path
+            key_mask = None if bool(mask.all()) else mask
         else:
-            seen = cache.key_mask[:, : cache.len].sum(1, keepdim=True)  # (B, 1) real tokens already cached
+            # (B, 1) real tokens already cached
+            seen = cache.key_mask[:, : cache.len].sum(1, keepdim=True)
             pos = seen + torch.cumsum(mask, dim=1) - mask.long()
             cache.key_mask[:, cache.len : cache.len + T] = mask
-            cache.padded = cache.padded or not bool(mask.all())  # one sync at the prefill (decode tokens are real)
+            # one sync at the prefill (decode tokens are real)
+            cache.padded = cache.padded or not bool(mask.all())
             key_mask = None  # the attention layers read the cache's mask
-        end = T + (cache.len if cache is not None else 0)  # bounds every position id without a device sync
+        # bounds every position id without a device sync
+        end = T + (cache.len if cache is not None else 0)
         if end > self.config.n_positions:
-            raise ValueError(f"sequence of {end} tokens exceeds n_positions={self.config.n_positions}")
+            raise ValueError(
+                f"sequence of {end} tokens exceeds n_positions={self.config.n_positions}"
+            )
         idx = idx.masked_fill(~mask, 0)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
         for block in self.transformer.h:
@@ -260,11 +292,11 @@ class GPT2(nn.Module):
         return self.transformer.ln_f(x)  # (B, T, C)
 
     def forward(self, idx, attention_mask=None):
-        """Logits (B, T, V) for token ids idx (B, T). For training on long batches, prefer response_logprobs, which
-        never holds the full (B, T, V) logits."""
+        """Logits (B, T, V) for token ids idx (B, T). For training on long batches, prefer
+        response_logprobs, which never holds the full (B, T, V) logits."""
         return self.hidden_states(idx, attention_mask) @ self.lm_head_weight.T  # (B, T, V)
 
-    # -------------------------------------------------------------------------
+    # ----------------------------------------------------------------------------------------------
     # Loading
 
     @classmethod
@@ -277,26 +309,33 @@ class GPT2(nn.Module):
         return cls(config)
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str, device="cpu", dtype=torch.float32, use_kernels="auto") -> "GPT2":
-        """Load GPT-2 from a Hugging Face layout directory (config.json + model.safetensors or pytorch_model.bin) or
-        from a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, openai-community/...), downloaded once into the
-        standard Hugging Face cache."""
+    def from_pretrained(
+        cls, name_or_dir: str, device="cpu", dtype=torch.float32, use_kernels="auto"
+    ) -> "GPT2":
+        """Load GPT-2 from a Hugging Face layout directory (config.json + model.safetensors or
+        pytorch_model.bin) or from a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl,
+        openai-community/...), downloaded once into the standard Hugging Face cache."""
         folder = resolve_checkpoint(name_or_dir)
         config = read_hf_config(folder / "config.json")
         config.use_kernels = use_kernels
         state = read_hf_weights(folder)
         with torch.device("meta"):  # no point initializing weights that are about to be overwritten
             model = cls(config)
-        model.load_state_dict(checkpoint_to_state_dict(state, model, folder), strict=True, assign=True)
+        model.load_state_dict(
+            checkpoint_to_state_dict(state, model, folder), strict=True, assign=True
+        )
         return model.to(device=device, dtype=dtype).eval()
 
 
 def resolve_checkpoint(name_or_dir: str) -> Path:
-    """A local directory, or a hub name downloaded (once, with a progress bar) into the Hugging Face cache."""
+    """A local directory, or a hub name downloaded (once, with a progress bar) into the Hugging
+    Face cache."""
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
         return path
-    repo = HUB_REPOS.get(name_or_dir, name_or_dir if name_or_dir.startswith("openai-community/") else None)
+    repo = HUB_REPOS.get(
+        name_or_dir, name_or_dir if name_or_dir.startswith("openai-community/") else None
+    )
     if repo is None and name_or_dir in PRESETS:
         raise ValueError(
             f"{name_or_dir!r} is a preset with no released weights: use GPT2.from_config({name_or_dir!r}) for random "
@@ -307,7 +346,8 @@ def resolve_checkpoint(name_or_dir: str) -> Path:
             f"no such model {name_or_dir!r}: give a directory holding config.json and model.safetensors (or "
             f"pytorch_model.bin), or one of {', '.join(HUB_REPOS)} (or 'openai-community/<name>')"
         )
-    from huggingface_hub import snapshot_download  # the standard cache: users who have GPT-2 don't download it again
+    # the standard cache: users who have GPT-2 don't download it again
+    from huggingface_hub import snapshot_download
 
     files = ["config.json", "model.safetensors"]
     try:
@@ -326,7 +366,9 @@ def resolve_checkpoint(name_or_dir: str) -> Path:
 
 def read_hf_config(path: Path) -> GPT2Config:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; a checkpoint directory needs config.json next to its weights")
+        raise FileNotFoundError(
+            f"{path}: missing; a checkpoint directory needs config.json next to its weights"
+        )
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -347,7 +389,8 @@ def read_hf_config(path: Path) -> GPT2Config:
 
 
 def read_hf_weights(folder: Path) -> dict:
-    """The raw tensors of model.safetensors (preferred) or pytorch_model.bin (unpickled with weights_only=True)."""
+    """The raw tensors of model.safetensors (preferred) or pytorch_model.bin (unpickled with
+    weights_only=True)."""
     st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
     if st.is_file():
         from safetensors.torch import load_file
@@ -355,25 +398,37 @@ def read_hf_weights(folder: Path) -> dict:
         try:
             return load_file(str(st))
         except Exception as e:
-            raise ValueError(f"{st}: cannot read ({e}); the file is damaged or truncated, download it again") from None
+            raise ValueError(
+                f"{st}: cannot read ({e}); the file is damaged or truncated, download it again"
+            ) from None
     if pt.is_file():
         try:  # weights_only: nothing downloaded is ever unpickled freely
             return torch.load(pt, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(f"{pt}: cannot read ({e}); the file is damaged, truncated or not a weights file") from None
+            raise ValueError(
+                f"{pt}: cannot read ({e}); the file is damaged, truncated or not a weights file"
+            ) from None
     raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
 
 
 def checkpoint_to_state_dict(state: dict, model: GPT2, folder: Path) -> dict:
-    """Map checkpoint names onto ours (the same names and layouts); every tensor's presence and shape checked."""
-    # names come with or without the 'transformer.' prefix; attn.bias / masked_bias are old causal-mask buffers
+    """Map checkpoint names onto ours (the same names and layouts); every tensor's presence and
+    shape checked."""
+    # names come with or without the 'transformer.' prefix; attn.bias / masked_bias are old
+    # causal-mask buffers
     state = {k.removeprefix("transformer."): v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.endswith(("attn.bias", "attn.masked_bias")) or ".c_" in k}
+    state = {
+        k: v
+        for k, v in state.items()
+        if not k.endswith(("attn.bias", "attn.masked_bias")) or ".c_" in k
+    }
     out = {}
     for name, param in model.state_dict().items():
         key = name.removeprefix("transformer.")
         if key not in state:
-            raise ValueError(f"{folder}: tensor {key!r} is missing from the checkpoint; is it a GPT-2 checkpoint?")
+            raise ValueError(
+                f"{folder}: tensor {key!r} is missing from the checkpoint; is it a GPT-2 checkpoint?"
+            )
         t = state.pop(key)
         if tuple(t.shape) != tuple(param.shape):
             raise ValueError(
@@ -386,7 +441,7 @@ def checkpoint_to_state_dict(state: dict, model: GPT2, folder: Path) -> dict:
     return out
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Tokenizer and padding
 
 
@@ -404,7 +459,8 @@ def get_tokenizer():
 
 
 def left_pad(seqs, pad_id=PAD_ID, device="cpu"):
-    """Left-pad token lists into (tokens (B, T) long, mask (B, T) bool), so every row's last token is real."""
+    """Left-pad token lists into (tokens (B, T) long, mask (B, T) bool), so every row's last
+    token is real."""
     T = max(len(s) for s in seqs)
     tokens = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros(len(seqs), T, dtype=torch.bool)
@@ -415,7 +471,7 @@ def left_pad(seqs, pad_id=PAD_ID, device="cpu"):
     return tokens.to(device), mask.to(device)
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Sampling
 
 
@@ -433,11 +489,13 @@ def filter_logits(logits, top_k=0, top_p=1.0):
 
 
 def sample_inverse_cdf(probs, generator=None):
-    """One draw per row of probs (B, V): the first token whose cumulative probability exceeds u ~ U[0, total).
-    Exact, and on CPU ~50x cheaper than torch.multinomial, whose exponential draw over all V tokens took ~9 ms of a
-    ~70 ms decoding step at batch 8 (measured, 2 cores). A zero-probability token is never chosen (right=True)."""
+    """One draw per row of probs (B, V): the first token whose cumulative probability exceeds u ~
+    U[0, total). Exact, and on CPU ~50x cheaper than torch.multinomial, whose exponential draw
+    over all V tokens took ~9 ms of a ~70 ms decoding step at batch 8 (measured, 2 cores). A
+    zero-probability token is never chosen (right=True)."""
     cdf = probs.cumsum(-1)  # (B, V)
-    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device) * cdf[:, -1:]  # (B, 1)
+    # (B, 1)
+    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.size(-1) - 1)
 
 
@@ -456,29 +514,40 @@ def generate(
 ):
     """Continue a left-padded batch of prompts with a pre-allocated KV cache.
 
-    tokens, attention_mask: (B, T). Returns (new_tokens (B, R), logprobs (B, R)), R = max_new_tokens: every row gets
-    exactly R tokens, as in the paper (EOS does not stop sampling), unless stop_token is given; then a row's tokens
-    after its stop token are PAD_ID with log-prob 0, and sampling ends early once every row has stopped.
-    logprobs are of the sampled tokens under the tempered distribution softmax(logits / temperature), before top-k /
-    top-p, the quantity PPO's ratio and KL use (the paper samples with neither).
+    tokens, attention_mask: (B, T). Returns (new_tokens (B, R), logprobs (B, R)), R =
+    max_new_tokens: every row gets exactly R tokens, as in the paper (EOS does not stop sampling),
+    unless stop_token is given; then a row's tokens after its stop token are PAD_ID with log-prob 0,
+    and sampling ends early once every row has stopped. logprobs are of the sampled tokens under the
+    tempered distribution softmax(logits / temperature), before top-k / top-p, the quantity PPO's
+    ratio and KL use (the paper samples with neither).
     """
     B, T = tokens.shape
     temperature = max(temperature, 1e-10)  # as lm-human-preferences: T = 0 would divide by zero
     cache = KVCache(model.config, B, T + max_new_tokens, tokens.device, model.lm_head_weight.dtype)
-    mask = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    h = model.hidden_states(tokens, mask, cache)[:, -1]  # (B, C) prefill; the last position is real (left padding)
+    mask = (
+        torch.ones_like(tokens, dtype=torch.bool)
+        if attention_mask is None
+        else attention_mask.bool()
+    )
+    # (B, C) prefill; the last position is real (left padding)
+    h = model.hidden_states(tokens, mask, cache)[:, -1]
     out_tokens = torch.full((B, max_new_tokens), PAD_ID, dtype=torch.long, device=tokens.device)
     out_logprobs = torch.zeros(B, max_new_tokens, device=tokens.device)
     done = torch.zeros(B, dtype=torch.bool, device=tokens.device)
     for t in range(max_new_tokens):
-        # W @ hᵀ, not h @ Wᵀ: BLAS then streams the (V, C) weight in its stored row order, which at decoding's small
-        # batches is ~1.6x faster on CPU (14.6 vs 23.4 ms at B = 8 for GPT-2's 154 MB head, 2 cores); same values
+        # W @ hᵀ, not h @ Wᵀ: BLAS then streams the (V, C) weight in its stored row order, which at
+        # decoding's small batches is ~1.6x faster on CPU (14.6 vs 23.4 ms at B = 8 for GPT-2's 154
+        # MB head, 2 cores); same values
         logits = (model.lm_head_weight @ h.T).T.float() / temperature  # (B, V)
         logprobs = F.log_softmax(logits, dim=-1)
         if greedy:
             nxt = logits.argmax(-1)  # (B,)
         else:
-            probs = logprobs.exp() if top_k == 0 and top_p >= 1.0 else F.softmax(filter_logits(logits, top_k, top_p), -1)
+            probs = (
+                logprobs.exp()
+                if top_k == 0 and top_p >= 1.0
+                else F.softmax(filter_logits(logits, top_k, top_p), -1)
+            )
             nxt = sample_inverse_cdf(probs, generator)  # (B,)
         lp = logprobs.gather(-1, nxt[:, None])[:, 0]  # (B,)
         out_tokens[:, t] = torch.where(done, PAD_ID, nxt)
@@ -488,42 +557,48 @@ def generate(
             if bool(done.all()):
                 return out_tokens[:, : t + 1], out_logprobs[:, : t + 1]
         if t + 1 < max_new_tokens:
-            h = model.hidden_states(nxt[:, None], torch.ones(B, 1, dtype=torch.bool, device=tokens.device), cache)
+            h = model.hidden_states(
+                nxt[:, None], torch.ones(B, 1, dtype=torch.bool, device=tokens.device), cache
+            )
             h = h[:, -1]  # (B, C)
     return out_tokens, out_logprobs
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Per-token log-probs without the full (N, V) logits
 
 
 class _ChunkedLogprobs(torch.autograd.Function):
-    """The PyTorch path of token_logprobs: `chunk` token rows at a time, with a hand-written backward.
+    """The PyTorch path of token_logprobs: `chunk` token rows at a time, with a hand-written
+    backward.
 
-    Forward, per chunk: z = h·Wᵀ/τ (n, V), lse = logsumexp(z), log p = z − lse, entropy = −Σ p·log p. Saved for the
-    backward: h, W, targets, lse and entropy (two floats per token), never the logits. Backward, per chunk: recompute
-    z, then with log p = z − lse, p = e^{log p}:
+    Forward, per chunk: z = h·Wᵀ/τ (n, V), lse = logsumexp(z), log p = z − lse, entropy = −Σ p·log
+    p. Saved for the backward: h, W, targets, lse and entropy (two floats per token), never the
+    logits. Backward, per chunk: recompute z, then with log p = z − lse, p = e^{log p}:
         ∂L/∂z = [g_logp·(1[j=y] − p) − g_ent·p·(log p + entropy)] / τ
-    and dh = (∂L/∂z)·W, dW = (∂L/∂z)ᵀ·h. The same math as the Triton kernel (kernels/logprobs.py), which chunks the
-    vocabulary instead. Against autograd through log_softmax with activation checkpointing this makes about half the
-    passes over the (n, V) logits (measured, 2 CPU cores: PPO's forward+backward of the tiny model at 32 x 88 tokens
-    1.32 s -> 0.76 s).
+    and dh = (∂L/∂z)·W, dW = (∂L/∂z)ᵀ·h. The same math as the Triton kernel (kernels/logprobs.py),
+    which chunks the vocabulary instead. Against autograd through log_softmax with activation
+    checkpointing this makes about half the passes over the (n, V) logits (measured, 2 CPU cores:
+    PPO's forward+backward of the tiny model at 32 x 88 tokens 1.32 s -> 0.76 s).
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, chunk):
         logps, entropies, lses = [], [], []
         for i in range(0, hidden.size(0), chunk):
-            z = (hidden[i : i + chunk] @ weight.T).float().mul_(1.0 / temperature)  # (n, V): one chunk only
+            # (n, V): one chunk only
+            z = (hidden[i : i + chunk] @ weight.T).float().mul_(1.0 / temperature)
             lse = torch.logsumexp(z, -1)  # (n,)
             logp_all = z.sub_(lse[:, None])  # (n, V) log p, in place
             logps.append(logp_all.gather(-1, targets[i : i + chunk, None])[:, 0])
-            entropies.append(-torch.linalg.vecdot(logp_all.exp(), logp_all))  # H = −Σ p·log p (no cancellation)
+            # H = −Σ p·log p (no cancellation)
+            entropies.append(-torch.linalg.vecdot(logp_all.exp(), logp_all))
             lses.append(lse)
         logp, entropy, lse = torch.cat(logps), torch.cat(entropies), torch.cat(lses)
         ctx.save_for_backward(hidden, weight, targets, lse, entropy)
         ctx.temperature, ctx.chunk = temperature, chunk
-        ctx.set_materialize_grads(False)  # an output outside the loss gets None, not a tensor of zeros
+        # an output outside the loss gets None, not a tensor of zeros
+        ctx.set_materialize_grads(False)
         return logp, entropy
 
     @staticmethod
@@ -538,27 +613,42 @@ class _ChunkedLogprobs(torch.autograd.Function):
             h, j = hidden[i : i + ctx.chunk], slice(i, i + ctx.chunk)
             logp = (h @ weight.T).float().mul_(inv_t).sub_(lse[j, None])  # (n, V) log p, recomputed
             p = logp.exp()
-            # g = −p·(g_logp + g_ent·(log p + H)), built in place in the log p buffer; then + g_logp at the target
+            # g = −p·(g_logp + g_ent·(log p + H)), built in place in the log p buffer; then + g_logp
+            # at the target
             if g_ent is None:  # PPO's case: only the log-probs are in the loss
                 g = p.mul_(-g_logp[j, None])
             else:
-                g = logp.add_(entropy[j, None]).mul_(g_ent[j, None]).add_(g_logp[j, None]).mul_(p).neg_()
+                g = (
+                    logp.add_(entropy[j, None])
+                    .mul_(g_ent[j, None])
+                    .add_(g_logp[j, None])
+                    .mul_(p)
+                    .neg_()
+                )
             g.scatter_add_(-1, targets[j, None], g_logp[j, None])
             g.mul_(inv_t)  # (n, V) = ∂L/∂logits
             if dh is not None:
                 dh[j] = g @ weight.float()
             if dw is not None:
                 dw.addmm_(g.T, h.float())
-        return (dh.to(hidden.dtype) if dh is not None else None, dw.to(weight.dtype) if dw is not None else None,
-                None, None, None)
+        return (
+            dh.to(hidden.dtype) if dh is not None else None,
+            dw.to(weight.dtype) if dw is not None else None,
+            None,
+            None,
+            None,
+        )
 
 
-def token_logprobs(hidden, weight, targets, temperature: float = 1.0, use_kernels="auto", chunk: int = 1024):
+def token_logprobs(
+    hidden, weight, targets, temperature: float = 1.0, use_kernels="auto", chunk: int = 1024
+):
     """Log-prob and entropy of softmax(hidden @ weight.T / temperature) at targets; differentiable.
 
-    hidden (N, C), weight (V, C), targets (N,) -> logprobs (N,), entropy (N,). On CUDA (use_kernels='auto') the fused
-    Triton kernel does this in one pass over the vocabulary; here, the PyTorch path works `chunk` rows at a time and
-    recomputes each chunk's logits in the backward, so autograd never holds (N, V) either.
+    hidden (N, C), weight (V, C), targets (N,) -> logprobs (N,), entropy (N,). On CUDA
+    (use_kernels='auto') the fused Triton kernel does this in one pass over the vocabulary; here,
+    the PyTorch path works `chunk` rows at a time and recomputes each chunk's logits in the
+    backward, so autograd never holds (N, V) either.
     """
     if kernels_enabled(use_kernels, hidden):
         import kernels
@@ -569,11 +659,15 @@ def token_logprobs(hidden, weight, targets, temperature: float = 1.0, use_kernel
     return _ChunkedLogprobs.apply(hidden, weight, targets.long(), temperature, chunk)
 
 
-def response_logprobs(model: GPT2, tokens, attention_mask, n_response: int, temperature: float = 1.0):
-    """Per-token log-probs and entropy of the last n_response tokens of each row, in one forward pass.
+def response_logprobs(
+    model: GPT2, tokens, attention_mask, n_response: int, temperature: float = 1.0
+):
+    """Per-token log-probs and entropy of the last n_response tokens of each row, in one forward
+    pass.
 
-    tokens, attention_mask: (B, T) = query (left-padded) + response. Returns logprobs (B, R), entropy (B, R) (0 where the
-    response token is a pad) and hidden (B, T, C) for the value / reward heads.
+    tokens, attention_mask: (B, T) = query (left-padded) + response. Returns logprobs (B, R),
+    entropy (B, R) (0 where the response token is a pad) and hidden (B, T, C) for the value / reward
+    heads.
     """
     B, T = tokens.shape
     R = n_response
@@ -582,19 +676,24 @@ def response_logprobs(model: GPT2, tokens, attention_mask, n_response: int, temp
     real = attention_mask[:, T - R :].bool()  # (B, R)
     targets = tokens[:, T - R :].masked_fill(~real, 0)  # (B, R)
     lp, ent = token_logprobs(
-        h.reshape(B * R, -1), model.lm_head_weight, targets.reshape(-1), temperature, model.config.use_kernels
+        h.reshape(B * R, -1),
+        model.lm_head_weight,
+        targets.reshape(-1),
+        temperature,
+        model.config.use_kernels,
     )
     return lp.view(B, R).masked_fill(~real, 0.0), ent.view(B, R).masked_fill(~real, 0.0), hidden
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Command line: sample continuations of prompts, all as one batch
 
 
 @dataclass
 class SampleArgs:
     model: str = "gpt2"
-    """a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a directory in the Hugging Face layout"""
+    """a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a directory in the Hugging Face
+    layout"""
     prompt: list[str] = field(default_factory=lambda: ["Hello, my name is"])
     """a prompt; repeat --prompt for several (they run as one left-padded batch)"""
     max_new_tokens: int = 40
@@ -618,8 +717,8 @@ class SampleArgs:
 
 
 def field_docs(cls) -> dict[str, str]:
-    """Each dataclass field's docstring: the string literal right after it in the class source (dataclasses drop
-    them, so read them from the source)."""
+    """Each dataclass field's docstring: the string literal right after it in the class source
+    (dataclasses drop them, so read them from the source)."""
     import ast
     import inspect
 
@@ -627,21 +726,29 @@ def field_docs(cls) -> dict[str, str]:
     return {
         a.target.id: " ".join(b.value.value.split())
         for a, b in zip(body, body[1:])
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
+        if isinstance(a, ast.AnnAssign)
+        and isinstance(b, ast.Expr)
+        and isinstance(b.value, ast.Constant)
     }
 
 
 def parse_dataclass_args(cls, argv=None, description=None):
     """A --help with each field's docstring, from a dataclass: argparse over dataclasses.fields."""
     docs = field_docs(cls)
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag, helptext = "--" + f.name.replace("_", "-"), docs.get(f.name, "")
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helptext)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default, help=helptext
+            )
         elif isinstance(default, list):
-            parser.add_argument(flag, action="append", default=None, help=helptext + f" (default: {default})")
+            parser.add_argument(
+                flag, action="append", default=None, help=helptext + f" (default: {default})"
+            )
         else:
             typ = type(default) if default is not None else str
             parser.add_argument(flag, type=typ, default=default, help=helptext)
@@ -662,7 +769,9 @@ def pick_device(name: str) -> str:
 
 
 def main(argv=None):
-    args = parse_dataclass_args(SampleArgs, argv, description="Sample continuations of prompts from GPT-2.")
+    args = parse_dataclass_args(
+        SampleArgs, argv, description="Sample continuations of prompts from GPT-2."
+    )
     device = pick_device(args.device)
     enc = get_tokenizer()
     try:
@@ -673,7 +782,15 @@ def main(argv=None):
     tokens, mask = left_pad(prompts, device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     new, _ = generate(
-        model, tokens, mask, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.greedy, gen,
+        model,
+        tokens,
+        mask,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.greedy,
+        gen,
         stop_token=EOT_ID if args.stop_at_eos else None,
     )
     for prompt, row in zip(args.prompt, new.tolist()):

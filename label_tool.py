@@ -1,28 +1,36 @@
-"""A terminal tool for labeling best-of-N comparisons: a person reads a query and N continuations and picks the best.
+"""A terminal tool for labeling best-of-N comparisons: a person reads a query and N continuations
+and picks the best.
 
-This is the human side of the paper's reward-model data (Ziegler et al. 2019, "Fine-Tuning Language Models from Human
-Preferences"; openai/lm-human-preferences `label_types.py::PickBest`, label type best_of_4). OpenAI's labels came from
-Scale AI's web interface; this is a keyboard-first curses equivalent. It reads comparisons.jsonl (from
-`reward.py sample`) and appends to labels.jsonl (read by `reward.py train`); both formats are defined in labels.py.
+This is the human side of the paper's reward-model data (Ziegler et al. 2019, "Fine-Tuning Language
+Models from Human Preferences"; openai/lm-human-preferences `label_types.py::PickBest`, label type
+best_of_4). OpenAI's labels came from Scale AI's web interface; this is a keyboard-first curses
+equivalent. It reads comparisons.jsonl (from `reward.py sample`) and appends to labels.jsonl (read
+by `reward.py train`); both formats are defined in labels.py.
 
     python label_tool.py comparisons.jsonl --out labels.jsonl --labeler alice
-    python label_tool.py --stats labels_alice.jsonl labels_bob.jsonl     # counts, time per label, agreement
+    # counts, time per label, agreement
+    python label_tool.py --stats labels_alice.jsonl labels_bob.jsonl
 
-Keys: 1..N pick the best candidate, s skip, u undo the last decision, ? help, q quit (Ctrl-C too), arrows / PgUp /
-PgDn / Home / End scroll a long item. Every other key is ignored, with a hint.
+Keys: 1..N pick the best candidate, s skip, u undo the last decision, ? help, q quit (Ctrl-C too),
+arrows / PgUp / PgDn / Home / End scroll a long item. Every other key is ignored, with a hint.
 
 Guarantees:
-- Each decision is appended to the labels file and fsynced BEFORE the next item is drawn, so anything the labeler
-  has seen move on is on disk. kill -9 at any moment loses at most the decision being made; the file always parses
-  (labels.append_jsonl writes each line with one write()). A partial last line (power cut) is repaired on open.
-- Candidates appear in a random order per item (seeded by --seed, labeler and id, so a restart shows the same order);
-  `best` always indexes the ORIGINAL `samples`, and `order` records what was shown where.
-- Restarting resumes at the first undecided item. Skipped items are logged ({"id", "skip": true}) and come back last:
-  after every unskipped item, in this session and after a restart. Undo works across restarts (it appends
-  {"id", "undo": true}; the last line about an id wins) and shows the undone item again.
+- Each decision is appended to the labels file and fsynced BEFORE the next item is drawn, so
+  anything the labeler has seen move on is on disk. kill -9 at any moment loses at most the decision
+  being made; the file always parses (labels.append_jsonl writes each line with one write()). A
+  partial last line (power cut) is repaired on open.
+- Candidates appear in a random order per item (seeded by --seed, labeler and id, so a restart shows
+  the same order); `best` always indexes the ORIGINAL `samples`, and `order` records what was shown
+  where.
+- Restarting resumes at the first undecided item. Skipped items are logged ({"id", "skip": true})
+  and come back last: after every unskipped item, in this session and after a restart. Undo works
+  across restarts (it appends {"id", "undo": true}; the last line about an id wins) and shows the
+  undone item again.
 
-Not done: no gold items, ties, flags or free-text comments; one labeler per terminal (run several with their own --out).
+Not done: no gold items, ties, flags or free-text comments; one labeler per terminal (run several
+with their own --out).
 """
+
 import argparse
 import collections
 import curses
@@ -54,18 +62,25 @@ class Config:
     labeler: str = ""
     """your name, stored on every label (default: your login name)"""
     task: str = ""
-    """show this task's instruction (sentiment, descriptiveness, tldr, cnndm) instead of each comparison's own"""
+    """show this task's instruction (sentiment, descriptiveness, tldr, cnndm) instead of each
+    comparison's own"""
     instructions: str = ""
-    """a text file of instructions: its first line is shown above every item, the whole file under `?`"""
+    """a text file of instructions: its first line is shown above every item, the whole file
+    under `?`"""
     seed: int = 0
-    """seeds the per-item shuffle of candidates (mixed with labeler and id, so a restart shows the same order)"""
+    """seeds the per-item shuffle of candidates (mixed with labeler and id, so a restart shows
+    the same order)"""
     stats: list = field(default_factory=list)
-    """print counts, time per label and agreement for these labels files, then exit (no terminal needed)"""
+    """print counts, time per label and agreement for these labels files, then exit (no terminal
+    needed)"""
 
 
 def parse_args(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:4]))
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawTextHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:4]),
+    )
     for f in dataclasses.fields(Config):
         doc = _field_docs()[f.name]
         if f.name == "comparisons":
@@ -74,13 +89,17 @@ def parse_args(argv=None) -> Config:
             p.add_argument("--stats", nargs="+", default=[], metavar="LABELS", help=doc)
         else:
             default = f" (default: {f.default!r})" if f.default != "" else ""
-            p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=doc + default)
+            p.add_argument(
+                f"--{f.name}", type=type(f.default), default=f.default, help=doc + default
+            )
     cfg = Config(**vars(p.parse_args(argv)))
     # Derived / checked once, here.
     if not cfg.stats and not (cfg.comparisons and cfg.out):
         p.error("give a comparisons file and --out LABELS.jsonl (or --stats LABELS.jsonl ...)")
     if cfg.task and cfg.task not in labels.TASK_INSTRUCTIONS:
-        p.error(f"--task {cfg.task!r} is unknown; choose from {', '.join(labels.TASK_INSTRUCTIONS)}")
+        p.error(
+            f"--task {cfg.task!r} is unknown; choose from {', '.join(labels.TASK_INSTRUCTIONS)}"
+        )
     cfg.labeler = cfg.labeler or _login_name()
     return cfg
 
@@ -89,9 +108,13 @@ def _field_docs() -> dict[str, str]:
     """The string under each Config field (dataclasses drop them, so read them from the source)."""
     import ast
     import inspect
+
     body = ast.parse(inspect.getsource(Config)).body[0].body
-    return {a.target.id: b.value.value for a, b in zip(body, body[1:])
-            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr)}
+    return {
+        a.target.id: b.value.value
+        for a, b in zip(body, body[1:])
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr)
+    }
 
 
 def _login_name() -> str:
@@ -101,12 +124,13 @@ def _login_name() -> str:
         return "anonymous"
 
 
-# ---------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Text: terminal cell widths, sanitizing, wrapping (pure functions, tested directly)
 
 
 def char_width(ch: str) -> int:
-    """Terminal cells taken by one code point: 0 for combining marks / format chars, 2 for wide (CJK, emoji)."""
+    """Terminal cells taken by one code point: 0 for combining marks / format chars, 2 for wide
+    (CJK, emoji)."""
     if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
         return 0
     return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
@@ -117,10 +141,12 @@ def text_width(s: str) -> int:
 
 
 def sanitize(text: str) -> str:
-    """Make model output safe to print: no escape sequences, tabs as spaces, line/paragraph separators as newlines.
+    """Make model output safe to print: no escape sequences, tabs as spaces, line/paragraph
+    separators as newlines.
 
-    A sampled response can contain anything, including ESC [ ... which would drive the terminal; control characters
-    are shown as their visible Unicode "control pictures" (ESC -> U+241B) instead.
+    A sampled response can contain anything, including ESC [ ... which would drive the terminal;
+    control characters are shown as their visible Unicode "control pictures" (ESC -> U+241B)
+    instead.
     """
     out = []
     for c in text.replace("\r\n", "\n").replace("\t", "    "):
@@ -139,18 +165,22 @@ def sanitize(text: str) -> str:
 
 
 def wrap(text: str, width: int, first: str = "", indent: int = 0) -> list[str]:
-    """Word-wrap `text` to `width` terminal cells; `first` prefixes the first line, later lines are indented.
+    """Word-wrap `text` to `width` terminal cells; `first` prefixes the first line, later lines are
+    indented.
 
-    Keeps explicit newlines, breaks words longer than a line, counts wide characters as 2 cells. Never returns an
-    empty list, and never loops on tiny widths (each line holds at least one character).
+    Keeps explicit newlines, breaks words longer than a line, counts wide characters as 2 cells.
+    Never returns an empty list, and never loops on tiny widths (each line holds at least one
+    character).
     """
     width = max(1, width)
-    if (first or indent) and (text_width(first) + 2 > width or indent + 2 > width):  # too narrow for a hanging
+    # too narrow for a hanging
+    if (first or indent) and (text_width(first) + 2 > width or indent + 2 > width):
         # indent (a wide char needs 2 cells): the prefix gets its own line(s), the text plain lines
         return (wrap(first.rstrip(), width) if first.strip() else []) + wrap(text, width)
     lines, pad = [], " " * indent
     for p_i, para in enumerate(sanitize(text).split("\n")):
-        lead = " " * min(len(para) - len(para.lstrip(" ")), max(0, width - indent - 2))  # keep a paragraph's indent
+        # keep a paragraph's indent
+        lead = " " * min(len(para) - len(para.lstrip(" ")), max(0, width - indent - 2))
         para = para.lstrip(" ")
         cur = (first if p_i == 0 else pad) + lead
         cur_w = base_w = text_width(cur)
@@ -192,9 +222,11 @@ def clip(s: str, width: int) -> str:
 
 
 def shuffled_order(item_id: str, labeler: str, seed: int, n: int) -> list[int]:
-    """order[k] = the original index of the candidate shown as key k+1. Deterministic, so restarts agree."""
+    """order[k] = the original index of the candidate shown as key k+1. Deterministic, so
+    restarts agree."""
     order = list(range(n))
-    random.Random(f"{seed}|{labeler}|{item_id}").shuffle(order)  # str seeds are hashed with SHA-512: stable
+    # str seeds are hashed with SHA-512: stable
+    random.Random(f"{seed}|{labeler}|{item_id}").shuffle(order)
     return order
 
 
@@ -207,12 +239,13 @@ def fmt_duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-# ---------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Agreement statistics (pure functions, tested on hand-worked tables)
 
 
 def percent_agreement(table: list[list[int]]) -> float:
-    """Fraction of agreeing pairs of labels on the same item, averaged over items: the P-bar of Fleiss' kappa.
+    """Fraction of agreeing pairs of labels on the same item, averaged over items: the P-bar of
+    Fleiss' kappa.
 
     table[i][j] = how many labelers picked candidate j on item i; every item needs >= 2 labels.
     """
@@ -224,11 +257,13 @@ def percent_agreement(table: list[list[int]]) -> float:
 
 
 def fleiss_kappa(table: list[list[int]]) -> float:
-    """Fleiss' kappa: (P-bar - P_e) / (1 - P_e), chance agreement P_e from the pooled category frequencies.
+    """Fleiss' kappa: (P-bar - P_e) / (1 - P_e), chance agreement P_e from the pooled category
+    frequencies.
 
-    Items may have different numbers of labels (n_i >= 2): each item's agreement P_i is averaged with equal weight,
-    and category proportions p_j are pooled over all labels; with a constant n this is Fleiss (1971) exactly.
-    Returns nan when every label is the same category (P_e = 1: agreement beyond chance is undefined).
+    Items may have different numbers of labels (n_i >= 2): each item's agreement P_i is averaged
+    with equal weight, and category proportions p_j are pooled over all labels; with a constant n
+    this is Fleiss (1971) exactly. Returns nan when every label is the same category (P_e = 1:
+    agreement beyond chance is undefined).
     """
     total = sum(sum(r) for r in table)
     p_j = [sum(r[j] for r in table) / total for j in range(len(table[0]))]
@@ -239,12 +274,14 @@ def fleiss_kappa(table: list[list[int]]) -> float:
 
 
 def item_key(row: dict) -> str:
-    """Items are the same if they show the same tokens (ids may differ between comparisons files)."""
+    """Items are the same if they show the same tokens (ids may differ between comparisons
+    files)."""
     return json.dumps([row["query_tokens"], row["sample_tokens"]])
 
 
 def stats_report(paths: list[str]) -> str:
-    """Counts, time per label, position bias and inter-labeler agreement for one or more labels files."""
+    """Counts, time per label, position bias and inter-labeler agreement for one or more labels
+    files."""
     out, ratings, n_cand = [], collections.defaultdict(list), None
     for path in paths:
         if labels.is_json_list(path):  # OpenAI's released JSON: labels only, no log
@@ -257,7 +294,9 @@ def stats_report(paths: list[str]) -> str:
             out.append(f"{path}: no labels")
             continue
         who = collections.Counter(r.get("labeler", "?") for r in rows)
-        line = f"{path}: {len(rows)} labels by " + ", ".join(f"{k} ({v})" for k, v in who.most_common())
+        line = f"{path}: {len(rows)} labels by " + ", ".join(
+            f"{k} ({v})" for k, v in who.most_common()
+        )
         if c is not None:
             skipped = sum(1 for i in order if final[i][1] == "skip")
             line += f"; {skipped} skipped, {c['undo']} undos, {len(items)} lines"
@@ -265,48 +304,68 @@ def stats_report(paths: list[str]) -> str:
         secs = sorted(r["seconds"] for r in rows if r.get("seconds"))
         if secs:
             p90 = secs[min(len(secs) - 1, math.ceil(0.9 * len(secs)) - 1)]
-            out.append(f"  time per label: median {statistics.median(secs):.1f} s, "
-                       f"mean {statistics.fmean(secs):.1f} s, "
-                       f"90th percentile {p90:.1f} s ({3600 / statistics.fmean(secs):.0f} labels/hour)")
+            out.append(
+                f"  time per label: median {statistics.median(secs):.1f} s, "
+                f"mean {statistics.fmean(secs):.1f} s, "
+                f"90th percentile {p90:.1f} s ({3600 / statistics.fmean(secs):.0f} labels/hour)"
+            )
         n = len(rows[0]["sample_tokens"])
         n_cand = n_cand or n
-        shown = [r["order"].index(r["best"]) for r in rows
-                 if isinstance(r.get("order"), list) and r["best"] in r["order"]]
+        shown = [
+            r["order"].index(r["best"])
+            for r in rows
+            if isinstance(r.get("order"), list) and r["best"] in r["order"]
+        ]
         if shown:  # a labeler who mostly presses "1" is not reading
             hist = collections.Counter(shown)
-            out.append("  picked screen position: "
-                       + "  ".join(f"{k + 1}: {hist[k] / len(shown):.0%}" for k in range(n)))
+            out.append(
+                "  picked screen position: "
+                + "  ".join(f"{k + 1}: {hist[k] / len(shown):.0%}" for k in range(n))
+            )
         hist = collections.Counter(r["best"] for r in rows)
-        out.append("  picked sample index:    " + "  ".join(f"{k}: {hist[k] / len(rows):.0%}" for k in range(n)))
+        out.append(
+            "  picked sample index:    "
+            + "  ".join(f"{k}: {hist[k] / len(rows):.0%}" for k in range(n))
+        )
         for r in rows:
             if len(r["sample_tokens"]) == n_cand:
                 ratings[item_key(r)].append(r["best"])
     multi = [v for v in ratings.values() if len(v) >= 2]
     if not multi:
-        out.append("agreement: no item is labeled more than once across these files "
-                   "(give several labelers the same comparisons file, each with their own --out)")
+        out.append(
+            "agreement: no item is labeled more than once across these files "
+            "(give several labelers the same comparisons file, each with their own --out)"
+        )
         return "\n".join(out)
     table = [[v.count(j) for j in range(n_cand)] for v in multi]
     sizes = collections.Counter(len(v) for v in multi)
-    out.append(f"agreement on {len(multi)} items labeled more than once ("
-               + ", ".join(f"{k} labels: {v} items" for k, v in sorted(sizes.items())) + "):")
-    out.append(f"  percent agreement (pairs of labels that agree): {percent_agreement(table):.1%}"
-               f"   (chance with uniform picks: {1 / n_cand:.1%})")
+    out.append(
+        f"agreement on {len(multi)} items labeled more than once ("
+        + ", ".join(f"{k} labels: {v} items" for k, v in sorted(sizes.items()))
+        + "):"
+    )
+    out.append(
+        f"  percent agreement (pairs of labels that agree): {percent_agreement(table):.1%}"
+        f"   (chance with uniform picks: {1 / n_cand:.1%})"
+    )
     kappa = fleiss_kappa(table)
-    out.append(f"  Fleiss' kappa: {kappa:.3f}" if not math.isnan(kappa) else
-               "  Fleiss' kappa: undefined (every label picked the same candidate index)")
+    out.append(
+        f"  Fleiss' kappa: {kappa:.3f}"
+        if not math.isnan(kappa)
+        else "  Fleiss' kappa: undefined (every label picked the same candidate index)"
+    )
     return "\n".join(out)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The labeling session: state and file I/O, no curses (so tests can drive it directly too)
 
 
 class Session:
     """Which items are decided, what comes next, and the append-only log on disk.
 
-    queue[0] is the item on screen. Undecided items come in file order, then skipped ones. `history` is the order of
-    decisions (label or skip) still standing, for undo.
+    queue[0] is the item on screen. Undecided items come in file order, then skipped ones. `history`
+    is the order of decisions (label or skip) still standing, for undo.
     """
 
     def __init__(self, cfg: Config, comparisons: list[dict], instructions: str | None):
@@ -316,7 +375,8 @@ class Session:
         self.custom_instructions = instructions
         self.notice = labels.repair_truncated_tail(cfg.out) if os.path.exists(cfg.out) else None
         self.state: dict[str, str] = {}  # id -> "label" | "skip"
-        self.recent_seconds: list[float] = []  # time per label, for the labels/hour shown in the status line
+        # time per label, for the labels/hour shown in the status line
+        self.recent_seconds: list[float] = []
         self.history: list[str] = []
         if os.path.exists(cfg.out):
             self._load_existing()
@@ -329,8 +389,10 @@ class Session:
         """Read our own log back, checking that it belongs to this comparisons file."""
         path, comp = self.cfg.out, self.cfg.comparisons
         if labels.is_json_list(path):
-            raise FormatError(f"{path}: this is a JSON list (OpenAI's label format), not a labels.jsonl log; "
-                              f"choose another --out")
+            raise FormatError(
+                f"{path}: this is a JSON list (OpenAI's label format), not a labels.jsonl log; "
+                f"choose another --out"
+            )
         items = labels.read_jsonl(path)
         final, order, _ = labels.resolve(items, path)
         for lineno, obj in items:
@@ -338,15 +400,21 @@ class Session:
             if row is None:
                 raise FormatError(
                     f"{path}:{lineno}: id {obj['id']!r} is not in {comp}: this labels file was made for a different "
-                    f"comparisons file. Pass the comparisons file it belongs to, or a new --out.")
-            if "best" in obj and (obj.get("query_tokens") != row["query_tokens"]
-                                  or obj.get("sample_tokens") != row["sample_tokens"]):
+                    f"comparisons file. Pass the comparisons file it belongs to, or a new --out."
+                )
+            if "best" in obj and (
+                obj.get("query_tokens") != row["query_tokens"]
+                or obj.get("sample_tokens") != row["sample_tokens"]
+            ):
                 raise FormatError(
                     f"{path}:{lineno}: id {obj['id']!r} has different tokens than the comparison with that id in "
                     f"{comp}: this labels file was made for a different comparisons file. Pass the comparisons file "
-                    f"it belongs to, or a new --out.")
+                    f"it belongs to, or a new --out."
+                )
             if "best" in obj and not (type(obj["best"]) is int and 0 <= obj["best"] < self.n):
-                raise FormatError(f"{path}:{lineno}: `best` = {obj['best']!r} is not an index 0..{self.n - 1}")
+                raise FormatError(
+                    f"{path}:{lineno}: `best` = {obj['best']!r} is not an index 0..{self.n - 1}"
+                )
         for id_ in order:
             kind = final[id_][1]
             if kind in ("label", "skip"):
@@ -355,7 +423,8 @@ class Session:
             if kind == "label" and isinstance(final[id_][2].get("seconds"), (int, float)):
                 self.recent_seconds.append(final[id_][2]["seconds"])
 
-    # --- what is on screen -------------------------------------------------------------------------------------
+    # --- what is on screen
+    # ----------------------------------------------------------------------------------------------
     def current(self) -> dict | None:
         return self.by_id[self.queue[0]] if self.queue else None
 
@@ -379,14 +448,24 @@ class Session:
         recent = self.recent_seconds[-20:]
         return 3600.0 / max(statistics.fmean(recent), 1e-3) if recent else None
 
-    # --- decisions: each one is on disk before it returns --------------------------------------------------------
+    # --- decisions: each one is on disk before it returns
+    # ----------------------------------------------------------------------------------------------
     def choose(self, position: int, seconds: float) -> int:
         """The labeler pressed key position+1; returns the original index stored as `best`."""
         row = self.current()
         order = self.order(row)
         best = order[position]
-        labels.append_jsonl(self.cfg.out, {**row, "best": best, "labeler": self.cfg.labeler,
-                                           "seconds": round(seconds, 3), "created": labels.now_iso(), "order": order})
+        labels.append_jsonl(
+            self.cfg.out,
+            {
+                **row,
+                "best": best,
+                "labeler": self.cfg.labeler,
+                "seconds": round(seconds, 3),
+                "created": labels.now_iso(),
+                "order": order,
+            },
+        )
         self._decided(row["id"], "label")
         self.queue.pop(0)
         self.recent_seconds.append(seconds)
@@ -395,18 +474,29 @@ class Session:
 
     def skip(self, seconds: float) -> None:
         row = self.current()
-        labels.append_jsonl(self.cfg.out, {"id": row["id"], "skip": True, "labeler": self.cfg.labeler,
-                                           "seconds": round(seconds, 3), "created": labels.now_iso()})
+        labels.append_jsonl(
+            self.cfg.out,
+            {
+                "id": row["id"],
+                "skip": True,
+                "labeler": self.cfg.labeler,
+                "seconds": round(seconds, 3),
+                "created": labels.now_iso(),
+            },
+        )
         self._decided(row["id"], "skip")
         self.queue.append(self.queue.pop(0))  # skipped items come back after everything else
 
     def undo(self) -> str | None:
-        """Withdraw the most recent standing decision and show that item again. Returns its id (None: nothing)."""
+        """Withdraw the most recent standing decision and show that item again. Returns its id
+        (None: nothing)."""
         if not self.history:
             return None
         id_ = self.history.pop()
-        labels.append_jsonl(self.cfg.out, {"id": id_, "undo": True, "labeler": self.cfg.labeler,
-                                           "created": labels.now_iso()})
+        labels.append_jsonl(
+            self.cfg.out,
+            {"id": id_, "undo": True, "labeler": self.cfg.labeler, "created": labels.now_iso()},
+        )
         self.state.pop(id_, None)
         if id_ in self.queue:
             self.queue.remove(id_)
@@ -421,7 +511,8 @@ class Session:
 
 
 def load_session(cfg: Config) -> Session:
-    """Read and check everything before the screen is taken over; FormatError / OSError say what is wrong."""
+    """Read and check everything before the screen is taken over; FormatError / OSError say what
+    is wrong."""
     comparisons = labels.read_comparisons(cfg.comparisons)
     instructions = None
     if cfg.instructions:
@@ -430,13 +521,16 @@ def load_session(cfg: Config) -> Session:
     elif not cfg.task:
         unknown = sorted({r["task"] for r in comparisons} - set(labels.TASK_INSTRUCTIONS))
         if unknown:
-            raise FormatError(f"{cfg.comparisons}: no built-in instruction for task(s) {', '.join(unknown)}; pass "
-                              f"--instructions FILE or --task ({', '.join(labels.TASK_INSTRUCTIONS)})")
+            raise FormatError(
+                f"{cfg.comparisons}: no built-in instruction for task(s) {', '.join(unknown)}; pass "
+                f"--instructions FILE or --task ({', '.join(labels.TASK_INSTRUCTIONS)})"
+            )
     return Session(cfg, comparisons, instructions)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Screen: build the lines for the current state, then draw them (only `draw` and `run_ui` touch curses)
+# --------------------------------------------------------------------------------------------------
+# Screen: build the lines for the current state, then draw them (only `draw` and `run_ui` touch
+# curses)
 
 HELP = """Keys
   1..{n}        pick the best candidate (numbers as shown on screen; the order is shuffled per item)
@@ -455,25 +549,35 @@ Instructions
 
 
 def item_lines(s: Session, width: int) -> list[tuple[str, int]]:
-    """The scrollable body for the current item: instruction, query, then the candidates in shuffled order."""
+    """The scrollable body for the current item: instruction, query, then the candidates in
+    shuffled order."""
     row = s.current()
     if row is None:
-        return [(ln, curses.A_BOLD) for ln in wrap(f"All {len(s.rows)} items are labeled. Press q to quit "
-                                                   f"(u undoes the last label).", width)]
+        return [
+            (ln, curses.A_BOLD)
+            for ln in wrap(
+                f"All {len(s.rows)} items are labeled. Press q to quit (u undoes the last label).",
+                width,
+            )
+        ]
     lines = [(ln, curses.A_BOLD) for ln in wrap(s.instruction(row), width)]
     lines.append(("", 0))
     lines += [(ln, 0) for ln in wrap(row["query"] or "(empty query)", width, "Query: ", 2)]
     for k, idx in enumerate(s.order(row)):
         text = row["samples"][idx]
         lines.append(("", 0))
-        lines += [(ln, curses.A_DIM if not text.strip() else 0)
-                  for ln in wrap(text if text.strip() else "(empty response)", width, f"[{k + 1}] ", 4)]
+        lines += [
+            (ln, curses.A_DIM if not text.strip() else 0)
+            for ln in wrap(text if text.strip() else "(empty response)", width, f"[{k + 1}] ", 4)
+        ]
     return lines
 
 
 def help_lines(s: Session, width: int) -> list[tuple[str, int]]:
     text = HELP.format(n=s.n, out=s.cfg.out, labeler=s.cfg.labeler, comparisons=s.cfg.comparisons)
-    text += s.custom_instructions if s.custom_instructions is not None else s.instruction(s.current())
+    text += (
+        s.custom_instructions if s.custom_instructions is not None else s.instruction(s.current())
+    )
     return [(ln, curses.A_BOLD if ln and not ln.startswith(" ") else 0) for ln in wrap(text, width)]
 
 
@@ -491,7 +595,8 @@ def status_text(s: Session) -> str:
 
 
 def safe_addstr(win, y: int, x: int, text: str, attr: int = 0) -> None:
-    """addstr that never raises: clipped to the window, bottom-right cell avoided, unencodable chars replaced."""
+    """addstr that never raises: clipped to the window, bottom-right cell avoided, unencodable
+    chars replaced."""
     h, w = win.getmaxyx()
     if not (0 <= y < h and 0 <= x < w):
         return
@@ -506,17 +611,24 @@ def safe_addstr(win, y: int, x: int, text: str, attr: int = 0) -> None:
 
 
 def draw(win, lines, scroll: int, message: str, status: str) -> int:
-    """Body on rows 0..h-3, message on row h-2, status on row h-1. Returns the scroll offset actually used."""
+    """Body on rows 0..h-3, message on row h-2, status on row h-1. Returns the scroll offset
+    actually used."""
     h, w = win.getmaxyx()
     body = max(0, h - 2)
     scroll = max(0, min(scroll, len(lines) - body))
     win.erase()
-    for r, (text, attr) in enumerate(lines[scroll:scroll + body]):
+    for r, (text, attr) in enumerate(lines[scroll : scroll + body]):
         safe_addstr(win, r, 0, text, attr)
     # The scroll hint goes first on the message line, so a narrow terminal still shows it.
-    more = ("[more above and below]" if scroll > 0 and scroll + body < len(lines) else
-            "[more below: Down/PgDn]" if scroll + body < len(lines) else
-            "[more above: Up/PgUp]" if scroll > 0 else "")
+    more = (
+        "[more above and below]"
+        if scroll > 0 and scroll + body < len(lines)
+        else "[more below: Down/PgDn]"
+        if scroll + body < len(lines)
+        else "[more above: Up/PgUp]"
+        if scroll > 0
+        else ""
+    )
     if h >= 2:
         safe_addstr(win, h - 2, 0, f"{more} {message}" if more else message, curses.A_BOLD)
     safe_addstr(win, h - 1, 0, status.ljust(w), curses.A_REVERSE)
@@ -525,24 +637,39 @@ def draw(win, lines, scroll: int, message: str, status: str) -> int:
     return scroll
 
 
-SCROLL_KEYS = {curses.KEY_UP, curses.KEY_DOWN, curses.KEY_PPAGE, curses.KEY_NPAGE, curses.KEY_HOME, curses.KEY_END}
+SCROLL_KEYS = {
+    curses.KEY_UP,
+    curses.KEY_DOWN,
+    curses.KEY_PPAGE,
+    curses.KEY_NPAGE,
+    curses.KEY_HOME,
+    curses.KEY_END,
+}
 
 
 def scrolled(key: int, scroll: int, page: int) -> int:
     page = max(1, page - 1)  # keep one line of context when paging
-    return {curses.KEY_UP: scroll - 1, curses.KEY_DOWN: scroll + 1, curses.KEY_PPAGE: scroll - page,
-            curses.KEY_NPAGE: scroll + page, curses.KEY_HOME: 0, curses.KEY_END: 10**9}[key]
+    return {
+        curses.KEY_UP: scroll - 1,
+        curses.KEY_DOWN: scroll + 1,
+        curses.KEY_PPAGE: scroll - page,
+        curses.KEY_NPAGE: scroll + page,
+        curses.KEY_HOME: 0,
+        curses.KEY_END: 10**9,
+    }[key]
 
 
 def run_ui(win, s: Session, notice: str | None) -> None:
-    """The key loop. Returns on q; KeyboardInterrupt (Ctrl-C) propagates after curses.wrapper restores the terminal."""
+    """The key loop. Returns on q; KeyboardInterrupt (Ctrl-C) propagates after curses.wrapper
+    restores the terminal."""
     try:
         curses.curs_set(0)
     except curses.error:
         pass  # terminals without an invisible cursor
     keys_hint = f"1-{s.n} pick  s skip  u undo  ? help  q quit"
     mode, scroll, message = "item", 0, keys_hint
-    banner = [(ln, curses.A_BOLD) for ln in wrap(f"Note: {notice}", 10**6)] if notice else []  # shown until a key
+    # shown until a key
+    banner = [(ln, curses.A_BOLD) for ln in wrap(f"Note: {notice}", 10**6)] if notice else []
     shown_id, shown_at = None, time.monotonic()
     while True:
         row = s.current()
@@ -576,7 +703,9 @@ def run_ui(win, s: Session, notice: str | None) -> None:
             mode, scroll = "help", 0
         elif key == "u":
             id_ = s.undo()
-            message = f"undid the decision on item {id_}: decide again" if id_ else "nothing to undo"
+            message = (
+                f"undid the decision on item {id_}: decide again" if id_ else "nothing to undo"
+            )
         elif row is None and key in ("s",) + tuple(str(k) for k in range(1, 10)):
             message = "all items are labeled: u undoes the last label, q quits"
         elif key == "s":
@@ -589,7 +718,9 @@ def run_ui(win, s: Session, notice: str | None) -> None:
                 s.choose(int(key) - 1, time.monotonic() - shown_at)
                 message = f"saved: item {row['id']} -> [{key}]"
         else:
-            name = repr(key) if isinstance(key, str) else curses.keyname(key).decode(errors="replace")
+            name = (
+                repr(key) if isinstance(key, str) else curses.keyname(key).decode(errors="replace")
+            )
             message = f"key {name} does nothing: {keys_hint}"
 
 
@@ -614,31 +745,45 @@ def main(argv=None) -> int:
     if s.notice:
         print(f"note: {s.notice}", file=sys.stderr)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        print("error: label_tool.py needs an interactive terminal (stdin and stdout must be a tty), and this is not "
-              "one. Run it directly in a terminal, not through a pipe or redirection. For scripted labels use "
-              "`python reward.py label`.", file=sys.stderr)
+        print(
+            "error: label_tool.py needs an interactive terminal (stdin and stdout must be a tty), and this is not "
+            "one. Run it directly in a terminal, not through a pipe or redirection. For scripted labels use "
+            "`python reward.py label`.",
+            file=sys.stderr,
+        )
         return 2
-    # One writer per labels file: two sessions would show the same items and interleave their lines. The lock dies
-    # with the process (kill -9 included), so a crash never leaves a stale lock behind.
+    # One writer per labels file: two sessions would show the same items and interleave their lines.
+    # The lock dies with the process (kill -9 included), so a crash never leaves a stale lock
+    # behind.
     lock = open(cfg.out, "ab")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        print(f"error: another label_tool.py session is writing to {cfg.out}. Finish that one first, or give each "
-              f"labeler their own --out (label_tool.py --stats compares them).", file=sys.stderr)
+        print(
+            f"error: another label_tool.py session is writing to {cfg.out}. Finish that one first, or give each "
+            f"labeler their own --out (label_tool.py --stats compares them).",
+            file=sys.stderr,
+        )
         return 2
     locale.setlocale(locale.LC_ALL, "")  # curses writes UTF-8 only under a UTF-8 locale
     os.environ.setdefault("ESCDELAY", "25")  # a lone Esc should not freeze the screen for a second
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # kill / closing the terminal: leave the screen clean too
+    # kill / closing the terminal: leave the screen clean too
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
     code = 0
     try:
         curses.wrapper(run_ui, s, s.notice)
     except KeyboardInterrupt:
         code = 130
-    print(f"{cfg.out}: {s.session_labels} labels this session; {s.done()}/{len(s.rows)} items labeled"
-          + (f", {s.skipped()} skipped" if s.skipped() else "")
-          + (". Every decision is saved; run the same command to resume." if s.done() < len(s.rows) else ". All done."))
+    print(
+        f"{cfg.out}: {s.session_labels} labels this session; {s.done()}/{len(s.rows)} items labeled"
+        + (f", {s.skipped()} skipped" if s.skipped() else "")
+        + (
+            ". Every decision is saved; run the same command to resume."
+            if s.done() < len(s.rows)
+            else ". All done."
+        )
+    )
     return code
 
 

@@ -1,9 +1,11 @@
-"""The two files human (or scripted) labels travel in, defined once: comparisons.jsonl and labels.jsonl.
+"""The two files human (or scripted) labels travel in, defined once: comparisons.jsonl and
+labels.jsonl.
 
-Every stage that reads or writes labels goes through this module: `reward.py sample` writes comparisons, `label_tool.py`
-(a person) or `reward.py label` (a scripted labeler) writes labels, `reward.py train` reads them. It is based on the
-best-of-N label type of openai/lm-human-preferences (`label_types.py::PickBest`): a query, N candidate responses, and
-the index of the best one. It imports only the standard library (no torch), so label_tool.py starts instantly.
+Every stage that reads or writes labels goes through this module: `reward.py sample` writes
+comparisons, `label_tool.py` (a person) or `reward.py label` (a scripted labeler) writes labels,
+`reward.py train` reads them. It is based on the best-of-N label type of openai/lm-human-preferences
+(`label_types.py::PickBest`): a query, N candidate responses, and the index of the best one. It
+imports only the standard library (no torch), so label_tool.py starts instantly.
 
 comparisons.jsonl: one JSON object per line (UTF-8, lines end in "\\n"):
     id            str          unique within the file
@@ -13,36 +15,42 @@ comparisons.jsonl: one JSON object per line (UTF-8, lines end in "\\n"):
     samples       list[str]    the N candidate responses (N is the same for every line, 2 <= N)
     sample_tokens list[list[int]]  their token ids, already truncated at the task's stop token (no padding)
 
-labels.jsonl: an append-only log, one JSON object per line. A label line holds the comparison's fields plus
+labels.jsonl: an append-only log, one JSON object per line. A label line holds the comparison's
+fields plus
     best          int          index into `samples` (the ORIGINAL order, whatever order the labeler saw)
     labeler       str          who decided
     seconds       float        time the labeler took to decide
     created       str          ISO-8601 time of the decision
-(label_tool.py adds `order`: the original indices in the order they were shown, for position-bias checks.)
-Two more kinds of line may follow: {"id": ..., "undo": true} withdraws the id's label, and
-{"id": ..., "skip": true} records that a labeler passed on it (label_tool shows skipped items last). The last line
-about an id wins, so the file never needs rewriting and a crash can only cut its very end.
+(label_tool.py adds `order`: the original indices in the order they were shown, for position-bias
+checks.) Two more kinds of line may follow: {"id": ..., "undo": true} withdraws the id's label, and
+{"id": ..., "skip": true} records that a labeler passed on it (label_tool shows skipped items last).
+The last line about an id wins, so the file never needs rewriting and a crash can only cut its very
+end.
 
-OpenAI's released labels (e.g. labels/sentiment/offline_5k.json: a JSON list of {query, sample0..sample3, best} as
-token ids right-padded with 50259) are read by `read_labels` too and converted to label rows.
+OpenAI's released labels (e.g. labels/sentiment/offline_5k.json: a JSON list of {query,
+sample0..sample3, best} as token ids right-padded with 50259) are read by `read_labels` too and
+converted to label rows.
 
 Run `python labels.py FILE` to validate a comparisons or labels file and print what it holds.
 """
+
 import datetime
 import json
 import os
 import sys
 
 VOCAB_SIZE = 50257
-OPENAI_PAD_ID = 50259  # OpenAI's padding id in their label files, outside the vocab (same as gpt2.PAD_ID)
+# OpenAI's padding id in their label files, outside the vocab (same as gpt2.PAD_ID)
+OPENAI_PAD_ID = 50259
 MAX_CANDIDATES = 9  # label_tool picks with the keys 1..9
 
-# One line shown above every item. The paper's labelers got written instructions (their full text is lost, see
-# paper-spec.md §7); these follow its wording: sentiment = "positive and happy", descriptiveness = "vivid".
+# One line shown above every item. The paper's labelers got written instructions (their full text is
+# lost, see paper-spec.md §7); these follow its wording: sentiment = "positive and happy",
+# descriptiveness = "vivid".
 TASK_INSTRUCTIONS: dict[str, str] = {
     "sentiment": "Pick the continuation with the most positive and happy sentiment.",
     "descriptiveness": "Pick the continuation that is the most vividly descriptive: "
-                       "physical detail of how things look, sound, smell, feel.",
+    "physical detail of how things look, sound, smell, feel.",
     "tldr": "Pick the best summary of the post: accurate first, then covering the main points, then concise.",
     "cnndm": "Pick the best summary of the article: accurate first, then covering the main points, then concise.",
 }
@@ -51,19 +59,21 @@ COMPARISON_FIELDS = ("id", "task", "query", "query_tokens", "samples", "sample_t
 
 
 class FormatError(ValueError):
-    """A comparisons or labels file is malformed. The message names the file and line and says how to fix it."""
+    """A comparisons or labels file is malformed. The message names the file and line and says
+    how to fix it."""
 
 
-# ---------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Writing
 
 
 def append_jsonl(path, obj) -> None:
     """Append one JSON line and make it durable (flush + fsync) before returning.
 
-    One os.write of the whole line on an O_APPEND descriptor: a process killed at any moment (even kill -9) leaves
-    either no line or the whole line; only a power cut mid-write could leave a partial last line, which
-    `repair_truncated_tail` removes. The directory is fsynced when the file is new, so the file itself survives too.
+    One os.write of the whole line on an O_APPEND descriptor: a process killed at any moment (even
+    kill -9) leaves either no line or the whole line; only a power cut mid-write could leave a
+    partial last line, which `repair_truncated_tail` removes. The directory is fsynced when the file
+    is new, so the file itself survives too.
     """
     data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
     is_new = not os.path.exists(path)
@@ -73,10 +83,11 @@ def append_jsonl(path, obj) -> None:
         try:
             view = memoryview(data)
             while view:  # os.write may write less than asked
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         except OSError:
-            os.ftruncate(fd, start)  # disk full mid-line: take the partial line back so later lines stay separate
+            # disk full mid-line: take the partial line back so later lines stay separate
+            os.ftruncate(fd, start)
             raise
     finally:
         os.close(fd)
@@ -95,11 +106,14 @@ def _fsync_dir(path) -> None:
 def write_comparisons(path, rows) -> None:
     """Validate `rows` and write them as comparisons.jsonl, atomically (temp file + rename)."""
     rows = list(rows)
-    _validate_comparisons([(i + 1, r) for i, r in enumerate(rows)], f"<rows for {path}>", VOCAB_SIZE)
+    _validate_comparisons(
+        [(i + 1, r) for i, r in enumerate(rows)], f"<rows for {path}>", VOCAB_SIZE
+    )
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8", newline="\n") as f:
         for r in rows:
-            first = {k: r[k] for k in COMPARISON_FIELDS}  # the format's fields first, then any extra ones
+            # the format's fields first, then any extra ones
+            first = {k: r[k] for k in COMPARISON_FIELDS}
             f.write(json.dumps({**first, **r}, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -111,15 +125,15 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-# ---------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Reading
 
 
 def read_jsonl(path) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line. FormatError names the first bad line.
 
-    Lines are split on "\\n" only: str.splitlines would also split on U+2028 and friends, which json.dumps leaves
-    unescaped inside strings (ensure_ascii=False).
+    Lines are split on "\\n" only: str.splitlines would also split on U+2028 and friends, which
+    json.dumps leaves unescaped inside strings (ensure_ascii=False).
     """
     try:
         with open(path, "rb") as f:
@@ -134,15 +148,23 @@ def read_jsonl(path) -> list[tuple[int, dict]]:
         try:
             obj = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
-            raise FormatError(f"{path}:{i}: not UTF-8 ({e.reason} at byte {e.start}); save the file as UTF-8") from None
+            raise FormatError(
+                f"{path}:{i}: not UTF-8 ({e.reason} at byte {e.start}); save the file as UTF-8"
+            ) from None
         except json.JSONDecodeError as e:
             hint = ""
             if i == len(lines) and not data.endswith(b"\n"):
-                hint = (" (the last line is incomplete: the writer was interrupted; `python label_tool.py` repairs "
-                        "it when it opens the file, or delete that line)")
-            raise FormatError(f"{path}:{i}: not valid JSON: {e.msg} at column {e.colno}{hint}") from None
+                hint = (
+                    " (the last line is incomplete: the writer was interrupted; `python label_tool.py` repairs "
+                    "it when it opens the file, or delete that line)"
+                )
+            raise FormatError(
+                f"{path}:{i}: not valid JSON: {e.msg} at column {e.colno}{hint}"
+            ) from None
         if not isinstance(obj, dict):
-            raise FormatError(f"{path}:{i}: expected a JSON object {{...}}, got {type(obj).__name__}")
+            raise FormatError(
+                f"{path}:{i}: expected a JSON object {{...}}, got {type(obj).__name__}"
+            )
         out.append((i, obj))
     return out
 
@@ -152,16 +174,28 @@ def _check_tokens(toks, where, what, vocab_size):
         raise FormatError(f"{where}: `{what}` must be a list of integer token ids")
     bad = [t for t in toks if not 0 <= t < vocab_size]
     if bad:
-        pad = " (50259 is OpenAI's padding id: strip padding before writing)" if OPENAI_PAD_ID in bad else ""
-        raise FormatError(f"{where}: `{what}` has token id {bad[0]} outside the vocabulary [0, {vocab_size}){pad}")
+        pad = (
+            " (50259 is OpenAI's padding id: strip padding before writing)"
+            if OPENAI_PAD_ID in bad
+            else ""
+        )
+        raise FormatError(
+            f"{where}: `{what}` has token id {bad[0]} outside the vocabulary [0, {vocab_size}){pad}"
+        )
 
 
 def _check_comparison(obj, where, vocab_size, need_text=True) -> int:
     """Validate one comparison object; return its N."""
-    missing = [k for k in COMPARISON_FIELDS if k not in obj and (need_text or k not in ("task", "query", "samples"))]
+    missing = [
+        k
+        for k in COMPARISON_FIELDS
+        if k not in obj and (need_text or k not in ("task", "query", "samples"))
+    ]
     if missing:
-        raise FormatError(f"{where}: missing field(s) {', '.join(missing)}; a comparison needs "
-                          f"{', '.join(COMPARISON_FIELDS)}")
+        raise FormatError(
+            f"{where}: missing field(s) {', '.join(missing)}; a comparison needs "
+            f"{', '.join(COMPARISON_FIELDS)}"
+        )
     if not isinstance(obj["id"], str) or not obj["id"]:
         raise FormatError(f"{where}: `id` must be a non-empty string, got {obj['id']!r}")
     for k in ("task", "query"):
@@ -172,7 +206,9 @@ def _check_comparison(obj, where, vocab_size, need_text=True) -> int:
     if not isinstance(st, list) or len(st) < 2:
         raise FormatError(f"{where}: `sample_tokens` must be a list of N >= 2 token lists")
     if len(st) > MAX_CANDIDATES:
-        raise FormatError(f"{where}: {len(st)} candidates; at most {MAX_CANDIDATES} are supported (keys 1-9)")
+        raise FormatError(
+            f"{where}: {len(st)} candidates; at most {MAX_CANDIDATES} are supported (keys 1-9)"
+        )
     for j, toks in enumerate(st):
         _check_tokens(toks, where, f"sample_tokens[{j}]", vocab_size)
     if "samples" in obj:
@@ -180,7 +216,9 @@ def _check_comparison(obj, where, vocab_size, need_text=True) -> int:
         if not isinstance(s, list) or not all(isinstance(x, str) for x in s):
             raise FormatError(f"{where}: `samples` must be a list of strings")
         if len(s) != len(st):
-            raise FormatError(f"{where}: {len(s)} `samples` but {len(st)} `sample_tokens`; they must match")
+            raise FormatError(
+                f"{where}: {len(s)} `samples` but {len(st)} `sample_tokens`; they must match"
+            )
     return len(st)
 
 
@@ -192,18 +230,25 @@ def _validate_comparisons(items, path, vocab_size) -> None:
         if n_first is None:
             n_first = (n, lineno)
         elif n != n_first[0]:
-            raise FormatError(f"{where}: {n} candidates, but line {n_first[1]} has {n_first[0]}; every line of a "
-                              f"file must have the same N")
+            raise FormatError(
+                f"{where}: {n} candidates, but line {n_first[1]} has {n_first[0]}; every line of a "
+                f"file must have the same N"
+            )
         if obj["id"] in seen:
-            raise FormatError(f"{where}: id {obj['id']!r} already used on line {seen[obj['id']]}; ids must be unique")
+            raise FormatError(
+                f"{where}: id {obj['id']!r} already used on line {seen[obj['id']]}; ids must be unique"
+            )
         seen[obj["id"]] = lineno
 
 
 def read_comparisons(path, vocab_size=VOCAB_SIZE) -> list[dict]:
-    """All comparisons in the file, validated (fields, token ids < vocab_size, same N everywhere, unique ids)."""
+    """All comparisons in the file, validated (fields, token ids < vocab_size, same N everywhere,
+    unique ids)."""
     items = read_jsonl(path)
     if not items:
-        raise FormatError(f"{path}: empty; expected one comparison per line (make one with `python reward.py sample`)")
+        raise FormatError(
+            f"{path}: empty; expected one comparison per line (make one with `python reward.py sample`)"
+        )
     _validate_comparisons(items, path, vocab_size)
     return [obj for _, obj in items]
 
@@ -217,16 +262,19 @@ def classify_line(obj, where) -> str:
     if obj.get("skip") is True:
         return "skip"
     if "best" not in obj:
-        raise FormatError(f"{where}: neither a label (no `best`) nor an undo/skip line "
-                          f'({{"id": ..., "undo": true}})')
+        raise FormatError(
+            f"{where}: neither a label (no `best`) nor an undo/skip line "
+            f'({{"id": ..., "undo": true}})'
+        )
     return "label"
 
 
 def resolve(items, path):
     """Apply the log: the last line about an id wins.
 
-    Returns (final, order, counts): final maps id -> (line number, kind, object) of its last line; order lists ids
-    by the position of that last line (the order decisions were made); counts tallies the kinds of every line.
+    Returns (final, order, counts): final maps id -> (line number, kind, object) of its last line;
+    order lists ids by the position of that last line (the order decisions were made); counts
+    tallies the kinds of every line.
     """
     final, counts = {}, {"label": 0, "undo": 0, "skip": 0}
     for lineno, obj in items:
@@ -240,10 +288,10 @@ def resolve(items, path):
 def read_labels(path, vocab_size=VOCAB_SIZE, counts: dict | None = None) -> list[dict]:
     """The labels in a file, resolved (undo/skip applied, last word wins) and validated.
 
-    Accepts our labels.jsonl and OpenAI's released JSON (detected by a leading "["). Validation: every line parses,
-    `best` is an int in range, token ids < vocab_size, the same N on every row; no labels at all is an error.
-    Pass a dict as `counts` to receive {"lines", "labels", "undone", "skipped"} so callers can print what they did
-    not use (nothing is dropped silently).
+    Accepts our labels.jsonl and OpenAI's released JSON (detected by a leading "["). Validation:
+    every line parses, `best` is an int in range, token ids < vocab_size, the same N on every row;
+    no labels at all is an error. Pass a dict as `counts` to receive {"lines", "labels", "undone",
+    "skipped"} so callers can print what they did not use (nothing is dropped silently).
     """
     if is_json_list(path):
         rows = _read_openai_json(path, vocab_size)
@@ -252,8 +300,10 @@ def read_labels(path, vocab_size=VOCAB_SIZE, counts: dict | None = None) -> list
         return rows
     items = read_jsonl(path)
     if not items:
-        raise FormatError(f"{path}: empty; expected one label per line (label with `python label_tool.py` or "
-                          f"`python reward.py label`)")
+        raise FormatError(
+            f"{path}: empty; expected one label per line (label with `python label_tool.py` or "
+            f"`python reward.py label`)"
+        )
     final, order, c = resolve(items, path)
     rows, n_first = [], None
     for id_ in order:
@@ -263,19 +313,27 @@ def read_labels(path, vocab_size=VOCAB_SIZE, counts: dict | None = None) -> list
         where = f"{path}:{lineno}"
         n = _check_comparison(obj, where, vocab_size, need_text=False)
         if type(obj["best"]) is not int or not 0 <= obj["best"] < n:
-            raise FormatError(f"{where}: `best` = {obj['best']!r} must be an integer index 0..{n - 1} into `samples`")
-        if "seconds" in obj and (not isinstance(obj["seconds"], (int, float)) or obj["seconds"] < 0):
+            raise FormatError(
+                f"{where}: `best` = {obj['best']!r} must be an integer index 0..{n - 1} into `samples`"
+            )
+        if "seconds" in obj and (
+            not isinstance(obj["seconds"], (int, float)) or obj["seconds"] < 0
+        ):
             raise FormatError(f"{where}: `seconds` must be a non-negative number")
         if n_first is None:
             n_first = (n, lineno)
         elif n != n_first[0]:
-            raise FormatError(f"{where}: {n} candidates, but line {n_first[1]} has {n_first[0]}; a labels file must "
-                              f"have the same N on every line")
+            raise FormatError(
+                f"{where}: {n} candidates, but line {n_first[1]} has {n_first[0]}; a labels file must "
+                f"have the same N on every line"
+            )
         rows.append(obj)
     n_undone = sum(1 for _, k, _ in final.values() if k == "undo")
     n_skipped = sum(1 for _, k, _ in final.values() if k == "skip")
     if not rows:
-        raise FormatError(f"{path}: no labels left ({len(items)} lines: {n_undone} ids undone, {n_skipped} skipped)")
+        raise FormatError(
+            f"{path}: no labels left ({len(items)} lines: {n_undone} ids undone, {n_skipped} skipped)"
+        )
     if counts is not None:
         counts.update(lines=len(items), labels=len(rows), undone=n_undone, skipped=n_skipped)
     return rows
@@ -291,36 +349,55 @@ def is_json_list(path) -> bool:
 
 
 def _read_openai_json(path, vocab_size) -> list[dict]:
-    """OpenAI's released label file -> our label rows (padding stripped, text decoded with GPT-2's BPE)."""
+    """OpenAI's released label file -> our label rows (padding stripped, text decoded with
+    GPT-2's BPE)."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise FormatError(f"{path}:{e.lineno}: not valid JSON: {e.msg} at column {e.colno}") from None
+        raise FormatError(
+            f"{path}:{e.lineno}: not valid JSON: {e.msg} at column {e.colno}"
+        ) from None
     if not data:
-        raise FormatError(f"{path}: an empty JSON list; expected OpenAI's [{{query, sample0..sampleN-1, best}}, ...]")
+        raise FormatError(
+            f"{path}: an empty JSON list; expected OpenAI's [{{query, sample0..sampleN-1, best}}, ...]"
+        )
     task = os.path.basename(os.path.dirname(os.path.abspath(path)))  # labels/<task>/offline_5k.json
     rows, n = [], None
     for i, e in enumerate(data):
         where = f"{path}: entry {i}"
         if not isinstance(e, dict) or "query" not in e or "best" not in e or "sample0" not in e:
-            raise FormatError(f"{where}: expected {{query, sample0..sampleN-1, best}} (OpenAI's best-of-N format)")
+            raise FormatError(
+                f"{where}: expected {{query, sample0..sampleN-1, best}} (OpenAI's best-of-N format)"
+            )
         k = 0
         while f"sample{k}" in e:
             k += 1
         if n is None:
             n = k
         elif k != n:
-            raise FormatError(f"{where}: {k} samples, but entry 0 has {n}; every entry must have the same N")
-        # Padding (50259) is not text: OpenAI right-pads queries and pads responses after truncation (paper-spec §1.3).
-        # We store the real tokens only; reward.py pads again (on the left) for the model.
+            raise FormatError(
+                f"{where}: {k} samples, but entry 0 has {n}; every entry must have the same N"
+            )
+        # Padding (50259) is not text: OpenAI right-pads queries and pads responses after truncation
+        # (paper-spec §1.3). We store the real tokens only; reward.py pads again (on the left) for
+        # the model.
         strip = lambda toks: [t for t in toks if t != OPENAI_PAD_ID]  # noqa: E731
-        row = {"id": f"{os.path.basename(path)}:{i}", "task": task, "query_tokens": strip(e["query"]),
-               "sample_tokens": [strip(e[f"sample{j}"]) for j in range(k)], "best": e["best"],
-               "labeler": "openai-scale", "seconds": 0.0, "created": ""}
+        row = {
+            "id": f"{os.path.basename(path)}:{i}",
+            "task": task,
+            "query_tokens": strip(e["query"]),
+            "sample_tokens": [strip(e[f"sample{j}"]) for j in range(k)],
+            "best": e["best"],
+            "labeler": "openai-scale",
+            "seconds": 0.0,
+            "created": "",
+        }
         _check_comparison(row, where, vocab_size, need_text=False)
         if type(row["best"]) is not int or not 0 <= row["best"] < k:
-            raise FormatError(f"{where}: `best` = {row['best']!r} must be an integer index 0..{k - 1}")
+            raise FormatError(
+                f"{where}: `best` = {row['best']!r} must be an integer index 0..{k - 1}"
+            )
         rows.append(row)
     _decode_text(rows)
     return rows
@@ -329,6 +406,7 @@ def _read_openai_json(path, vocab_size) -> list[dict]:
 def _decode_text(rows) -> None:
     """Fill `query`/`samples` text for converted OpenAI rows (tiktoken is imported only here)."""
     import tiktoken
+
     enc = tiktoken.get_encoding("gpt2")
     for r in rows:
         r["query"] = enc.decode(r["query_tokens"])
@@ -336,10 +414,11 @@ def _decode_text(rows) -> None:
 
 
 def repair_truncated_tail(path) -> str | None:
-    """If the file's last line is incomplete (no final newline), fix it; return a message saying what was done.
+    """If the file's last line is incomplete (no final newline), fix it; return a message saying
+    what was done.
 
-    A last line that parses is kept (a newline is added); one that does not is cut off, keeping every complete line.
-    Returns None when there was nothing to repair.
+    A last line that parses is kept (a newline is added); one that does not is cut off, keeping
+    every complete line. Returns None when there was nothing to repair.
     """
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return None
@@ -360,15 +439,18 @@ def repair_truncated_tail(path) -> str | None:
             f.truncate(cut)
             lineno = data.count(b"\n") + 1
             preview = tail[:60].decode("utf-8", "replace")
-            msg = (f"{path}:{lineno}: removed an incomplete last line ({len(tail)} bytes: {preview!r}...), left by "
-                   f"a write that was cut off; all {lineno - 1} complete lines are kept")
+            msg = (
+                f"{path}:{lineno}: removed an incomplete last line ({len(tail)} bytes: {preview!r}...), left by "
+                f"a write that was cut off; all {lineno - 1} complete lines are kept"
+            )
         f.flush()
         os.fsync(f.fileno())
     return msg
 
 
 def main(argv=None) -> int:
-    """Validate a file and summarize it: `python labels.py comparisons.jsonl` or `python labels.py labels.jsonl`."""
+    """Validate a file and summarize it: `python labels.py comparisons.jsonl` or `python
+    labels.py labels.jsonl`."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -378,13 +460,17 @@ def main(argv=None) -> int:
         items = None if is_json_list(path) else read_jsonl(path)
         if items and "best" not in items[0][1] and not ({"undo", "skip"} & set(items[0][1])):
             rows = read_comparisons(path)
-            print(f"{path}: {len(rows)} comparisons, N = {len(rows[0]['samples'])}, "
-                  f"tasks: {sorted({r['task'] for r in rows})}")
+            print(
+                f"{path}: {len(rows)} comparisons, N = {len(rows[0]['samples'])}, "
+                f"tasks: {sorted({r['task'] for r in rows})}"
+            )
         else:
             c = {}
             rows = read_labels(path, counts=c)
-            print(f"{path}: {c['labels']} labels, N = {len(rows[0]['sample_tokens'])} ({c['lines']} lines, "
-                  f"{c['undone']} undone, {c['skipped']} skipped)")
+            print(
+                f"{path}: {c['labels']} labels, N = {len(rows[0]['sample_tokens'])} ({c['lines']} lines, "
+                f"{c['undone']} undone, {c['skipped']} skipped)"
+            )
     except (FormatError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

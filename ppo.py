@@ -1,31 +1,41 @@
 """
-PPO fine-tuning of GPT-2 against a learned reward model: stage 3 of RLHF, end to end from `python ppo.py`.
+PPO fine-tuning of GPT-2 against a learned reward model: stage 3 of RLHF, end to end from `python
+ppo.py`.
 
-The policy π starts as a copy of the initial model ρ (gpt2.py); each update samples responses to task queries
-(tasks.py), scores them with the reward model (reward.py), subtracts a per-token KL penalty against the frozen ρ and
-runs PPO on the result. It follows Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences", as
-released in openai/lm-human-preferences @ cbfd210 (train_policy.py) and re-implemented in PyTorch by
-vwxyzjn/lm-human-preference-details @ ccc1953 (train_policy_accelerate.py); where the paper and the released code
-differ we follow the code and say so (see ../shared/docs/paper-spec.md §3).
+The policy π starts as a copy of the initial model ρ (gpt2.py); each update samples responses to
+task queries (tasks.py), scores them with the reward model (reward.py), subtracts a per-token KL
+penalty against the frozen ρ and runs PPO on the result. It follows Ziegler et al. 2019,
+"Fine-Tuning Language Models from Human Preferences", as released in openai/lm-human-preferences @
+cbfd210 (train_policy.py) and re-implemented in PyTorch by vwxyzjn/lm-human-preference-details @
+ccc1953 (train_policy_accelerate.py); where the paper and the released code differ we follow the
+code and say so (see ../shared/docs/paper-spec.md §3).
 
-With no reward model given, `python ppo.py` runs the whole pipeline: it samples comparisons from ρ, labels them with
-the task's scripted labeler, trains the reward model with reward.py's functions, then runs PPO.
+With no reward model given, `python ppo.py` runs the whole pipeline: it samples comparisons from ρ,
+labels them with the task's scripted labeler, trains the reward model with reward.py's functions,
+then runs PPO.
 
 Run it:
-    python ppo.py --model tiny                    # offline CPU demo, the whole pipeline in under 10 minutes
-    python ppo.py                                 # the released setting: gpt2 (124M), sentiment, 1M episodes, 1 GPU
-    python ppo.py --reward rm.pt                  # PPO against a reward model trained with `reward.py train`
-    python ppo.py --labels labels.jsonl           # train the reward model from (human) labels first, then PPO
+    # offline CPU demo, the whole pipeline in under 10 minutes
+    python ppo.py --model tiny
+    # the released setting: gpt2 (124M), sentiment, 1M episodes, 1 GPU
+    python ppo.py
+    # PPO against a reward model trained with `reward.py train`
+    python ppo.py --reward rm.pt
+    # train the reward model from (human) labels first, then PPO
+    python ppo.py --labels labels.jsonl
     python ppo.py --model gpt2-large              # the paper's model size
     python ppo.py --resume runs/sentiment-tiny-s1 # continue an interrupted run exactly where it stopped
-    python ppo.py --bench                         # time one PPO update of the 124M sentiment setting
+    # time one PPO update of the 124M sentiment setting
+    python ppo.py --bench
     python ppo.py --help                          # every option, with its default
 
-What it does not do: multi-GPU / DeepSpeed, LoRA, online label collection (the style tasks are offline in the paper).
+What it does not do: multi-GPU / DeepSpeed, LoRA, online label collection (the style tasks are
+offline in the paper).
 
 Shape letters: B = episodes (batch), Q = query length, R = response length, T = Q + R, C = channels,
 M = minibatches per epoch, A = micro-batches per minibatch (gradient accumulation), E = PPO epochs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,14 +62,15 @@ import labels
 import reward
 import tasks
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The math: small pure functions, imported by tests/test_ppo.py
 
 
 def whiten(values: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(v - mean) / sqrt(var + 1e-8) over all elements, with the POPULATION variance, as TF's tf.nn.moments
-    (lm-human-preferences utils/core.py::whiten; torch.var's default would be the unbiased one).
-    shift_mean=False adds the mean back: the scale is normalized but the sign of the rewards is kept."""
+    """(v - mean) / sqrt(var + 1e-8) over all elements, with the POPULATION variance, as TF's
+    tf.nn.moments (lm-human-preferences utils/core.py::whiten; torch.var's default would be the
+    unbiased one). shift_mean=False adds the mean back: the scale is normalized but the sign of
+    the rewards is kept."""
     mean, var = values.mean(), values.var(unbiased=False)
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
@@ -68,11 +79,13 @@ def whiten(values: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
 
 
 def compute_rewards(scores, logprobs, ref_logprobs, kl_coef: float):
-    """Per-token rewards: -β·(log π - log ρ) at every response token, plus the score at the LAST token.
+    """Per-token rewards: -β·(log π - log ρ) at every response token, plus the score at the LAST
+    token.
 
-    scores (B,), logprobs/ref_logprobs (B, R) of the sampled tokens (tempered) -> rewards, non_score_reward, kl (B, R).
-    The score is added at the last position of the fixed-length response even when the text was truncated earlier
-    (lm-human-preferences compute_rewards: rewards[:, -1] += scores)."""
+    scores (B,), logprobs/ref_logprobs (B, R) of the sampled tokens (tempered) -> rewards,
+    non_score_reward, kl (B, R). The score is added at the last position of the fixed-length
+    response even when the text was truncated earlier (lm-human-preferences compute_rewards:
+    rewards[:, -1] += scores)."""
     kl = logprobs - ref_logprobs  # (B, R) sampled estimate of the per-token KL
     non_score_reward = -kl_coef * kl  # (B, R)
     rewards = non_score_reward.clone()
@@ -81,9 +94,11 @@ def compute_rewards(scores, logprobs, ref_logprobs, kl_coef: float):
 
 
 def compute_gae(rewards, values, gamma: float, lam: float):
-    """Generalized advantage estimation over the response tokens; the value after the last token is 0.
+    """Generalized advantage estimation over the response tokens; the value after the last token is
+    0.
 
-    δ_t = r_t + γ·V_{t+1} - V_t,  A_t = δ_t + γ·λ·A_{t+1},  returns = A + V.   rewards, values (B, R) -> (B, R), (B, R)
+    δ_t = r_t + γ·V_{t+1} - V_t,  A_t = δ_t + γ·λ·A_{t+1},  returns = A + V.   rewards, values (B,
+    R) -> (B, R), (B, R)
 
     Worked example (1 episode, 3 tokens, γ = 1, λ = 0.5): r = [0, 0, 1], V = [0.5, 0.25, 0.5]
       δ   = [0 + 0.25 - 0.5, 0 + 0.5 - 0.25, 1 + 0 - 0.5] = [-0.25, 0.25, 0.5]
@@ -103,8 +118,9 @@ def compute_gae(rewards, values, gamma: float, lam: float):
 
 
 def ppo_policy_loss(logprobs, old_logprobs, advantages, cliprange: float):
-    """Clipped surrogate: mean over tokens of max(-A·ratio, -A·clip(ratio, 1-c, 1+c)), ratio = π_new/π_old per token.
-    Returns (loss, stats). approxkl = 0.5·mean((log π_new - log π_old)^2), as lm-human-preferences logs it."""
+    """Clipped surrogate: mean over tokens of max(-A·ratio, -A·clip(ratio, 1-c, 1+c)), ratio =
+    π_new/π_old per token. Returns (loss, stats). approxkl = 0.5·mean((log π_new - log π_old)^2),
+    as lm-human-preferences logs it."""
     logratio = logprobs - old_logprobs  # (B, R)
     ratio = torch.exp(logratio)
     pg_losses = -advantages * ratio
@@ -122,13 +138,16 @@ def ppo_policy_loss(logprobs, old_logprobs, advantages, cliprange: float):
 
 
 def value_loss(vpred, old_values, returns, cliprange_value: float):
-    """Clipped value loss of Baselines PPO2: 0.5·mean(max((V - R)^2, (clip(V, V_old ± c) - R)^2)). Returns (loss, stats)."""
+    """Clipped value loss of Baselines PPO2: 0.5·mean(max((V - R)^2, (clip(V, V_old ± c) -
+    R)^2)). Returns (loss, stats)."""
     vpredclipped = old_values + torch.clamp(vpred - old_values, -cliprange_value, cliprange_value)
     vf_losses1 = (vpred - returns) ** 2
     vf_losses2 = (vpredclipped - returns) ** 2
     loss = 0.5 * torch.max(vf_losses1, vf_losses2).mean()
     with torch.no_grad():
-        stats = dict(clipfrac=(vf_losses2 > vf_losses1).float().mean(), error=((vpred - returns) ** 2).mean())
+        stats = dict(
+            clipfrac=(vf_losses2 > vf_losses1).float().mean(), error=((vpred - returns) ** 2).mean()
+        )
     return loss, stats
 
 
@@ -149,9 +168,10 @@ class FixedKLController:
 
 
 class AdaptiveKLController(FixedKLController):
-    """Proportional controller in log space (lm-human-preferences train_policy.py AdaptiveKLController):
-    e = clip(KL / target - 1, -0.2, 0.2);  β <- β·(1 + e·n_steps / horizon), n_steps = episodes in the update.
-    (The paper writes K_β = 0.1; the code's equivalent is batch/horizon = 512/10,000 = 0.0512.)"""
+    """Proportional controller in log space (lm-human-preferences train_policy.py
+    AdaptiveKLController): e = clip(KL / target - 1, -0.2, 0.2);  β <- β·(1 + e·n_steps /
+    horizon), n_steps = episodes in the update. (The paper writes K_β = 0.1; the code's
+    equivalent is batch/horizon = 512/10,000 = 0.0512.)"""
 
     def __init__(self, kl_coef: float, target: float, horizon: int):
         super().__init__(kl_coef)
@@ -162,10 +182,11 @@ class AdaptiveKLController(FixedKLController):
         self.value *= 1 + proportional_error * n_steps / self.horizon
 
 
-AdamTF = reward.AdamTF  # Adam with TF1's epsilon placement (defined once, in reward.py, which trains with it first)
+# Adam with TF1's epsilon placement (defined once, in reward.py, which trains with it first)
+AdamTF = reward.AdamTF
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Config
 
 
@@ -175,33 +196,42 @@ class Config:
     task: str = "sentiment"
     """task (tasks.py): sentiment, descriptiveness, tldr, cnndm"""
     model: str = "gpt2"
-    """initial policy ρ: gpt2 (124M, the released code), gpt2-medium, gpt2-large (774M, the paper), gpt2-xl, a Hugging Face
-    checkpoint dir, or tiny (2 layers, fitted briefly on the shipped passages; CPU demo and tests)"""
+    """initial policy ρ: gpt2 (124M, the released code), gpt2-medium, gpt2-large (774M, the
+    paper), gpt2-xl, a Hugging Face checkpoint dir, or tiny (2 layers, fitted briefly on the
+    shipped passages; CPU demo and tests)"""
     reward: str = ""
-    """reward model checkpoint from `reward.py train`; empty: train one first (from --labels, or scripted labels)"""
+    """reward model checkpoint from `reward.py train`; empty: train one first (from --labels, or
+    scripted labels)"""
     labels: str = ""
-    """labels file (our labels.jsonl or OpenAI's released JSON) to train the reward model from when --reward is empty;
-    empty: sample comparisons from ρ and label them with the task's scripted labeler"""
+    """labels file (our labels.jsonl or OpenAI's released JSON) to train the reward model from
+    when --reward is empty; empty: sample comparisons from ρ and label them with the task's
+    scripted labeler"""
     rm_comparisons: int = 4992
-    """comparisons to sample and label with the scripted labeler when neither --reward nor --labels is given
-    (4,992 = the released style-task label count)"""
+    """comparisons to sample and label with the scripted labeler when neither --reward nor
+    --labels is given (4,992 = the released style-task label count)"""
     rm_lr: float = 5e-5
     """reward-model learning rate when this run trains one (the released books setting: 5e-5)"""
     rm_batch_size: int = 32
-    """reward-model comparisons per step when this run trains one (the released books setting: 32)"""
+    """reward-model comparisons per step when this run trains one (the released books setting:
+    32)"""
     rm_epochs: int = 1
     """reward-model passes over its labels when this run trains one (the released code: 1)"""
     rm_normalize_samples: int = 256
-    """responses from ρ used to normalize the reward model to mean 0, std 1 before and after its training"""
+    """responses from ρ used to normalize the reward model to mean 0, std 1 before and after its
+    training"""
     labeler: str = ""
-    """scripted labeler for the labels and for the true score (empty: the task's own, where tasks.py has one)"""
+    """scripted labeler for the labels and for the true score (empty: the task's own, where
+    tasks.py has one)"""
     value_model: str = "shared"
-    """'shared': a zero-initialized scalar head on the policy's trunk (as the released code); 'reward': a separate
-    value network initialized from the reward model (trunk and head, as Stiennon et al. 2020)"""
+    """'shared': a zero-initialized scalar head on the policy's trunk (as the released code);
+    'reward': a separate value network initialized from the reward model (trunk and head, as
+    Stiennon et al. 2020)"""
 
-    # PPO (defaults: lm-human-preferences launch.py, books tasks; per-task and tiny overrides in TASK_DEFAULTS)
+    # PPO (defaults: lm-human-preferences launch.py, books tasks; per-task and tiny overrides in
+    # TASK_DEFAULTS)
     total_episodes: int = 1_000_000
-    """episodes (query + response) over the whole run; updates = ceil(total_episodes / batch_size)"""
+    """episodes (query + response) over the whole run; updates = ceil(total_episodes /
+    batch_size)"""
     batch_size: int = 512
     """episodes per PPO update (rollout batch)"""
     nminibatches: int = 1
@@ -209,7 +239,8 @@ class Config:
     noptepochs: int = 4
     """PPO epochs over each rollout batch, reshuffled every epoch"""
     micro_batch_size: int = 64
-    """episodes per forward/backward; gradients are accumulated over a minibatch (memory only, not the math)"""
+    """episodes per forward/backward; gradients are accumulated over a minibatch (memory only,
+    not the math)"""
     lr: float = 1e-5
     """Adam learning rate, annealed linearly to 0 over the updates"""
     adam: str = "tf"
@@ -237,7 +268,8 @@ class Config:
     whiten_rewards: bool = True
     """whiten rewards per minibatch, without shifting their mean"""
     temperature: float = 0.7
-    """sampling temperature; logits are divided by it wherever log-probs are computed (per task: tasks.py)"""
+    """sampling temperature; logits are divided by it wherever log-probs are computed (per task:
+    tasks.py)"""
 
     # run
     seed: int = 1
@@ -245,11 +277,14 @@ class Config:
     name: str = ""
     """run name (empty: <task>-<model>-s<seed>)"""
     run_dir: str = ""
-    """run folder (empty: runs/<name>/): config, metrics.jsonl, curves.png, checkpoint.pt, summary.json"""
+    """run folder (empty: runs/<name>/): config, metrics.jsonl, curves.png, checkpoint.pt,
+    summary.json"""
     resume: str = ""
-    """continue the run in this folder from its last checkpoint (its config.json; flags given here override it)"""
+    """continue the run in this folder from its last checkpoint (its config.json; flags given
+    here override it)"""
     stop_after: int = 0
-    """stop once this many updates are done (0: run to the end); a later --resume continues the same run"""
+    """stop once this many updates are done (0: run to the end); a later --resume continues the
+    same run"""
     save_every: int = 50
     """checkpoint every N updates (and at the end)"""
     sample_every: int = 10
@@ -259,51 +294,95 @@ class Config:
     device: str = "auto"
     """'auto' (cuda when available), 'cpu' or 'cuda'"""
     bench: bool = False
-    """time PPO updates on random weights at this config (default: the 124M sentiment setting) and exit"""
+    """time PPO updates on random weights at this config (default: the 124M sentiment setting)
+    and exit"""
 
 
-# Per-task defaults from the released launch.py; `tiny` runs get CPU-sized budgets picked so that the demo learns
-# within 10 minutes on 2 cores. Order of precedence: Config defaults < task < tiny < command line.
+# Per-task defaults from the released launch.py; `tiny` runs get CPU-sized budgets picked so that
+# the demo learns within 10 minutes on 2 cores. Order of precedence: Config defaults < task < tiny <
+# command line.
 TASK_DEFAULTS = {
     "sentiment": {},
     "descriptiveness": {},
-    # launch.py binds `rewards.whiten` = False, a key that does not exist (paper-spec §8.8); we do what it intends.
-    "cnndm": dict(lr=2e-6, batch_size=32, kl_coef=0.01, adaptive_kl=False, whiten_rewards=False, micro_batch_size=16),
-    "tldr": dict(lr=2e-6, batch_size=32, kl_coef=0.03, adaptive_kl=False, whiten_rewards=False, micro_batch_size=16),
+    # launch.py binds `rewards.whiten` = False, a key that does not exist (paper-spec §8.8); we do
+    # what it intends.
+    "cnndm": dict(
+        lr=2e-6,
+        batch_size=32,
+        kl_coef=0.01,
+        adaptive_kl=False,
+        whiten_rewards=False,
+        micro_batch_size=16,
+    ),
+    "tldr": dict(
+        lr=2e-6,
+        batch_size=32,
+        kl_coef=0.03,
+        adaptive_kl=False,
+        whiten_rewards=False,
+        micro_batch_size=16,
+    ),
 }
 TINY_DEFAULTS = dict(
-    # 60 updates of 32 episodes, 2 minibatches of 16 (8 Adam steps per update): about 5 minutes of PPO on 2 cores. The
-    # tiny model is 2 layers fitted on 600 passages, so it takes a larger step (lr) than GPT-2, and a shorter horizon
-    # lets the controller react within 60 updates (β0 = 0.15 and the 6-nat target stay as released).
-    total_episodes=32 * 60, batch_size=32, nminibatches=2, micro_batch_size=16, lr=2e-4, kl_horizon=300,
-    # 800 scripted comparisons (~1 minute to sample): one epoch of them leaves the tiny reward model near chance, eight
-    # at a lower lr reach ~50% held-out best-of-4 accuracy (chance 25%), enough for PPO to raise the true score.
-    rm_comparisons=800, rm_lr=3e-4, rm_batch_size=8, rm_epochs=8, rm_normalize_samples=128,
-    eval_episodes=128, sample_every=10, save_every=10,
+    # 60 updates of 32 episodes, 2 minibatches of 16 (8 Adam steps per update): about 5 minutes of
+    # PPO on 2 cores. The tiny model is 2 layers fitted on 600 passages, so it takes a larger step
+    # (lr) than GPT-2, and a shorter horizon lets the controller react within 60 updates (β0 = 0.15
+    # and the 6-nat target stay as released).
+    total_episodes=32 * 60,
+    batch_size=32,
+    nminibatches=2,
+    micro_batch_size=16,
+    lr=2e-4,
+    kl_horizon=300,
+    # 800 scripted comparisons (~1 minute to sample): one epoch of them leaves the tiny reward model
+    # near chance, eight at a lower lr reach ~50% held-out best-of-4 accuracy (chance 25%), enough
+    # for PPO to raise the true score.
+    rm_comparisons=800,
+    rm_lr=3e-4,
+    rm_batch_size=8,
+    rm_epochs=8,
+    rm_normalize_samples=128,
+    eval_episodes=128,
+    sample_every=10,
+    save_every=10,
 )
 
 
 def parse_args(argv=None) -> tuple[Config, dict]:
-    """--help from the dataclass. Returns the resolved config and the flags actually given (for --resume)."""
+    """--help from the dataclass. Returns the resolved config and the flags actually given (for
+    --resume)."""
     docs = gpt2.field_docs(Config)
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="per-task defaults: " + "; ".join(f"{k}: {v}" for k, v in TASK_DEFAULTS.items() if v)
+        description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="per-task defaults: "
+        + "; ".join(f"{k}: {v}" for k, v in TASK_DEFAULTS.items() if v)
         + f"; --model tiny: {TINY_DEFAULTS}",
     )
     types = {"int": int, "float": float, "str": str}
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":  # SUPPRESS: only flags actually given reach the namespace
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=docs[f.name])
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=docs[f.name],
+            )
         else:
-            parser.add_argument(flag, type=types[f.type], default=argparse.SUPPRESS, help=docs[f.name] + f" (default: {f.default!r})")
+            parser.add_argument(
+                flag,
+                type=types[f.type],
+                default=argparse.SUPPRESS,
+                help=docs[f.name] + f" (default: {f.default!r})",
+            )
     given = vars(parser.parse_args(argv))
     return resolve_config(given), given
 
 
 def resolve_config(given: dict) -> Config:
-    """Config defaults < task defaults < tiny defaults < the flags given. Derived fields are filled in here."""
+    """Config defaults < task defaults < tiny defaults < the flags given. Derived fields are
+    filled in here."""
     task_name = given.get("task", Config.task)
     if task_name not in TASK_DEFAULTS:
         raise SystemExit(f"error: unknown --task {task_name!r}; tasks: {', '.join(TASK_DEFAULTS)}")
@@ -323,14 +402,15 @@ def exact_div(a: int, b: int, what: str) -> int:
     return a // b
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Networks
 
 
 class PolicyAndValue(nn.Module):
-    """π and V. By default V is a scalar head on π's own trunk, zero-initialized so V starts at 0 (lm-human-preferences
-    policy.py: scalar_heads=['value'], fc_layer(scale=0)); value gradients flow into the shared trunk. With a separate
-    value_trunk, V reads that network's hidden states instead."""
+    """π and V. By default V is a scalar head on π's own trunk, zero-initialized so V starts at 0
+    (lm-human-preferences policy.py: scalar_heads=['value'], fc_layer(scale=0)); value gradients
+    flow into the shared trunk. With a separate value_trunk, V reads that network's hidden states
+    instead."""
 
     def __init__(self, lm: gpt2.GPT2, value_trunk: gpt2.GPT2 | None = None):
         super().__init__()
@@ -342,72 +422,119 @@ class PolicyAndValue(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, tokens, mask, n_response: int, temperature: float):
-        """tokens, mask (B, T) = left-padded query + response -> logprobs, entropy, values (B, R)."""
-        logprobs, entropy, hidden = gpt2.response_logprobs(self.lm, tokens, mask, n_response, temperature)
+        """tokens, mask (B, T) = left-padded query + response -> logprobs, entropy, values (B,
+        R)."""
+        logprobs, entropy, hidden = gpt2.response_logprobs(
+            self.lm, tokens, mask, n_response, temperature
+        )
         if self.value_trunk is not None:
             hidden = self.value_trunk.hidden_states(tokens, mask)  # (B, T, C)
         T = tokens.size(1)
-        # V at the state before each response token: values[:, context_length - 1 : -1] in the released code
-        values = self.value_head(hidden[:, T - n_response - 1 : T - 1]).squeeze(-1).float()  # (B, R)
+        # V at the state before each response token: values[:, context_length - 1 : -1] in the
+        # released code
+        # (B, R)
+        values = self.value_head(hidden[:, T - n_response - 1 : T - 1]).squeeze(-1).float()
         return logprobs, entropy, values
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Rollout (steps 1-3) and the PPO update (steps 4-5)
 
 
 def autocast(device: str):
-    """bf16 autocast on CUDA (matmuls in bf16, log-softmax and losses in fp32); plain fp32 on CPU."""
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
+    """bf16 autocast on CUDA (matmuls in bf16, log-softmax and losses in fp32); plain fp32 on
+    CPU."""
+    return (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if device == "cuda"
+        else contextlib.nullcontext()
+    )
 
 
 @torch.no_grad()
 def forward_in_chunks(fn, chunk: int, *tensors):
-    """fn(*tensors) -> tuple of (b, ...) tensors, run over the batch `chunk` rows at a time and concatenated."""
+    """fn(*tensors) -> tuple of (b, ...) tensors, run over the batch `chunk` rows at a time and
+    concatenated."""
     parts = [fn(*(x[i : i + chunk] for x in tensors)) for i in range(0, tensors[0].size(0), chunk)]
     return tuple(torch.cat(p) for p in zip(*parts))
 
 
 @torch.no_grad()
-def rollout(policy, ref, reward_model, task, raw_queries, cfg: Config, kl_coef: float, generator, device):
+def rollout(
+    policy, ref, reward_model, task, raw_queries, cfg: Config, kl_coef: float, generator, device
+):
     """Steps 1-3 for one batch of raw queries (token lists, without the task's prefix/suffix).
     Returns a dict of (B, ...) tensors plus timings."""
     t0 = time.perf_counter()
     R = task.response_length
     queries = [tasks.format_query(task, q) for q in raw_queries]  # what the policy reads
     q_tokens, q_mask = gpt2.left_pad(queries, device=device)  # (B, Q)
-    q_mask &= q_tokens != gpt2.PAD_ID  # a query may hold pads of its own (OpenAI pads queries on the right)
-    # 1. rollout: fixed-length responses from π at the task's temperature (EOS does not stop sampling)
+    # a query may hold pads of its own (OpenAI pads queries on the right)
+    q_mask &= q_tokens != gpt2.PAD_ID
+    # 1. rollout: fixed-length responses from π at the task's temperature (EOS does not stop
+    #    sampling)
     with autocast(device):
-        responses, _ = gpt2.generate(policy.lm, q_tokens, q_mask, R, cfg.temperature, generator=generator)  # (B, R)
+        # (B, R)
+        responses, _ = gpt2.generate(
+            policy.lm, q_tokens, q_mask, R, cfg.temperature, generator=generator
+        )
     if device == "cuda":
         torch.cuda.synchronize()
     t_generate = time.perf_counter() - t0
     tokens = torch.cat([q_tokens, responses], 1)  # (B, T)
     mask = torch.cat([q_mask, torch.ones_like(responses, dtype=torch.bool)], 1)  # (B, T)
-    # old log-probs and values come from the SAME forward function as training (as lm-human-preference-details),
-    # not from the sampling loop, so on the first minibatch of the first epoch the ratio is exactly 1
+    # old log-probs and values come from the SAME forward function as training (as
+    # lm-human-preference-details), not from the sampling loop, so on the first minibatch of the
+    # first epoch the ratio is exactly 1
     with autocast(device):
         chunk = cfg.micro_batch_size
-        logprobs, _, values = forward_in_chunks(lambda t, m: policy(t, m, R, cfg.temperature), chunk, tokens, mask)
+        logprobs, _, values = forward_in_chunks(
+            lambda t, m: policy(t, m, R, cfg.temperature), chunk, tokens, mask
+        )
         ref_logprobs, _ = forward_in_chunks(
-            lambda t, m: gpt2.response_logprobs(ref, t, m, R, cfg.temperature)[:2], chunk, tokens, mask)  # (B, R)
-        # 2. score: truncate at the stop token, score with the reward model, -1 where the stop token is missing
-        truncated, valid = tasks.truncate_responses(responses, task)  # (B, R) PAD_ID after the stop token, (B,)
-        # the reward model reads the RAW query + response, as the released code (paper-spec §1.2 item 7)
+            # (B, R)
+            lambda t, m: gpt2.response_logprobs(ref, t, m, R, cfg.temperature)[:2],
+            chunk,
+            tokens,
+            mask,
+        )
+        # 2. score: truncate at the stop token, score with the reward model, -1 where the stop token
+        #    is missing
+        # (B, R) PAD_ID after the stop token, (B,)
+        truncated, valid = tasks.truncate_responses(responses, task)
+        # the reward model reads the RAW query + response, as the released code (paper-spec §1.2
+        # item 7)
         raw_tokens, raw_mask = gpt2.left_pad(raw_queries, device=device)  # (B, Q')
-        (scores,) = forward_in_chunks(lambda q, m, r: (reward_model.score(q, m, r),), chunk, raw_tokens, raw_mask, truncated)
+        (scores,) = forward_in_chunks(
+            lambda q, m, r: (reward_model.score(q, m, r),), chunk, raw_tokens, raw_mask, truncated
+        )
     scores = tasks.penalize(scores.float(), valid, task)  # (B,) replacement, not addition
     # 3. rewards: per-token KL penalty against ρ, the score at the last token
     rewards, non_score_reward, kl = compute_rewards(scores, logprobs, ref_logprobs, kl_coef)
-    return dict(tokens=tokens, mask=mask, responses=responses, truncated=truncated, valid=valid, scores=scores,
-                logprobs=logprobs, ref_logprobs=ref_logprobs, values=values, rewards=rewards,
-                non_score_reward=non_score_reward, kl=kl, t_generate=t_generate, t_rollout=time.perf_counter() - t0)
+    return dict(
+        tokens=tokens,
+        mask=mask,
+        responses=responses,
+        truncated=truncated,
+        valid=valid,
+        scores=scores,
+        logprobs=logprobs,
+        ref_logprobs=ref_logprobs,
+        values=values,
+        rewards=rewards,
+        non_score_reward=non_score_reward,
+        kl=kl,
+        t_generate=t_generate,
+        t_rollout=time.perf_counter() - t0,
+    )
 
 
-def ppo_update(policy, optimizer, batch: dict, cfg: Config, n_response: int, shuffle_gen, device) -> dict:
-    """Steps 4-5: noptepochs passes over shuffled minibatches, one optimizer step per minibatch, gradients accumulated
-    over micro-batches. Returns stats as (E, M, A) tensors (averaged for logging, so no minibatch is left out)."""
+def ppo_update(
+    policy, optimizer, batch: dict, cfg: Config, n_response: int, shuffle_gen, device
+) -> dict:
+    """Steps 4-5: noptepochs passes over shuffled minibatches, one optimizer step per minibatch,
+    gradients accumulated over micro-batches. Returns stats as (E, M, A) tensors (averaged for
+    logging, so no minibatch is left out)."""
     B, E, M = cfg.batch_size, cfg.noptepochs, cfg.nminibatches
     mb = exact_div(B, M, "--batch-size / --nminibatches")
     micro = min(cfg.micro_batch_size, mb)
@@ -415,14 +542,17 @@ def ppo_update(policy, optimizer, batch: dict, cfg: Config, n_response: int, shu
     stats = {}
 
     def record(e, m, a, name, value):
-        stats.setdefault(name, torch.zeros(E, M, A))[e, m, a] = value.item() if torch.is_tensor(value) else value
+        stats.setdefault(name, torch.zeros(E, M, A))[e, m, a] = (
+            value.item() if torch.is_tensor(value) else value
+        )
 
     for e in range(E):
         perm = torch.randperm(B, generator=shuffle_gen).to(device)  # a fresh shuffle every epoch
         for m in range(M):
             idx = perm[m * mb : (m + 1) * mb]
-            # 4. advantages, per minibatch as the released code does (with nminibatches = 1: the whole batch):
-            #    whiten rewards (scale only), GAE, whiten advantages (zero mean, unit variance)
+            # 4. advantages, per minibatch as the released code does (with nminibatches = 1: the
+            #    whole batch): whiten rewards (scale only), GAE, whiten advantages (zero mean, unit
+            #    variance)
             rewards = batch["rewards"][idx]  # (mb, R)
             if cfg.whiten_rewards:
                 rewards = whiten(rewards, shift_mean=False)
@@ -436,11 +566,21 @@ def ppo_update(policy, optimizer, batch: dict, cfg: Config, n_response: int, shu
                 j = slice(a * micro, (a + 1) * micro)
                 with autocast(device):
                     new_logprobs, entropy, vpred = policy(
-                        batch["tokens"][idx][j], batch["mask"][idx][j], n_response, cfg.temperature)  # (micro, R)
-                pg_loss, pg_stats = ppo_policy_loss(new_logprobs.float(), old_logprobs[j], advantages[j], cfg.cliprange)
-                vf_loss, vf_stats = value_loss(vpred, old_values[j], returns[j], cfg.cliprange_value)
+                        # (micro, R)
+                        batch["tokens"][idx][j],
+                        batch["mask"][idx][j],
+                        n_response,
+                        cfg.temperature,
+                    )
+                pg_loss, pg_stats = ppo_policy_loss(
+                    new_logprobs.float(), old_logprobs[j], advantages[j], cfg.cliprange
+                )
+                vf_loss, vf_stats = value_loss(
+                    vpred, old_values[j], returns[j], cfg.cliprange_value
+                )
                 loss = pg_loss + cfg.vf_coef * vf_loss
-                (loss * (micro / mb)).backward()  # each micro-batch is a mean over micro·R tokens: rescale to the minibatch mean
+                # each micro-batch is a mean over micro·R tokens: rescale to the minibatch mean
+                (loss * (micro / mb)).backward()
                 total += loss.detach() * (micro / mb)
                 for k, v in pg_stats.items():
                     record(e, m, a, f"ppo/policy/{k}", v)
@@ -453,24 +593,32 @@ def ppo_update(policy, optimizer, batch: dict, cfg: Config, n_response: int, shu
                 record(e, m, a, "ppo/returns/mean", returns[j].mean())
                 record(e, m, a, "ppo/returns/var", returns[j].var(unbiased=False))
             if not torch.isfinite(total):  # before the step, so no NaN ever reaches the weights
-                raise FloatingPointError(f"the PPO loss is {total.item()} (epoch {e}, minibatch {m})")
+                raise FloatingPointError(
+                    f"the PPO loss is {total.item()} (epoch {e}, minibatch {m})"
+                )
             optimizer.step()
     return stats
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Evaluation, logging, checkpoints
 
 
 @torch.no_grad()
 def evaluate(policy, ref, reward_model, task, labeler, queries, cfg: Config, device) -> dict:
-    """Reward-model score, scripted true score and KL of the current policy on fixed held-out queries; its own
-    generator (seed fixed) so evaluating never moves the training RNG."""
+    """Reward-model score, scripted true score and KL of the current policy on fixed held-out
+    queries; its own generator (seed fixed) so evaluating never moves the training RNG."""
     gen = torch.Generator(device=device).manual_seed(12345)
     stats = {}
     for i in range(0, len(queries), cfg.batch_size):
-        b = rollout(policy, ref, reward_model, task, queries[i : i + cfg.batch_size], cfg, 0.0, gen, device)
-        for k, v in [("score", b["scores"]), ("kl", b["kl"].sum(1)), ("true_score", true_scores(labeler, b["truncated"]))]:
+        b = rollout(
+            policy, ref, reward_model, task, queries[i : i + cfg.batch_size], cfg, 0.0, gen, device
+        )
+        for k, v in [
+            ("score", b["scores"]),
+            ("kl", b["kl"].sum(1)),
+            ("true_score", true_scores(labeler, b["truncated"])),
+        ]:
             if v is not None:
                 stats.setdefault(k, []).append(v.float().cpu())
     out = {k: torch.cat(v).mean().item() for k, v in stats.items()}
@@ -484,15 +632,19 @@ def decode(enc, row) -> str:
 
 
 def true_scores(labeler, truncated):
-    """The scripted labeler's score of each truncated response: the true reward when measuring PPO offline."""
+    """The scripted labeler's score of each truncated response: the true reward when measuring
+    PPO offline."""
     if labeler is None:
         return None
     enc = gpt2.get_tokenizer()
-    return torch.as_tensor(np.asarray(labeler.score([decode(enc, r) for r in truncated.tolist()]), dtype=np.float32))
+    return torch.as_tensor(
+        np.asarray(labeler.score([decode(enc, r) for r in truncated.tolist()]), dtype=np.float32)
+    )
 
 
 def rollout_stats(batch: dict, true: torch.Tensor | None, kl_coef: float) -> dict:
-    """Per-update 'objective/...' metrics from a rollout batch (sums over tokens are per episode, then averaged)."""
+    """Per-update 'objective/...' metrics from a rollout batch (sums over tokens are per episode,
+    then averaged)."""
     out = {
         "objective/score": batch["scores"].mean().item(),
         "objective/kl": batch["kl"].sum(1).mean().item(),
@@ -507,25 +659,34 @@ def rollout_stats(batch: dict, true: torch.Tensor | None, kl_coef: float) -> dic
 
 
 def print_samples(enc, queries, batch, true, n: int = 4):
-    """A plain-text table of a few queries, responses and scores (the lm-human-preference-details rich table)."""
+    """A plain-text table of a few queries, responses and scores (the lm-human-preference-details
+    rich table)."""
     print(f"{'query (end)':<42} | {'response (truncated)':<60} | score  | true   | kl")
     for i in range(min(n, len(queries))):
         q = decode(enc, queries[i]).replace("\n", " ")[-40:]
         r = decode(enc, batch["truncated"][i].tolist()).replace("\n", " ")[:60]
         t = f"{true[i].item():6.2f}" if true is not None else "   -  "
-        print(f"{q:<42} | {r:<60} | {batch['scores'][i].item():6.2f} | {t} | {batch['kl'][i].sum().item():5.2f}")
+        print(
+            f"{q:<42} | {r:<60} | {batch['scores'][i].item():6.2f} | {t} | {batch['kl'][i].sum().item():5.2f}"
+        )
 
 
 def atomic_save(obj, path: Path):
-    """Write to a temporary file, then rename: a crash mid-write never destroys the last good checkpoint."""
+    """Write to a temporary file, then rename: a crash mid-write never destroys the last good
+    checkpoint."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
 def rng_state(sample_gen, shuffle_gen) -> dict:
-    state = dict(sample=sample_gen.get_state(), shuffle=shuffle_gen.get_state(), torch=torch.get_rng_state(),
-                 numpy=np.random.get_state(), python=random.getstate())
+    state = dict(
+        sample=sample_gen.get_state(),
+        shuffle=shuffle_gen.get_state(),
+        torch=torch.get_rng_state(),
+        numpy=np.random.get_state(),
+        python=random.getstate(),
+    )
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -549,8 +710,12 @@ def plot_curves(metrics: list[dict], path: Path, kl_target: float | None):
     import matplotlib.pyplot as plt
 
     x = [m["episodes"] for m in metrics]
-    keys = [("objective/score", "reward-model score"), ("objective/true_score", "scripted labeler's true score"),
-            ("objective/kl", "KL(π‖ρ), nats"), ("objective/kl_coef", "β")]
+    keys = [
+        ("objective/score", "reward-model score"),
+        ("objective/true_score", "scripted labeler's true score"),
+        ("objective/kl", "KL(π‖ρ), nats"),
+        ("objective/kl_coef", "β"),
+    ]
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
     for ax, (key, title) in zip(axes.flat, keys):
         if metrics and key in metrics[0]:
@@ -566,42 +731,62 @@ def plot_curves(metrics: list[dict], path: Path, kl_target: float | None):
     plt.close(fig)
 
 
-# -----------------------------------------------------------------------------
-# The reward model: load a checkpoint, or build one (sample -> scripted label -> train) with reward.py
+# --------------------------------------------------------------------------------------------------
+# The reward model: load a checkpoint, or build one (sample -> scripted label -> train) with
+# reward.py
 
 
 def load_reward(path: str, ref: gpt2.GPT2, device):
-    """Load a reward checkpoint made from the same base model as the policy; any failure is one clear message."""
+    """Load a reward checkpoint made from the same base model as the policy; any failure is one
+    clear message."""
     try:
         rm = reward.load_reward_model(path, device=device, expect_config=ref.config)
     except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        raise SystemExit(f"error: reward model {path}: {e}\n  (a reward model must be trained from the same base "
-                         f"model as the policy: `python reward.py train --model <the --model given here> ...`)")
+        raise SystemExit(
+            f"error: reward model {path}: {e}\n  (a reward model must be trained from the same base "
+            f"model as the policy: `python reward.py train --model <the --model given here> ...`)"
+        )
     return rm.eval().requires_grad_(False)
 
 
 def build_reward_model(cfg: Config, ref, task, labeler, device) -> str:
-    """No --reward given: train one into the run folder and return its path (a resumed run reuses it).
-    From --labels if given; otherwise sample comparisons from ρ and label them with the scripted labeler."""
+    """No --reward given: train one into the run folder and return its path (a resumed run reuses
+    it). From --labels if given; otherwise sample comparisons from ρ and label them with the
+    scripted labeler."""
     out = Path(cfg.run_dir) / "rm.pt"
     if out.exists():
         print(f"reward model: reusing {out}")
         return str(out)
     if cfg.labels:
-        rows = reward.read_label_rows(cfg.labels)  # ours or OpenAI's released JSON; prints what it did not use
+        # ours or OpenAI's released JSON; prints what it did not use
+        rows = reward.read_label_rows(cfg.labels)
     elif labeler is None:
-        raise SystemExit(f"error: task {cfg.task} has no scripted labeler to make labels with; pass --reward rm.pt "
-                         f"or --labels labels.jsonl (OpenAI's released labels: see `python reward.py --help`)")
+        raise SystemExit(
+            f"error: task {cfg.task} has no scripted labeler to make labels with; pass --reward rm.pt "
+            f"or --labels labels.jsonl (OpenAI's released labels: see `python reward.py --help`)"
+        )
     else:
-        print(f"reward model: sampling {cfg.rm_comparisons} comparisons from ρ, labeling them with the scripted "
-              f"'{labeler.name}' labeler, then training")
-        comparisons = reward.sample_comparisons(ref, task, cfg.rm_comparisons, seed=cfg.seed, device=device)
+        print(
+            f"reward model: sampling {cfg.rm_comparisons} comparisons from ρ, labeling them with the scripted "
+            f"'{labeler.name}' labeler, then training"
+        )
+        comparisons = reward.sample_comparisons(
+            ref, task, cfg.rm_comparisons, seed=cfg.seed, device=device
+        )
         rows = reward.label_comparisons(comparisons, labeler)
-        labels.write_comparisons(Path(cfg.run_dir) / "labels.jsonl", rows)  # kept for `python reward.py eval`
-    rm_cfg = reward.TrainConfig(labels=cfg.labels or str(Path(cfg.run_dir) / "labels.jsonl"), model=cfg.model,
-                                out=str(out), task=cfg.task, lr=cfg.rm_lr, seed=cfg.seed,
-                                batch_size=cfg.rm_batch_size, epochs=cfg.rm_epochs,
-                                normalize_samples=cfg.rm_normalize_samples)
+        # kept for `python reward.py eval`
+        labels.write_comparisons(Path(cfg.run_dir) / "labels.jsonl", rows)
+    rm_cfg = reward.TrainConfig(
+        labels=cfg.labels or str(Path(cfg.run_dir) / "labels.jsonl"),
+        model=cfg.model,
+        out=str(out),
+        task=cfg.task,
+        lr=cfg.rm_lr,
+        seed=cfg.seed,
+        batch_size=cfg.rm_batch_size,
+        epochs=cfg.rm_epochs,
+        normalize_samples=cfg.rm_normalize_samples,
+    )
     rm, metrics = reward.train_reward_model(rows, rm_cfg, policy=ref, device=device)
     print(f"reward model: {json.dumps(metrics)}")
     reward.save_reward_model(rm, out)
@@ -609,9 +794,12 @@ def build_reward_model(cfg: Config, ref, task, labeler, device) -> str:
 
 
 def policy_with_reward_value(ref, reward_model) -> PolicyAndValue:
-    """--value-model reward: π from ρ; V a separate network initialized from the reward model, trunk and head, with
-    the reward normalization folded into the head so V starts equal to the normalized score (Stiennon et al. 2020)."""
-    policy = PolicyAndValue(copy.deepcopy(ref).requires_grad_(True), copy.deepcopy(reward_model.lm).requires_grad_(True))
+    """--value-model reward: π from ρ; V a separate network initialized from the reward model,
+    trunk and head, with the reward normalization folded into the head so V starts equal to the
+    normalized score (Stiennon et al. 2020)."""
+    policy = PolicyAndValue(
+        copy.deepcopy(ref).requires_grad_(True), copy.deepcopy(reward_model.lm).requires_grad_(True)
+    )
     with torch.no_grad():
         gain, bias = reward_model.reward_gain.float(), reward_model.reward_bias.float()
         policy.value_head.weight.copy_(reward_model.head.weight * gain)
@@ -619,22 +807,25 @@ def policy_with_reward_value(ref, reward_model) -> PolicyAndValue:
     return policy
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Main
 
 
 def metric_line(update: int, n_updates: int, m: dict) -> str:
     """The fixed-format console line of one update."""
     true = f"true {m['objective/true_score']:6.3f} | " if "objective/true_score" in m else ""
-    return (f"update {update:>5}/{n_updates} | score {m['objective/score']:6.3f} | {true}kl {m['objective/kl']:6.3f} | "
-            f"beta {m['objective/kl_coef']:.4f} | entropy {m['objective/entropy']:6.2f} | "
-            f"clipfrac {m['ppo/policy/clipfrac']:.3f} | approxkl {m['ppo/policy/approxkl']:.5f} | "
-            f"vf_err {m['ppo/val/error']:.4f} | {m['time/rollout_tokens_per_s']:7.0f} tok/s | "
-            f"rollout {m['time/rollout']:5.1f}s train {m['time/train']:5.1f}s")
+    return (
+        f"update {update:>5}/{n_updates} | score {m['objective/score']:6.3f} | {true}kl {m['objective/kl']:6.3f} | "
+        f"beta {m['objective/kl_coef']:.4f} | entropy {m['objective/entropy']:6.2f} | "
+        f"clipfrac {m['ppo/policy/clipfrac']:.3f} | approxkl {m['ppo/policy/approxkl']:.5f} | "
+        f"vf_err {m['ppo/val/error']:.4f} | {m['time/rollout_tokens_per_s']:7.0f} tok/s | "
+        f"rollout {m['time/rollout']:5.1f}s train {m['time/train']:5.1f}s"
+    )
 
 
 def train(cfg: Config) -> dict:
-    """The whole run: setup, optional reward-model building, the PPO loop, the summary. Returns summary.json."""
+    """The whole run: setup, optional reward-model building, the PPO loop, the summary. Returns
+    summary.json."""
     # ---- setup (boilerplate: device, seeds, run folder, models) ----
     device = gpt2.pick_device(cfg.device)
     run_dir = Path(cfg.run_dir)
@@ -654,11 +845,14 @@ def train(cfg: Config) -> dict:
         except Exception as e:
             raise SystemExit(f"error: cannot resume from {ckpt_path}: {e}")
 
-    ref = tasks.load_base_model(cfg.model, device=device).requires_grad_(False)  # ρ: frozen, never optimized
+    # ρ: frozen, never optimized
+    ref = tasks.load_base_model(cfg.model, device=device).requires_grad_(False)
     if not cfg.reward:
-        cfg.reward = build_reward_model(cfg, ref, task, labeler, device)  # the whole pipeline: sample, label, train
+        # the whole pipeline: sample, label, train
+        cfg.reward = build_reward_model(cfg, ref, task, labeler, device)
     reward_model = load_reward(cfg.reward, ref, device)
-    policy = PolicyAndValue(copy.deepcopy(ref).requires_grad_(True))  # π starts as ρ; V: zero head on π's trunk
+    # π starts as ρ; V: zero head on π's trunk
+    policy = PolicyAndValue(copy.deepcopy(ref).requires_grad_(True))
     if cfg.value_model == "reward":
         policy = policy_with_reward_value(ref, reward_model)
     elif cfg.value_model != "shared":
@@ -671,11 +865,17 @@ def train(cfg: Config) -> dict:
         optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
     else:
         raise SystemExit(f"error: --adam {cfg.adam!r}: use 'tf' or 'torch'")
-    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
-              else FixedKLController(cfg.kl_coef))
-    # data order: OpenAI shuffles the query set with a fixed seed 0 whatever the run's seed; so do we
+    kl_ctl = (
+        AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+        if cfg.adaptive_kl
+        else FixedKLController(cfg.kl_coef)
+    )
+    # data order: OpenAI shuffles the query set with a fixed seed 0 whatever the run's seed; so do
+    # we
     source = tasks.QuerySource(task, "train", seed=0)
-    eval_queries = tasks.QuerySource(task, "test", seed=0).next_batch(cfg.eval_episodes, formatted=False)
+    eval_queries = tasks.QuerySource(task, "test", seed=0).next_batch(
+        cfg.eval_episodes, formatted=False
+    )
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)  # sampling responses
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)  # minibatch shuffles
     n_updates = math.ceil(cfg.total_episodes / cfg.batch_size)
@@ -688,22 +888,31 @@ def train(cfg: Config) -> dict:
         source.load_state_dict(ckpt["data"])
         set_rng_state(ckpt["rng"], sample_gen, shuffle_gen)
         start, before, seconds_before = ckpt["update"], ckpt["before"], ckpt["seconds"]
-        # metrics written after the checkpoint (the run died later) are dropped: the resumed run writes them again
+        # metrics written after the checkpoint (the run died later) are dropped: the resumed run
+        # writes them again
         lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-        metrics_path.write_text("".join(l + "\n" for l in lines if json.loads(l)["update"] <= start))
+        metrics_path.write_text(
+            "".join(l + "\n" for l in lines if json.loads(l)["update"] <= start)
+        )
         print(f"resumed {run_dir} at update {start}/{n_updates}")
     else:
         metrics_path.write_text("")
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
 
     # ---- compute budget ----
-    Q = max(len(tasks.format_query(task, q)) for q in eval_queries[:8]) if eval_queries else task.query_length
+    Q = (
+        max(len(tasks.format_query(task, q)) for q in eval_queries[:8])
+        if eval_queries
+        else task.query_length
+    )
     M = cfg.nminibatches
-    print(f"compute budget: {cfg.total_episodes:,} episodes / {cfg.batch_size} per update = {n_updates:,} updates "
-          f"({n_updates * cfg.noptepochs * M:,} Adam steps: {cfg.noptepochs} epochs x {M} minibatches)\n"
-          f"  per update: {cfg.batch_size} queries of ~{Q} tokens, {cfg.batch_size * R:,} tokens generated, "
-          f"{cfg.noptepochs} x {cfg.batch_size} x {Q + R} tokens trained; total {n_updates * cfg.batch_size * R:,} "
-          f"tokens generated | model {cfg.model} on {device} | run dir {run_dir}")
+    print(
+        f"compute budget: {cfg.total_episodes:,} episodes / {cfg.batch_size} per update = {n_updates:,} updates "
+        f"({n_updates * cfg.noptepochs * M:,} Adam steps: {cfg.noptepochs} epochs x {M} minibatches)\n"
+        f"  per update: {cfg.batch_size} queries of ~{Q} tokens, {cfg.batch_size * R:,} tokens generated, "
+        f"{cfg.noptepochs} x {cfg.batch_size} x {Q + R} tokens trained; total {n_updates * cfg.batch_size * R:,} "
+        f"tokens generated | model {cfg.model} on {device} | run dir {run_dir}"
+    )
     if ckpt is None:
         before = evaluate(policy, ref, reward_model, task, labeler, eval_queries, cfg, device)
         print(f"before training (on {len(eval_queries)} held-out queries): {json.dumps(before)}")
@@ -713,34 +922,55 @@ def train(cfg: Config) -> dict:
     t_start = time.time()
     last = {}
     stop = n_updates if not cfg.stop_after else min(n_updates, cfg.stop_after)
-    bar = tqdm(range(start, stop), desc="ppo", unit="update", initial=start, total=n_updates, file=sys.stdout,
-               dynamic_ncols=True, disable=None)
+    bar = tqdm(
+        range(start, stop),
+        desc="ppo",
+        unit="update",
+        initial=start,
+        total=n_updates,
+        file=sys.stdout,
+        dynamic_ncols=True,
+        disable=None,
+    )
     for update in bar:
-        lr = cfg.lr * (1 - update / n_updates)  # annealed linearly to 0 over the updates (released code: per update)
+        # annealed linearly to 0 over the updates (released code: per update)
+        lr = cfg.lr * (1 - update / n_updates)
         for group in optimizer.param_groups:
             group["lr"] = lr
         # 1-3. rollout, score, rewards (see rollout())
         raw_queries = source.next_batch(cfg.batch_size, formatted=False)
-        batch = rollout(policy, ref, reward_model, task, raw_queries, cfg, kl_ctl.value, sample_gen, device)
+        batch = rollout(
+            policy, ref, reward_model, task, raw_queries, cfg, kl_ctl.value, sample_gen, device
+        )
         true = true_scores(labeler, batch["truncated"])
         # 4-5. advantages and PPO epochs (see ppo_update())
         t0 = time.perf_counter()
         try:
             stats = ppo_update(policy, optimizer, batch, cfg, R, shuffle_gen, device)
         except FloatingPointError as e:
-            raise SystemExit(f"error: update {update + 1}: {e}. Stopped; the last good checkpoint is kept at "
-                             f"{ckpt_path if ckpt_path.exists() else '(none yet)'}. Try a lower --lr or check the "
-                             f"reward model's scores (`python reward.py eval`).")
+            raise SystemExit(
+                f"error: update {update + 1}: {e}. Stopped; the last good checkpoint is kept at "
+                f"{ckpt_path if ckpt_path.exists() else '(none yet)'}. Try a lower --lr or check the "
+                f"reward model's scores (`python reward.py eval`)."
+            )
         t_train = time.perf_counter() - t0
-        # 6. KL controller: adapt β toward the target with this batch's mean KL (released code: after every update)
+        # 6. KL controller: adapt β toward the target with this batch's mean KL (released code:
+        #    after every update)
         m = rollout_stats(batch, true, kl_ctl.value)
         kl_ctl.update(m["objective/kl"], cfg.batch_size)
         # ---- logging (boilerplate) ----
         m.update({k: v.mean().item() for k, v in stats.items()})
         m["ppo/val/var_explained"] = 1 - m["ppo/val/error"] / max(m["ppo/returns/var"], 1e-8)
-        m.update({"update": update + 1, "episodes": (update + 1) * cfg.batch_size, "ppo/lr": lr,
-                  "time/rollout": batch["t_rollout"], "time/train": t_train,
-                  "time/rollout_tokens_per_s": cfg.batch_size * R / max(batch["t_generate"], 1e-9)})
+        m.update(
+            {
+                "update": update + 1,
+                "episodes": (update + 1) * cfg.batch_size,
+                "ppo/lr": lr,
+                "time/rollout": batch["t_rollout"],
+                "time/train": t_train,
+                "time/rollout_tokens_per_s": cfg.batch_size * R / max(batch["t_generate"], 1e-9),
+            }
+        )
         with open(metrics_path, "a") as f:
             f.write(json.dumps(m) + "\n")
         tqdm.write(metric_line(update + 1, n_updates, m), file=sys.stdout)
@@ -749,31 +979,63 @@ def train(cfg: Config) -> dict:
         last = m
         if (update + 1) % cfg.save_every == 0 or update + 1 == stop:
             seconds = seconds_before + time.time() - t_start
-            atomic_save(dict(policy=policy.state_dict(), optimizer=optimizer.state_dict(), kl_ctl=kl_ctl.state_dict(),
-                             data=source.state_dict(), rng=rng_state(sample_gen, shuffle_gen), update=update + 1,
-                             before=before, seconds=seconds, config=asdict(cfg)), ckpt_path)
-            plot_curves([json.loads(l) for l in metrics_path.read_text().splitlines()], run_dir / "curves.png",
-                        cfg.kl_target if cfg.adaptive_kl else None)
+            atomic_save(
+                dict(
+                    policy=policy.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    kl_ctl=kl_ctl.state_dict(),
+                    data=source.state_dict(),
+                    rng=rng_state(sample_gen, shuffle_gen),
+                    update=update + 1,
+                    before=before,
+                    seconds=seconds,
+                    config=asdict(cfg),
+                ),
+                ckpt_path,
+            )
+            plot_curves(
+                [json.loads(l) for l in metrics_path.read_text().splitlines()],
+                run_dir / "curves.png",
+                cfg.kl_target if cfg.adaptive_kl else None,
+            )
     bar.close()
     if stop < n_updates:
-        print(f"stopped after {stop}/{n_updates} updates (--stop-after); continue with: python ppo.py --resume {run_dir}")
+        print(
+            f"stopped after {stop}/{n_updates} updates (--stop-after); continue with: python ppo.py --resume {run_dir}"
+        )
         return {}
 
     # ---- summary ----
     after = evaluate(policy, ref, reward_model, task, labeler, eval_queries, cfg, device)
-    summary = dict(score_before=before["score"], score_after=after["score"], true_score_before=before.get("true_score"),
-                   true_score_after=after.get("true_score"), true_score_std_before=before.get("true_score_std"),
-                   kl=after["kl"], kl_train_last=last.get("objective/kl"), kl_coef=kl_ctl.value, updates=n_updates,
-                   episodes=n_updates * cfg.batch_size, seconds=round(seconds_before + time.time() - t_start, 1),
-                   eval_episodes=len(eval_queries), device=device, model=cfg.model, task=cfg.task, reward=cfg.reward)
+    summary = dict(
+        score_before=before["score"],
+        score_after=after["score"],
+        true_score_before=before.get("true_score"),
+        true_score_after=after.get("true_score"),
+        true_score_std_before=before.get("true_score_std"),
+        kl=after["kl"],
+        kl_train_last=last.get("objective/kl"),
+        kl_coef=kl_ctl.value,
+        updates=n_updates,
+        episodes=n_updates * cfg.batch_size,
+        seconds=round(seconds_before + time.time() - t_start, 1),
+        eval_episodes=len(eval_queries),
+        device=device,
+        model=cfg.model,
+        task=cfg.task,
+        reward=cfg.reward,
+    )
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"after training: {json.dumps(after)}\nsummary: {run_dir / 'summary.json'}\n{json.dumps(summary, indent=2)}")
+    print(
+        f"after training: {json.dumps(after)}\nsummary: {run_dir / 'summary.json'}\n{json.dumps(summary, indent=2)}"
+    )
     return summary
 
 
 def bench(cfg: Config, n_timed: int = 3) -> dict:
-    """Time PPO updates at this config on random weights (no download; the timing does not depend on the weights):
-    one warm-up update, then n_timed timed ones. Default config = the 124M sentiment setting: batch 512, 64 + 24 tokens."""
+    """Time PPO updates at this config on random weights (no download; the timing does not depend
+    on the weights): one warm-up update, then n_timed timed ones. Default config = the 124M
+    sentiment setting: batch 512, 64 + 24 tokens."""
     device = gpt2.pick_device(cfg.device)
     task = tasks.get_task(cfg.task)
     torch.manual_seed(cfg.seed)
@@ -783,39 +1045,61 @@ def bench(cfg: Config, n_timed: int = 3) -> dict:
     optimizer = AdamTF(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-    raw_queries = torch.randint(0, 50000, (cfg.batch_size, task.query_length), generator=shuffle_gen).tolist()
-    print(f"bench: {cfg.model} (random weights) on {device}, batch {cfg.batch_size}, {task.query_length} + "
-          f"{task.response_length} tokens, micro-batch {cfg.micro_batch_size}, {cfg.noptepochs} epochs")
+    raw_queries = torch.randint(
+        0, 50000, (cfg.batch_size, task.query_length), generator=shuffle_gen
+    ).tolist()
+    print(
+        f"bench: {cfg.model} (random weights) on {device}, batch {cfg.batch_size}, {task.query_length} + "
+        f"{task.response_length} tokens, micro-batch {cfg.micro_batch_size}, {cfg.noptepochs} epochs"
+    )
     rows = []
     for i in range(1 + n_timed):
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        batch = rollout(policy, ref, reward_model, task, raw_queries, cfg, cfg.kl_coef, sample_gen, device)
+        batch = rollout(
+            policy, ref, reward_model, task, raw_queries, cfg, cfg.kl_coef, sample_gen, device
+        )
         t1 = time.perf_counter()
         ppo_update(policy, optimizer, batch, cfg, task.response_length, shuffle_gen, device)
         if device == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
-        row = dict(update_s=t2 - t0, rollout_s=t1 - t0, generate_s=batch["t_generate"], train_s=t2 - t1,
-                   generate_tok_s=cfg.batch_size * task.response_length / batch["t_generate"],
-                   peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan"))
-        print(("warm-up " if i == 0 else f"update {i}  ") + " | ".join(f"{k} {v:.3f}" for k, v in row.items()))
+        row = dict(
+            update_s=t2 - t0,
+            rollout_s=t1 - t0,
+            generate_s=batch["t_generate"],
+            train_s=t2 - t1,
+            generate_tok_s=cfg.batch_size * task.response_length / batch["t_generate"],
+            peak_gib=torch.cuda.max_memory_allocated() / 2**30
+            if device == "cuda"
+            else float("nan"),
+        )
+        print(
+            ("warm-up " if i == 0 else f"update {i}  ")
+            + " | ".join(f"{k} {v:.3f}" for k, v in row.items())
+        )
         if i:
             rows.append(row)
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-    print(f"bench mean over {n_timed} updates ({device}): " + " | ".join(f"{k} {v:.3f}" for k, v in mean.items()))
+    print(
+        f"bench mean over {n_timed} updates ({device}): "
+        + " | ".join(f"{k} {v:.3f}" for k, v in mean.items())
+    )
     return mean
 
 
 def main(argv=None):
     cfg, given = parse_args(argv)
     if cfg.resume:
-        # the run's own config, with the flags given now on top (e.g. --stop-after, --device); never its stop_after
+        # the run's own config, with the flags given now on top (e.g. --stop-after, --device); never
+        # its stop_after
         saved_path = Path(cfg.resume) / "config.json"
         if not saved_path.exists():
-            raise SystemExit(f"error: --resume {cfg.resume}: no config.json there (is it a ppo.py run folder?)")
+            raise SystemExit(
+                f"error: --resume {cfg.resume}: no config.json there (is it a ppo.py run folder?)"
+            )
         saved = json.loads(saved_path.read_text())
         saved["stop_after"] = 0
         saved.update({k: v for k, v in given.items() if k != "resume"})

@@ -1,29 +1,35 @@
 """
-The reward model of Ziegler et al. 2019 ("Fine-Tuning Language Models from Human Preferences", §2), learned from
-best-of-N comparisons: collect them, label them (a person with label_tool.py, or a scripted labeler here), train.
+The reward model of Ziegler et al. 2019 ("Fine-Tuning Language Models from Human Preferences", §2),
+learned from best-of-N comparisons: collect them, label them (a person with label_tool.py, or a
+scripted labeler here), train.
 
 It follows openai/lm-human-preferences (train_reward.py, rewards.py, label_types.py::PickBest; see
 ../shared/docs/paper-spec.md §2) and says where it differs. In short:
   * the reward model is a GPT-2 initialized from the policy's checkpoint (rho) plus a scalar head
-    (weight ~ N(0, 1/sqrt(n_embd + 1)), bias 0) read at the last real token of concat(query, response);
-  * reward = gain * head + bias, with gain/bias set so that rewards of rho's responses have mean 0 and (population)
-    std 1, before training and again after it (so PPO's KL coefficient always means the same thing);
-  * loss = softmax cross-entropy over the N candidates against the labeled best (N = 2 is Bradley-Terry);
-  * one epoch (--epochs for more: the tiny CPU demo needs several), learning rate annealed linearly to 0, Adam with
-    TF1's epsilon (1e-5), no dropout, no clipping.
+    (weight ~ N(0, 1/sqrt(n_embd + 1)), bias 0) read at the last real token of concat(query,
+    response);
+  * reward = gain * head + bias, with gain/bias set so that rewards of rho's responses have mean 0
+    and (population) std 1, before training and again after it (so PPO's KL coefficient always means
+    the same thing);
+  * loss = softmax cross-entropy over the N candidates against the labeled best (N = 2 is
+    Bradley-Terry);
+  * one epoch (--epochs for more: the tiny CPU demo needs several), learning rate annealed linearly
+    to 0, Adam with TF1's epsilon (1e-5), no dropout, no clipping.
 
 Four subcommands; each has a real --help:
     python reward.py sample --task sentiment --model gpt2 --n 1000 --out comparisons.jsonl
     python reward.py label  --labeler sentiment --in comparisons.jsonl --out labels.jsonl
     python reward.py train  --labels labels.jsonl --model gpt2 --out rm.pt
     python reward.py eval   --rm rm.pt --labels test.jsonl
-On a CPU, use --model tiny (a 2-layer GPT-2 fitted on the shipped passages, see tasks.py). `--labels` also takes
-OpenAI's released JSON (e.g. tasks.download_labels("sentiment"), then --labels that path --task sentiment).
-ppo.py calls the same functions: sample_comparisons, label_comparisons, train_reward_model, load_reward_model.
+On a CPU, use --model tiny (a 2-layer GPT-2 fitted on the shipped passages, see tasks.py).
+`--labels` also takes OpenAI's released JSON (e.g. tasks.download_labels("sentiment"), then --labels
+that path --task sentiment). ppo.py calls the same functions: sample_comparisons, label_comparisons,
+train_reward_model, load_reward_model.
 
-Shape letters: B = batch (comparisons), N = candidates per comparison, T = sequence length, C = channels,
-Q = query length, R = response length.
+Shape letters: B = batch (comparisons), N = candidates per comparison, T = sequence length, C =
+channels, Q = query length, R = response length.
 """
+
 from __future__ import annotations
 
 import copy
@@ -43,51 +49,67 @@ from tqdm import tqdm
 
 import labels
 import tasks
-from gpt2 import GPT2, PAD_ID, GPT2Config, generate, get_tokenizer, left_pad, parse_dataclass_args, pick_device
+from gpt2 import (
+    GPT2,
+    PAD_ID,
+    GPT2Config,
+    generate,
+    get_tokenizer,
+    left_pad,
+    parse_dataclass_args,
+    pick_device,
+)
 
 CHECKPOINT_FORMAT = "rlhf-gpt2 reward model"
 CHECKPOINT_VERSION = 1
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The math: small pure functions
 
 
 def preference_loss(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     """Mean softmax cross-entropy of the labeled best among N candidates (label_types.py::PickBest).
 
-    rewards (B, N), best (B,) -> scalar. loss = -mean_b log( exp r_b,best / sum_i exp r_b,i ). With N = 2 this is
-    the Bradley-Terry loss -log sigmoid(r_best - r_other). (The paper's eq. 1 is printed without the minus sign.)
+    rewards (B, N), best (B,) -> scalar. loss = -mean_b log( exp r_b,best / sum_i exp r_b,i ). With
+    N = 2 this is the Bradley-Terry loss -log sigmoid(r_best - r_other). (The paper's eq. 1 is
+    printed without the minus sign.)
     """
     return F.cross_entropy(rewards, best)
 
 
 def preference_accuracy(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
-    """Fraction of comparisons whose highest reward is the labeled best. rewards (B, N), best (B,) -> scalar."""
+    """Fraction of comparisons whose highest reward is the labeled best. rewards (B, N), best
+    (B,) -> scalar."""
     return (rewards.argmax(-1) == best).float().mean()
 
 
 def population_mean_std(x: torch.Tensor) -> tuple[float, float]:
-    """Mean and POPULATION std (divide by n, as OpenAI's stats(): sqrt(E[x^2] - E[x]^2); [VW] uses unbiased std)."""
+    """Mean and POPULATION std (divide by n, as OpenAI's stats(): sqrt(E[x^2] - E[x]^2); [VW]
+    uses unbiased std)."""
     x = x.double()
     return x.mean().item(), x.std(unbiased=False).item()
 
 
-def gain_bias(mean: float, std: float, target_mean: float = 0.0, target_std: float = 1.0) -> tuple[float, float]:
-    """gain, bias with gain * r + bias having target mean/std when r has mean/std (rewards.py::set_reward_norm)."""
+def gain_bias(
+    mean: float, std: float, target_mean: float = 0.0, target_std: float = 1.0
+) -> tuple[float, float]:
+    """gain, bias with gain * r + bias having target mean/std when r has mean/std
+    (rewards.py::set_reward_norm)."""
     gain = target_std / std
     return gain, target_mean - gain * mean
 
 
 class AdamTF(torch.optim.Adam):
-    """Adam with TF1's epsilon placement, as lm-human-preferences (tf.train.AdamOptimizer; [BLOG] §3.8 item 21):
+    """Adam with TF1's epsilon placement, as lm-human-preferences (tf.train.AdamOptimizer; [BLOG]
+    §3.8 item 21):
 
         TF1:   p -= lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + eps)         (eps outside the correction)
         torch: p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps')
 
-    These agree when eps' = eps / sqrt(1 - beta2^t), so we set that before every step and let torch's Adam do the
-    rest. With the same eps, torch's effective epsilon is eps * sqrt(1 - beta2^t), ~30x smaller at step 1, which
-    makes its first updates much larger (the blog measured PPO's approxkl 0.00237 vs TF's 0.00037). Used by the
-    reward model here and by PPO (ppo.py).
+    These agree when eps' = eps / sqrt(1 - beta2^t), so we set that before every step and let
+    torch's Adam do the rest. With the same eps, torch's effective epsilon is eps * sqrt(1 -
+    beta2^t), ~30x smaller at step 1, which makes its first updates much larger (the blog measured
+    PPO's approxkl 0.00237 vs TF's 0.00037). Used by the reward model here and by PPO (ppo.py).
     """
 
     def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-5):
@@ -98,22 +120,25 @@ class AdamTF(torch.optim.Adam):
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
-            steps = [self.state[p]["step"] for p in group["params"] if "step" in self.state.get(p, {})]
+            steps = [
+                self.state[p]["step"] for p in group["params"] if "step" in self.state.get(p, {})
+            ]
             t = int(steps[0]) + 1 if steps else 1  # the step about to be taken
             group["eps"] = group["tf_eps"] / math.sqrt(1 - group["betas"][1] ** t)
         return super().step(closure)
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The model
 
 
 class RewardModel(nn.Module):
-    """GPT-2 (its own copy of rho's weights) + a scalar head on the final hidden state (after ln_f) at the last real
-    token, then reward = reward_gain * head + reward_bias.
+    """GPT-2 (its own copy of rho's weights) + a scalar head on the final hidden state (after ln_f)
+    at the last real token, then reward = reward_gain * head + reward_bias.
 
-    reward_gain and reward_bias are trainable parameters, as in OpenAI's code (tf.get_variable, in get_params), so
-    Adam moves them during training too; normalization resets and re-sets them (set_normalization).
+    reward_gain and reward_bias are trainable parameters, as in OpenAI's code (tf.get_variable, in
+    get_params), so Adam moves them during training too; normalization resets and re-sets them
+    (set_normalization).
     """
 
     def __init__(self, lm: GPT2, base_model: str = ""):
@@ -121,32 +146,41 @@ class RewardModel(nn.Module):
         self.lm = lm
         C = lm.config.n_embd
         self.head = nn.Linear(C, 1)
-        nn.init.normal_(self.head.weight, std=1 / math.sqrt(C + 1))  # fc_layer init: std 1/sqrt(n_in + 1)
+        # fc_layer init: std 1/sqrt(n_in + 1)
+        nn.init.normal_(self.head.weight, std=1 / math.sqrt(C + 1))
         nn.init.zeros_(self.head.bias)
         self.reward_gain = nn.Parameter(torch.ones(()))
         self.reward_bias = nn.Parameter(torch.zeros(()))
-        self.meta: dict = dict(base_model=base_model)  # task, seed, config, normalization: filled by training
+        # task, seed, config, normalization: filled by training
+        self.meta: dict = dict(base_model=base_model)
 
     def raw_rewards(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Head output before gain/bias at each row's last real token. tokens, attention_mask (B, T) -> (B,).
+        """Head output before gain/bias at each row's last real token. tokens, attention_mask (B, T)
+        -> (B,).
 
-        Pads may sit anywhere (left padding, or PAD_ID after a truncated response): the mask removes them from
-        attention and positions, and we read the last position whose mask is 1. (OpenAI reads position -1 after
-        copying each pad's output from the last real token before it; the same value.)"""
+        Pads may sit anywhere (left padding, or PAD_ID after a truncated response): the mask
+        removes them from attention and positions, and we read the last position whose mask is 1.
+        (OpenAI reads position -1 after copying each pad's output from the last real token before
+        it; the same value.)"""
         mask = attention_mask.bool()
         h = self.lm.hidden_states(tokens, mask)  # (B, T, C)
         T = tokens.shape[1]
-        last = (mask.long() * torch.arange(T, device=tokens.device)).argmax(1)  # (B,) index of the last real token
+        # (B,) index of the last real token
+        last = (mask.long() * torch.arange(T, device=tokens.device)).argmax(1)
         h_last = h[torch.arange(tokens.shape[0], device=tokens.device), last]  # (B, C)
         return self.head(h_last)[:, 0]  # (B,)
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Normalized rewards (B,) of sequences concat(query, response), tokens/attention_mask (B, T)."""
+        """Normalized rewards (B,) of sequences concat(query, response), tokens/attention_mask
+        (B, T)."""
         return self.reward_gain * self.raw_rewards(tokens, attention_mask) + self.reward_bias
 
-    def score(self, query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
-        """Rewards (B,) for left-padded queries (B, Q) with mask, and responses (B, R) holding PAD_ID after their
-        stop token (tasks.truncate_responses). The RM reads the RAW query, as OpenAI (no prefix/suffix)."""
+    def score(
+        self, query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor
+    ) -> torch.Tensor:
+        """Rewards (B,) for left-padded queries (B, Q) with mask, and responses (B, R) holding
+        PAD_ID after their stop token (tasks.truncate_responses). The RM reads the RAW query, as
+        OpenAI (no prefix/suffix)."""
         tokens = torch.cat([query, response], 1)  # (B, Q + R)
         mask = torch.cat([query_mask.bool(), response != PAD_ID], 1)
         return self(tokens, mask)
@@ -156,10 +190,15 @@ class RewardModel(nn.Module):
             self.reward_gain.fill_(1.0)
             self.reward_bias.fill_(0.0)
 
-    def set_normalization(self, mean: float, std: float, target_mean: float = 0.0, target_std: float = 1.0):
-        """From raw-reward stats (gain 1, bias 0) to gain/bias giving target mean/std (rewards.py::set_reward_norm)."""
+    def set_normalization(
+        self, mean: float, std: float, target_mean: float = 0.0, target_std: float = 1.0
+    ):
+        """From raw-reward stats (gain 1, bias 0) to gain/bias giving target mean/std
+        (rewards.py::set_reward_norm)."""
         if not (self.reward_gain.item() == 1.0 and self.reward_bias.item() == 0.0):
-            raise RuntimeError("set_normalization expects gain 1 and bias 0: call reset_normalization first")
+            raise RuntimeError(
+                "set_normalization expects gain 1 and bias 0: call reset_normalization first"
+            )
         if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
             raise ValueError(f"cannot normalize rewards with mean {mean} and std {std}")
         gain, bias = gain_bias(mean, std, target_mean, target_std)
@@ -169,15 +208,19 @@ class RewardModel(nn.Module):
 
 
 def pack(queries: list[list[int]], responses: list[list[int]], device="cpu"):
-    """concat(query, response) per row, pads dropped, left-padded: (tokens (B, T), mask (B, T)). Dropping pads in the
-    middle changes nothing (masked, and positions count real tokens only) and keeps T small."""
+    """concat(query, response) per row, pads dropped, left-padded: (tokens (B, T), mask (B, T)).
+    Dropping pads in the middle changes nothing (masked, and positions count real tokens only)
+    and keeps T small."""
     seqs = [tasks.strip_pad(q) + tasks.strip_pad(r) for q, r in zip(queries, responses)]
     return left_pad(seqs, device=device)
 
 
 @torch.no_grad()
-def score_tokens(rm: RewardModel, queries: list[list[int]], responses: list[list[int]], batch_size: int = 64):
-    """Rewards (B,) for token lists (raw queries; responses already truncated; PAD_ID anywhere is ignored)."""
+def score_tokens(
+    rm: RewardModel, queries: list[list[int]], responses: list[list[int]], batch_size: int = 64
+):
+    """Rewards (B,) for token lists (raw queries; responses already truncated; PAD_ID anywhere is
+    ignored)."""
     device = rm.reward_gain.device
     out = []
     for i in range(0, len(queries), batch_size):
@@ -186,43 +229,64 @@ def score_tokens(rm: RewardModel, queries: list[list[int]], responses: list[list
     return torch.cat(out) if out else torch.zeros(0)
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # 1. Comparisons: queries from the task, N responses each from rho
 
 
 @torch.no_grad()
-def sample_responses(policy: GPT2, task: tasks.TaskConfig, raw_queries: list[list[int]], generator, device="cpu"):
-    """rho's responses (B, R) to raw queries (formatted for the policy here) at the task's temperature, untruncated."""
+def sample_responses(
+    policy: GPT2, task: tasks.TaskConfig, raw_queries: list[list[int]], generator, device="cpu"
+):
+    """rho's responses (B, R) to raw queries (formatted for the policy here) at the task's
+    temperature, untruncated."""
     tokens, mask = left_pad([tasks.format_query(task, q) for q in raw_queries], device=device)
-    responses, _ = generate(policy, tokens, mask, task.response_length, task.temperature, generator=generator)
+    responses, _ = generate(
+        policy, tokens, mask, task.response_length, task.temperature, generator=generator
+    )
     return responses  # (B, R)
 
 
-def sample_comparisons(policy: GPT2, task, n: int, n_samples: int = 4, batch_size: int = 64, seed: int = 0,
-                       split: str = "train", max_rounds: int = 10, device="cpu") -> list[dict]:
-    """n comparisons (labels.py rows): a query and n_samples responses from the policy, truncated at the stop token.
+def sample_comparisons(
+    policy: GPT2,
+    task,
+    n: int,
+    n_samples: int = 4,
+    batch_size: int = 64,
+    seed: int = 0,
+    split: str = "train",
+    max_rounds: int = 10,
+    device="cpu",
+) -> list[dict]:
+    """n comparisons (labels.py rows): a query and n_samples responses from the policy, truncated at
+    the stop token.
 
-    Rejection sampling as the paper does for what people see: only responses that contain the stop token in
-    [truncate_after, R) are kept, so every candidate ends at its period (books) or newline (summaries). Queries still
-    short of n_samples valid responses after max_rounds are dropped; the count is printed.
+    Rejection sampling as the paper does for what people see: only responses that contain the stop
+    token in [truncate_after, R) are kept, so every candidate ends at its period (books) or newline
+    (summaries). Queries still short of n_samples valid responses after max_rounds are dropped; the
+    count is printed.
     """
     task = tasks.get_task(task)
     enc = get_tokenizer()
     src = tasks.QuerySource(task, split, seed=seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     rows, n_dropped, n_drawn, n_valid = [], 0, 0, 0
-    # disable=None: a progress bar in a terminal, none in a log file (the summary lines are printed either way)
+    # disable=None: a progress bar in a terminal, none in a log file (the summary lines are printed
+    # either way)
     bar = tqdm(total=n, desc=f"sample comparisons ({task.name})", unit=" cmp", disable=None)
     while len(rows) < n:
-        queries = src.next_batch(min(max(1, batch_size // n_samples), n - len(rows)), formatted=False)
+        queries = src.next_batch(
+            min(max(1, batch_size // n_samples), n - len(rows)), formatted=False
+        )
         found: list[list[list[int]]] = [[] for _ in queries]
         for _ in range(max_rounds):
             need = [i for i, f in enumerate(found) if len(f) < n_samples]
             if not need:
                 break
-            todo = [i for i in need for _ in range(n_samples - len(found[i]))]  # one draw per missing response
-            truncated, valid = tasks.truncate_responses(sample_responses(policy, task, [queries[i] for i in todo],
-                                                                         gen, device), task)
+            # one draw per missing response
+            todo = [i for i in need for _ in range(n_samples - len(found[i]))]
+            truncated, valid = tasks.truncate_responses(
+                sample_responses(policy, task, [queries[i] for i in todo], gen, device), task
+            )
             n_drawn, n_valid = n_drawn + len(todo), n_valid + int(valid.sum())
             for i, row, ok in zip(todo, truncated.cpu(), valid.tolist()):
                 if ok and len(found[i]) < n_samples:
@@ -231,17 +295,27 @@ def sample_comparisons(policy: GPT2, task, n: int, n_samples: int = 4, batch_siz
             if len(f) < n_samples:
                 n_dropped += 1
                 continue
-            rows.append(dict(id=f"{task.name}-{split}-s{seed}-{len(rows)}", task=task.name, query=enc.decode(q),
-                             query_tokens=q, samples=[enc.decode(s) for s in f], sample_tokens=f))
+            rows.append(
+                dict(
+                    id=f"{task.name}-{split}-s{seed}-{len(rows)}",
+                    task=task.name,
+                    query=enc.decode(q),
+                    query_tokens=q,
+                    samples=[enc.decode(s) for s in f],
+                    sample_tokens=f,
+                )
+            )
             bar.update(1)
     bar.close()
-    print(f"sample: {len(rows)} comparisons x {n_samples} responses; {n_valid}/{n_drawn} draws had the stop token "
-          f"({n_valid / max(n_drawn, 1):.0%}); {n_dropped} queries dropped (no {n_samples} valid responses in "
-          f"{max_rounds} rounds); {src.n_skipped} texts skipped (no query)")
+    print(
+        f"sample: {len(rows)} comparisons x {n_samples} responses; {n_valid}/{n_drawn} draws had the stop token "
+        f"({n_valid / max(n_drawn, 1):.0%}); {n_dropped} queries dropped (no {n_samples} valid responses in "
+        f"{max_rounds} rounds); {src.n_skipped} texts skipped (no query)"
+    )
     return rows
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # 2. Labels: the scripted ("mock") labeler picks the best candidate
 
 
@@ -252,35 +326,47 @@ def label_comparisons(rows: list[dict], labeler: str | tasks.ScriptedLabeler) ->
     for r in rows:
         t0 = time.perf_counter()
         best = lab.pick_best(r["query"], r["samples"])
-        out.append(dict(r, best=best, labeler=f"script:{lab.name}", seconds=round(time.perf_counter() - t0, 6),
-                        created=labels.now_iso()))
+        out.append(
+            dict(
+                r,
+                best=best,
+                labeler=f"script:{lab.name}",
+                seconds=round(time.perf_counter() - t0, 6),
+                created=labels.now_iso(),
+            )
+        )
     return out
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # 3. Training
 
 
 @dataclass
 class TrainConfig:
     labels: str = "labels.jsonl"
-    """labels file: our labels.jsonl or OpenAI's released JSON ({query, sample0..N-1, best} lists)"""
+    """labels file: our labels.jsonl or OpenAI's released JSON ({query, sample0..N-1, best}
+    lists)"""
     model: str = "gpt2"
-    """rho, the initial policy the reward model starts from: tiny, gpt2, gpt2-medium, ... or a HF directory"""
+    """rho, the initial policy the reward model starts from: tiny, gpt2, gpt2-medium, ... or a HF
+    directory"""
     out: str = "rm.pt"
     """where to write the reward model checkpoint"""
     task: str = ""
     """task (sentiment, descriptiveness, tldr, cnndm); empty: from the labels' `task` field"""
     num_train: int = 0
-    """labels to train on, taken from the start of the file (OpenAI: 4,992); 0: all but the held-out part"""
+    """labels to train on, taken from the start of the file (OpenAI: 4,992); 0: all but the
+    held-out part"""
     test_fraction: float = 0.1
     """with num_train 0: the last fraction of the labels is held out for accuracy"""
     batch_size: int = 32
     """comparisons per step (OpenAI books: 32; summaries: 16)"""
     lr: float = 5e-5
-    """peak learning rate, annealed linearly to 0 over training (OpenAI books: 5e-5; summaries: 2.5e-5)"""
+    """peak learning rate, annealed linearly to 0 over training (OpenAI books: 5e-5; summaries:
+    2.5e-5)"""
     epochs: int = 1
-    """passes over the labels (OpenAI and the paper: 1; the tiny CPU demo has few labels and needs several)"""
+    """passes over the labels (OpenAI and the paper: 1; the tiny CPU demo has few labels and
+    needs several)"""
     adam_eps: float = 1e-5
     """Adam epsilon (OpenAI: 1e-5)"""
     tf_adam: bool = True
@@ -292,7 +378,8 @@ class TrainConfig:
     normalize_samples: int = 256
     """responses from rho used to estimate the reward mean and std"""
     normalize_truncated: bool = False
-    """normalize on truncated responses (what PPO scores); off follows OpenAI, which normalizes on raw ones"""
+    """normalize on truncated responses (what PPO scores); off follows OpenAI, which normalizes
+    on raw ones"""
     rollout_batch_size: int = 64
     """queries per sampling batch during normalization"""
     eval_batch_size: int = 64
@@ -306,7 +393,8 @@ class TrainConfig:
 
 
 def comparison_batch(rows: list[dict], device="cpu"):
-    """B comparisons of N candidates -> (tokens (B*N, T), mask (B*N, T), best (B,)); row b's candidate i is b*N+i."""
+    """B comparisons of N candidates -> (tokens (B*N, T), mask (B*N, T), best (B,)); row b's
+    candidate i is b*N+i."""
     queries = [r["query_tokens"] for r in rows for _ in r["sample_tokens"]]
     responses = [s for r in rows for s in r["sample_tokens"]]
     tokens, mask = pack(queries, responses, device)
@@ -331,25 +419,40 @@ def evaluate(rm: RewardModel, rows: list[dict], batch_size: int = 64) -> dict:
     if not rewards:
         return dict(accuracy=float("nan"), loss=float("nan"), mean_reward=float("nan"), n=0)
     rewards, best = torch.cat(rewards), torch.cat(best)
-    return dict(accuracy=preference_accuracy(rewards, best).item(), loss=preference_loss(rewards, best).item(),
-                mean_reward=rewards.mean().item(), n=len(rows))
+    return dict(
+        accuracy=preference_accuracy(rewards, best).item(),
+        loss=preference_loss(rewards, best).item(),
+        mean_reward=rewards.mean().item(),
+        n=len(rows),
+    )
 
 
 @torch.no_grad()
-def normalize(rm: RewardModel, policy: GPT2, task: tasks.TaskConfig, n_samples: int, batch_size: int, seed: int,
-              truncated: bool = False, device="cpu") -> dict:
-    """Set gain/bias so rewards of (x ~ task queries, y ~ rho) have mean 0, std 1 (train_reward.py::normalize).
+def normalize(
+    rm: RewardModel,
+    policy: GPT2,
+    task: tasks.TaskConfig,
+    n_samples: int,
+    batch_size: int,
+    seed: int,
+    truncated: bool = False,
+    device="cpu",
+) -> dict:
+    """Set gain/bias so rewards of (x ~ task queries, y ~ rho) have mean 0, std 1
+    (train_reward.py::normalize).
 
-    Returns the raw stats it found and the stats after normalizing (a check on a fresh sample, like OpenAI's
-    debug_normalize), e.g. {"mean": 0.31, "std": 0.02, "after_mean": 0.0, "after_std": 1.0}. Queries use their
-    own seed stream (OpenAI draws them from a separate 'ref_queries' sampler)."""
+    Returns the raw stats it found and the stats after normalizing (a check on a fresh sample,
+    like OpenAI's debug_normalize), e.g. {"mean": 0.31, "std": 0.02, "after_mean": 0.0,
+    "after_std": 1.0}. Queries use their own seed stream (OpenAI draws them from a separate
+    'ref_queries' sampler)."""
     rm.reset_normalization()
     src = tasks.QuerySource(task, "train", seed=seed + 1)
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def draw():
         qs_all, rs_all = [], []
-        for _ in range(math.ceil(n_samples / batch_size)):  # OpenAI: ceil(samples / rollout batch) batches
+        # OpenAI: ceil(samples / rollout batch) batches
+        for _ in range(math.ceil(n_samples / batch_size)):
             qs = src.next_batch(batch_size, formatted=False)
             rs = sample_responses(policy, task, qs, gen, device)
             if truncated:
@@ -361,15 +464,23 @@ def normalize(rm: RewardModel, policy: GPT2, task: tasks.TaskConfig, n_samples: 
     mean, std = population_mean_std(draw())
     rm.set_normalization(mean, std)
     after_mean, after_std = population_mean_std(draw())
-    return dict(mean=mean, std=std, gain=rm.reward_gain.item(), bias=rm.reward_bias.item(),
-                after_mean=after_mean, after_std=after_std)
+    return dict(
+        mean=mean,
+        std=std,
+        gain=rm.reward_gain.item(),
+        bias=rm.reward_bias.item(),
+        after_mean=after_mean,
+        after_std=after_std,
+    )
 
 
 def split_rows(rows: list[dict], num_train: int, test_fraction: float):
-    """First num_train rows train, the rest test (as OpenAI uses the file's first num_train labels, and [VW] tests on
-    the rows after them). num_train 0: hold out the last test_fraction."""
+    """First num_train rows train, the rest test (as OpenAI uses the file's first num_train
+    labels, and [VW] tests on the rows after them). num_train 0: hold out the last test_fraction."""
     if num_train <= 0:
-        num_train = len(rows) - max(1, round(test_fraction * len(rows))) if test_fraction > 0 else len(rows)
+        num_train = (
+            len(rows) - max(1, round(test_fraction * len(rows))) if test_fraction > 0 else len(rows)
+        )
     if not 0 < num_train <= len(rows):
         raise ValueError(f"num_train={num_train} but the labels file has {len(rows)} labels")
     return rows[:num_train], rows[num_train:]
@@ -380,68 +491,102 @@ def resolve_task(rows: list[dict], task: str, path: str = "labels") -> tasks.Tas
     if task:
         return tasks.get_task(task)
     if len(found) != 1 or found[0] not in tasks.TASKS:
-        raise ValueError(f"{path}: cannot tell the task from the labels (task fields: {found}); pass --task "
-                         f"({', '.join(tasks.TASKS)})")
+        raise ValueError(
+            f"{path}: cannot tell the task from the labels (task fields: {found}); pass --task "
+            f"({', '.join(tasks.TASKS)})"
+        )
     return tasks.get_task(found[0])
 
 
 def check_rows_fit(rows: list[dict], config: GPT2Config, path: str = "labels"):
-    """Token ids inside the model's vocabulary and query+response inside its context, or a clear error."""
+    """Token ids inside the model's vocabulary and query+response inside its context, or a clear
+    error."""
     for i, r in enumerate(rows):
         n = len(r["query_tokens"]) + max(len(s) for s in r["sample_tokens"])
         if n > config.n_positions:
-            raise ValueError(f"{path}: label {r.get('id', i)} has {n} query+response tokens, more than the model's "
-                             f"n_positions={config.n_positions}")
+            raise ValueError(
+                f"{path}: label {r.get('id', i)} has {n} query+response tokens, more than the model's "
+                f"n_positions={config.n_positions}"
+            )
         ids = r["query_tokens"] + [t for s in r["sample_tokens"] for t in s]
         if ids and max(ids) >= config.vocab_size and max(ids) != PAD_ID:
-            raise ValueError(f"{path}: label {r.get('id', i)} has token id {max(ids)} >= the model's vocab size "
-                             f"{config.vocab_size}")
+            raise ValueError(
+                f"{path}: label {r.get('id', i)} has token id {max(ids)} >= the model's vocab size "
+                f"{config.vocab_size}"
+            )
 
 
-def train_reward_model(rows: list[dict], cfg: TrainConfig, policy: GPT2 | None = None, device="cpu",
-                       test_rows: list[dict] | None = None):
+def train_reward_model(
+    rows: list[dict],
+    cfg: TrainConfig,
+    policy: GPT2 | None = None,
+    device="cpu",
+    test_rows: list[dict] | None = None,
+):
     """Train a reward model on label rows; returns (RewardModel, metrics).
 
-    rows: labels (labels.read_labels); the first cfg.num_train train, the rest are held out (or pass test_rows).
-    policy: rho (the initial policy) if already loaded, else tasks.load_base_model(cfg.model). It is used frozen, for
-    the normalization samples; the reward model gets its own copy of its weights.
+    rows: labels (labels.read_labels); the first cfg.num_train train, the rest are held out (or pass
+    test_rows). policy: rho (the initial policy) if already loaded, else
+    tasks.load_base_model(cfg.model). It is used frozen, for the normalization samples; the reward
+    model gets its own copy of its weights.
     """
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     task = resolve_task(rows, cfg.task, cfg.labels)
-    train_rows, held_out = split_rows(rows, cfg.num_train, cfg.test_fraction) if test_rows is None else (rows, test_rows)
+    train_rows, held_out = (
+        split_rows(rows, cfg.num_train, cfg.test_fraction)
+        if test_rows is None
+        else (rows, test_rows)
+    )
     if policy is None:
         policy = tasks.load_base_model(cfg.model, device)
     policy = policy.to(device).eval()
     check_rows_fit(rows + list(held_out), policy.config, cfg.labels)
-    rm = RewardModel(copy.deepcopy(policy), base_model=cfg.model).to(device)  # rho's weights, a fresh random head
+    # rho's weights, a fresh random head
+    rm = RewardModel(copy.deepcopy(policy), base_model=cfg.model).to(device)
     rm.requires_grad_(True)  # every weight trains, even if the caller froze rho (ppo.py does)
     N = len(train_rows[0]["sample_tokens"])
     if cfg.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
     n_seen = len(train_rows) * cfg.epochs
     n_steps = math.ceil(n_seen / cfg.batch_size)
-    print(f"train: task {task.name}, {len(train_rows)} train / {len(held_out)} held-out comparisons of N={N}, "
-          f"{cfg.epochs} epoch(s), {n_steps} steps of {cfg.batch_size}, lr {cfg.lr} -> 0, base model {cfg.model}")
+    print(
+        f"train: task {task.name}, {len(train_rows)} train / {len(held_out)} held-out comparisons of N={N}, "
+        f"{cfg.epochs} epoch(s), {n_steps} steps of {cfg.batch_size}, lr {cfg.lr} -> 0, base model {cfg.model}"
+    )
     metrics: dict = dict(num_train=len(train_rows), num_test=len(held_out), N=N)
 
     # 1. normalize the random head's rewards under rho (OpenAI: normalize_before)
     if cfg.normalize_before:
-        metrics["norm_before"] = normalize(rm, policy, task, cfg.normalize_samples, cfg.rollout_batch_size, cfg.seed,
-                                           cfg.normalize_truncated, device)
+        metrics["norm_before"] = normalize(
+            rm,
+            policy,
+            task,
+            cfg.normalize_samples,
+            cfg.rollout_batch_size,
+            cfg.seed,
+            cfg.normalize_truncated,
+            device,
+        )
         print(_norm_line("before", metrics["norm_before"]))
     if held_out:
         metrics["test_before"] = evaluate(rm, held_out, cfg.eval_batch_size)
-        print(f"train: held-out accuracy before training {metrics['test_before']['accuracy']:.3f} "
-              f"(chance {1 / N:.3f}), loss {metrics['test_before']['loss']:.4f} (uniform {math.log(N):.4f})")
+        print(
+            f"train: held-out accuracy before training {metrics['test_before']['accuracy']:.3f} "
+            f"(chance {1 / N:.3f}), loss {metrics['test_before']['loss']:.4f} (uniform {math.log(N):.4f})"
+        )
 
-    # 2. one epoch (OpenAI; more with --epochs) over seeded permutations, lr annealed linearly to 0 over all of
-    #    training (train_reward.py line 249)
+    # 2. one epoch (OpenAI; more with --epochs) over seeded permutations, lr annealed linearly to 0
+    #    over all of training (train_reward.py line 249)
     params = [p for p in rm.parameters() if p.requires_grad]  # includes reward_gain/bias, as OpenAI
-    opt = AdamTF(params, lr=cfg.lr, eps=cfg.adam_eps) if cfg.tf_adam else torch.optim.Adam(params, lr=cfg.lr,
-                                                                                          eps=cfg.adam_eps)
+    opt = (
+        AdamTF(params, lr=cfg.lr, eps=cfg.adam_eps)
+        if cfg.tf_adam
+        else torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
+    )
     rng = np.random.default_rng(cfg.seed)
-    order = np.concatenate([rng.permutation(len(train_rows)) for _ in range(cfg.epochs)])  # a fresh order per epoch
+    # a fresh order per epoch
+    order = np.concatenate([rng.permutation(len(train_rows)) for _ in range(cfg.epochs)])
     rm.train()  # no dropout anywhere; train() only for form
     running_loss, running_acc, t0 = [], [], time.time()
     bar = tqdm(range(n_steps), desc="train reward model", unit="step", disable=None)
@@ -458,36 +603,64 @@ def train_reward_model(rows: list[dict], cfg: TrainConfig, policy: GPT2 | None =
         opt.step()
         running_loss.append(loss.item())
         running_acc.append(preference_accuracy(rewards.detach(), best).item())
-        bar.set_postfix(loss=f"{np.mean(running_loss[-10:]):.3f}", acc=f"{np.mean(running_acc[-10:]):.2f}")
+        bar.set_postfix(
+            loss=f"{np.mean(running_loss[-10:]):.3f}", acc=f"{np.mean(running_acc[-10:]):.2f}"
+        )
         if (step + 1) % cfg.log_interval == 0 or step + 1 == n_steps:
-            tqdm.write(f"step {step + 1}/{n_steps} | loss {np.mean(running_loss[-cfg.log_interval:]):.4f} | "
-                       f"acc {np.mean(running_acc[-cfg.log_interval:]):.3f} | lr {lr:.2e} | "
-                       f"{(time.time() - t0) / (step + 1) * 1000:.0f} ms/step")
+            tqdm.write(
+                f"step {step + 1}/{n_steps} | loss {np.mean(running_loss[-cfg.log_interval :]):.4f} | "
+                f"acc {np.mean(running_acc[-cfg.log_interval :]):.3f} | lr {lr:.2e} | "
+                f"{(time.time() - t0) / (step + 1) * 1000:.0f} ms/step"
+            )
     bar.close()
     rm.eval()
-    metrics["train_loss"], metrics["train_accuracy"] = float(np.mean(running_loss)), float(np.mean(running_acc))
+    metrics["train_loss"], metrics["train_accuracy"] = (
+        float(np.mean(running_loss)),
+        float(np.mean(running_acc)),
+    )
 
     # 3. normalize again under rho, discarding the trained gain/bias (OpenAI: normalize_after)
     if cfg.normalize_after:
-        metrics["norm_after"] = normalize(rm, policy, task, cfg.normalize_samples, cfg.rollout_batch_size,
-                                          cfg.seed + 1000, cfg.normalize_truncated, device)
+        metrics["norm_after"] = normalize(
+            rm,
+            policy,
+            task,
+            cfg.normalize_samples,
+            cfg.rollout_batch_size,
+            cfg.seed + 1000,
+            cfg.normalize_truncated,
+            device,
+        )
         print(_norm_line("after", metrics["norm_after"]))
 
     # 4. held-out accuracy, and one example pair so a person can see what the model prefers
     if held_out:
         metrics["test"] = evaluate(rm, held_out, cfg.eval_batch_size)
-        print(f"train: held-out accuracy {metrics['test']['accuracy']:.3f} on {len(held_out)} comparisons "
-              f"(chance {1 / N:.3f}), loss {metrics['test']['loss']:.4f}")
+        print(
+            f"train: held-out accuracy {metrics['test']['accuracy']:.3f} on {len(held_out)} comparisons "
+            f"(chance {1 / N:.3f}), loss {metrics['test']['loss']:.4f}"
+        )
         print_example(rm, held_out[0])
-    rm.meta.update(task=task.name, seed=cfg.seed, train_config=dataclasses.asdict(cfg), metrics=metrics,
-                   normalization=dict(gain=rm.reward_gain.item(), bias=rm.reward_bias.item(),
-                                      before=metrics.get("norm_before"), after=metrics.get("norm_after")))
+    rm.meta.update(
+        task=task.name,
+        seed=cfg.seed,
+        train_config=dataclasses.asdict(cfg),
+        metrics=metrics,
+        normalization=dict(
+            gain=rm.reward_gain.item(),
+            bias=rm.reward_bias.item(),
+            before=metrics.get("norm_before"),
+            after=metrics.get("norm_after"),
+        ),
+    )
     return rm, metrics
 
 
 def _norm_line(when: str, s: dict) -> str:
-    return (f"normalize {when}: raw rewards under rho {s['mean']:+.4f} +- {s['std']:.4f} -> gain {s['gain']:.4f}, "
-            f"bias {s['bias']:+.4f}; check on fresh samples {s['after_mean']:+.3f} +- {s['after_std']:.3f}")
+    return (
+        f"normalize {when}: raw rewards under rho {s['mean']:+.4f} +- {s['std']:.4f} -> gain {s['gain']:.4f}, "
+        f"bias {s['bias']:+.4f}; check on fresh samples {s['after_mean']:+.3f} +- {s['after_std']:.3f}"
+    )
 
 
 @torch.no_grad()
@@ -501,60 +674,83 @@ def print_example(rm: RewardModel, row: dict):
     print(f"  lowest other ({r[rejected]:+.2f}): {row['samples'][rejected]!r}")
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Checkpoints
 
 
 def save_reward_model(rm: RewardModel, path) -> None:
-    """rm.pt: weights plus everything needed to rebuild and trust it (config, base model, task, seed,
-    normalization, metrics), written atomically."""
+    """rm.pt: weights plus everything needed to rebuild and trust it (config, base model, task,
+    seed, normalization, metrics), written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt = dict(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, gpt2_config=dataclasses.asdict(rm.lm.config),
-                state_dict={k: v.detach().cpu() for k, v in rm.state_dict().items()}, **rm.meta)
+    ckpt = dict(
+        format=CHECKPOINT_FORMAT,
+        version=CHECKPOINT_VERSION,
+        gpt2_config=dataclasses.asdict(rm.lm.config),
+        state_dict={k: v.detach().cpu() for k, v in rm.state_dict().items()},
+        **rm.meta,
+    )
     tmp = path.with_name(path.name + ".tmp")
     torch.save(ckpt, tmp)
     tmp.replace(path)
 
 
 def load_reward_model(path, device="cpu", expect_config: GPT2Config | None = None) -> RewardModel:
-    """A reward model from save_reward_model's file, with clear errors: a missing file, a file that is not a reward
-    model checkpoint, or (with expect_config, e.g. the policy's config) a model of another size or vocabulary."""
+    """A reward model from save_reward_model's file, with clear errors: a missing file, a file
+    that is not a reward model checkpoint, or (with expect_config, e.g. the policy's config) a
+    model of another size or vocabulary."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such reward model checkpoint (train one with `python reward.py train`)")
+        raise FileNotFoundError(
+            f"{path}: no such reward model checkpoint (train one with `python reward.py train`)"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file at all, or an unpicklable one
-        raise ValueError(f"{path}: not a reward model checkpoint ({type(e).__name__}: {str(e)[:200]}); "
-                         f"train one with `python reward.py train`") from None
+        raise ValueError(
+            f"{path}: not a reward model checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+            f"train one with `python reward.py train`"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path}: not a reward model checkpoint written by reward.py (found {keys}); a policy or "
-                         f"GPT-2 checkpoint cannot be used as a reward model")
+        raise ValueError(
+            f"{path}: not a reward model checkpoint written by reward.py (found {keys}); a policy or "
+            f"GPT-2 checkpoint cannot be used as a reward model"
+        )
     if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: reward model checkpoint version {ckpt.get('version')}, this code reads "
-                         f"{CHECKPOINT_VERSION}; retrain it")
+        raise ValueError(
+            f"{path}: reward model checkpoint version {ckpt.get('version')}, this code reads "
+            f"{CHECKPOINT_VERSION}; retrain it"
+        )
     config = GPT2Config(**ckpt["gpt2_config"])
     if expect_config is not None:
         keys = ("vocab_size", "n_layer", "n_head", "n_embd")
-        got, want = {k: getattr(config, k) for k in keys}, {k: getattr(expect_config, k) for k in keys}
+        got, want = (
+            {k: getattr(config, k) for k in keys},
+            {k: getattr(expect_config, k) for k in keys},
+        )
         if got != want:
-            raise ValueError(f"{path}: reward model was trained from base model {ckpt.get('base_model')!r} with "
-                             f"{got}, but the policy has {want}; train a reward model from the policy's base model "
-                             f"(`python reward.py train --model ...`)")
+            raise ValueError(
+                f"{path}: reward model was trained from base model {ckpt.get('base_model')!r} with "
+                f"{got}, but the policy has {want}; train a reward model from the policy's base model "
+                f"(`python reward.py train --model ...`)"
+            )
     if expect_config is not None:
         config.use_kernels = expect_config.use_kernels
     rm = RewardModel(GPT2(config))
     try:
         rm.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not match the stored config: {str(e)[:300]}") from None
-    rm.meta = {k: v for k, v in ckpt.items() if k not in ("format", "version", "gpt2_config", "state_dict")}
+        raise ValueError(
+            f"{path}: weights do not match the stored config: {str(e)[:300]}"
+        ) from None
+    rm.meta = {
+        k: v for k, v in ckpt.items() if k not in ("format", "version", "gpt2_config", "state_dict")
+    }
     return rm.to(device).eval()
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Command line: sample / label / train / eval
 
 
@@ -605,37 +801,53 @@ class EvalArgs:
 
 
 def read_label_rows(path: str) -> list[dict]:
-    """labels.read_labels with the count of anything not used printed (nothing is dropped silently)."""
+    """labels.read_labels with the count of anything not used printed (nothing is dropped
+    silently)."""
     counts: dict = {}
     rows = labels.read_labels(path, counts=counts)
-    print(f"labels: {path}: {counts.get('labels')} labels from {counts.get('lines')} lines; "
-          f"{counts.get('undone', 0)} undone and {counts.get('skipped', 0)} skipped ids not used")
+    print(
+        f"labels: {path}: {counts.get('labels')} labels from {counts.get('lines')} lines; "
+        f"{counts.get('undone', 0)} undone and {counts.get('skipped', 0)} skipped ids not used"
+    )
     return rows
 
 
 def cmd_sample(argv):
-    a = parse_dataclass_args(SampleArgs, argv, description="Sample comparisons (a query and N responses) from rho.")
+    a = parse_dataclass_args(
+        SampleArgs, argv, description="Sample comparisons (a query and N responses) from rho."
+    )
     device = pick_device(a.device)
     policy = tasks.load_base_model(a.model, device)
-    rows = sample_comparisons(policy, a.task, a.n, a.n_samples, a.batch_size, a.seed, a.split, a.max_rounds, device)
+    rows = sample_comparisons(
+        policy, a.task, a.n, a.n_samples, a.batch_size, a.seed, a.split, a.max_rounds, device
+    )
     labels.write_comparisons(a.out, rows)
     print(f"sample: wrote {len(rows)} comparisons to {a.out}")
 
 
 def cmd_label(argv):
-    argv = ["--input" if x == "--in" else "--input=" + x[5:] if x.startswith("--in=") else x for x in argv]
-    a = parse_dataclass_args(LabelArgs, argv, description="Label comparisons with a scripted labeler.")
+    argv = [
+        "--input" if x == "--in" else "--input=" + x[5:] if x.startswith("--in=") else x
+        for x in argv
+    ]
+    a = parse_dataclass_args(
+        LabelArgs, argv, description="Label comparisons with a scripted labeler."
+    )
     rows = labels.read_comparisons(a.input)
     out = label_comparisons(rows, a.labeler)
     Path(a.out).unlink(missing_ok=True)  # a fresh file: scripted labels are not a log to append to
     for r in out:
         labels.append_jsonl(a.out, r)
     picks = np.bincount([r["best"] for r in out], minlength=len(out[0]["samples"]))
-    print(f"label: wrote {len(out)} labels to {a.out} (labeler {a.labeler}; picks per position {picks.tolist()})")
+    print(
+        f"label: wrote {len(out)} labels to {a.out} (labeler {a.labeler}; picks per position {picks.tolist()})"
+    )
 
 
 def cmd_train(argv):
-    cfg = parse_dataclass_args(TrainConfig, argv, description="Train a reward model on best-of-N labels.")
+    cfg = parse_dataclass_args(
+        TrainConfig, argv, description="Train a reward model on best-of-N labels."
+    )
     device = pick_device(cfg.device)
     rows = read_label_rows(cfg.labels)
     rm, metrics = train_reward_model(rows, cfg, device=device)
@@ -644,16 +856,20 @@ def cmd_train(argv):
 
 
 def cmd_eval(argv):
-    a = parse_dataclass_args(EvalArgs, argv, description="Accuracy and mean reward of a reward model on labels.")
+    a = parse_dataclass_args(
+        EvalArgs, argv, description="Accuracy and mean reward of a reward model on labels."
+    )
     device = pick_device(a.device)
     rm = load_reward_model(a.rm, device)
     rows = read_label_rows(a.labels)
     check_rows_fit(rows, rm.lm.config, a.labels)
     m = evaluate(rm, rows, a.batch_size)
     N = len(rows[0]["sample_tokens"])
-    print(f"eval: {a.rm} (task {rm.meta.get('task')}, base {rm.meta.get('base_model')}) on {m['n']} comparisons: "
-          f"accuracy {m['accuracy']:.3f} (chance {1 / N:.3f}) | loss {m['loss']:.4f} | mean reward "
-          f"{m['mean_reward']:+.3f}")
+    print(
+        f"eval: {a.rm} (task {rm.meta.get('task')}, base {rm.meta.get('base_model')}) on {m['n']} comparisons: "
+        f"accuracy {m['accuracy']:.3f} (chance {1 / N:.3f}) | loss {m['loss']:.4f} | mean reward "
+        f"{m['mean_reward']:+.3f}"
+    )
 
 
 COMMANDS = {"sample": cmd_sample, "label": cmd_label, "train": cmd_train, "eval": cmd_eval}

@@ -1,38 +1,44 @@
-"""Fused causal self-attention with a key-padding mask for left-padded batches (FlashAttention-2 style, in Triton).
+"""Fused causal self-attention with a key-padding mask for left-padded batches (FlashAttention-2
+style, in Triton).
 
 What is fused. The naive attention of one (batch, head)
     S = Q Kᵀ · sm_scale       # read Q, K (2·T·D), write S (T·T)
-    P = softmax(mask(S))      # read S, write P (T·T)       (plus a mask tensor, and fp32 upcasts in practice)
+    # read S, write P (T·T)       (plus a mask tensor, and fp32 upcasts in practice)
+    P = softmax(mask(S))
     O = P V                   # read P, V (T·T + T·D), write O (T·D)
-moves about 4·T² + 4·T·D elements through memory and keeps the T×T matrix P alive for the backward, which reads
-P, dO, V again and writes dP, dS (another ~6·T² elements). With T = 1024, B·H = 96 that is 96·1024² · 2 B = 201 MB of
-fp16 per P-sized tensor per layer. This kernel keeps a BLOCK_M × D tile of Q on chip, streams K and V tiles through
-an online softmax (running row max m, running sum l), and writes only O (T·D) and one float per row, the log-sum-exp
-(T). Memory traffic is O(T·D · T/BLOCK_M) for re-reading K, V instead of O(T²), and the extra memory is O(T), not
-O(T²). The backward recomputes P tile by tile from Q, K and the saved log-sum-exp (FlashAttention-2):
+moves about 4·T² + 4·T·D elements through memory and keeps the T×T matrix P alive for the backward,
+which reads P, dO, V again and writes dP, dS (another ~6·T² elements). With T = 1024, B·H = 96 that
+is 96·1024² · 2 B = 201 MB of fp16 per P-sized tensor per layer. This kernel keeps a BLOCK_M × D
+tile of Q on chip, streams K and V tiles through an online softmax (running row max m, running sum
+l), and writes only O (T·D) and one float per row, the log-sum-exp (T). Memory traffic is O(T·D ·
+T/BLOCK_M) for re-reading K, V instead of O(T²), and the extra memory is O(T), not O(T²). The
+backward recomputes P tile by tile from Q, K and the saved log-sum-exp (FlashAttention-2):
     1. delta_i = rowsum(dO_i ⊙ O_i)                          (_attn_bwd_delta, one read of O and dO)
-    2. one program per KEY block: loop over query blocks, dV += Pᵀ dO, dK += dSᵀ Q   (_attn_bwd_dkdv)
+    2. one program per KEY block: loop over query blocks, dV += Pᵀ dO, dK += dSᵀ Q
+       (_attn_bwd_dkdv)
     3. one program per QUERY block: loop over key blocks, dQ += dS K                (_attn_bwd_dq)
-with dS = P ⊙ (dP − delta), dP = dO Vᵀ. Every output element is written by exactly one program, so there are no
-atomics and the backward is deterministic (bitwise reproducible run to run).
+with dS = P ⊙ (dP − delta), dP = dO Vᵀ. Every output element is written by exactly one program, so
+there are no atomics and the backward is deterministic (bitwise reproducible run to run).
 
-Padding. A left-padded row b has its first real token at start[b] (number of leading zeros in attention_mask).
-Key j is visible to query i iff start[b] ≤ j ≤ i. Query rows i < start[b] see no key: their output is 0 (never NaN,
-thanks to a "safe max" that replaces a row max of -inf by 0), their stored log-sum-exp is +inf so that the backward
-recomputes p = 0 for them, and they receive zero gradient. Key blocks that lie entirely in the padding are never
-loaded (the key loops start at the block that contains start[b]). Zeros AFTER the first real token (right padding)
-are treated as real keys: under causal attention they can only influence outputs at or after themselves, so the
+Padding. A left-padded row b has its first real token at start[b] (number of leading zeros in
+attention_mask). Key j is visible to query i iff start[b] ≤ j ≤ i. Query rows i < start[b] see no
+key: their output is 0 (never NaN, thanks to a "safe max" that replaces a row max of -inf by 0),
+their stored log-sum-exp is +inf so that the backward recomputes p = 0 for them, and they receive
+zero gradient. Key blocks that lie entirely in the padding are never loaded (the key loops start at
+the block that contains start[b]). Zeros AFTER the first real token (right padding) are treated as
+real keys: under causal attention they can only influence outputs at or after themselves, so the
 outputs of every real token before them are exactly those of the masked reference.
 
-Based on: FlashAttention-2 (Dao, 2023) and the Triton tutorial 06-fused-attention (exp2 domain, causal staging:
-unmasked off-diagonal blocks, masked diagonal blocks); the key-padding/seqlen handling follows Tri Dao's
-flash_attn_triton.py. Our own code, written for triton 3.6-3.9 (raw pointer arithmetic; no block pointers, no tensor
-descriptors), see ../shared/docs/kernels-notes.md.
+Based on: FlashAttention-2 (Dao, 2023) and the Triton tutorial 06-fused-attention (exp2 domain,
+causal staging: unmasked off-diagonal blocks, masked diagonal blocks); the key-padding/seqlen
+handling follows Tri Dao's flash_attn_triton.py. Our own code, written for triton 3.6-3.9 (raw
+pointer arithmetic; no block pointers, no tensor descriptors), see ../shared/docs/kernels-notes.md.
 
-Use:  from kernels import attention;  o = attention(q, k, v, attention_mask)   # q, k, v (B, H, T, D)
-Run the checks: python -m pytest -q tests/test_kernels.py  (CPU, Triton interpreter) and tests/test_kernels_aot.py.
-Shape letters: B batch, H heads, T sequence length, D head dim.
+Use:  from kernels import attention;  o = attention(q, k, v, attention_mask)   # q, k, v (B, H, T,
+D) Run the checks: python -m pytest -q tests/test_kernels.py  (CPU, Triton interpreter) and
+tests/test_kernels_aot.py. Shape letters: B batch, H heads, T sequence length, D head dim.
 """
+
 import math
 import os
 
@@ -43,36 +49,60 @@ import triton.language as tl
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Plain-PyTorch reference (the trusted math the kernel is tested against; also the CPU path of the model)
+# --------------------------------------------------------------------------------------------------
+# Plain-PyTorch reference (the trusted math the kernel is tested against; also the CPU path of the
+# model)
+
 
 def attention_reference(q, k, v, attention_mask=None):
     """Causal softmax(Q Kᵀ/√D) V with a key-padding mask; rows that see no key return 0 (not NaN).
 
-    q, k, v: (B, H, T, D); attention_mask: (B, T), 1/True = real token, 0 = padding. Computed in fp32, returned in
-    q's dtype. Differentiable with autograd.
+    q, k, v: (B, H, T, D); attention_mask: (B, T), 1/True = real token, 0 = padding. Computed in
+    fp32, returned in q's dtype. Differentiable with autograd.
     """
     B, H, T, D = q.shape
     scores = torch.einsum("bhid,bhjd->bhij", q.float(), k.float()) / math.sqrt(D)  # (B, H, T, T)
     visible = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # (T, T) causal
     if attention_mask is not None:
-        visible = visible & attention_mask.bool()[:, None, None, :]  # (B, 1, T, T) keys must be real
+        # (B, 1, T, T) keys must be real
+        visible = visible & attention_mask.bool()[:, None, None, :]
     scores = scores.masked_fill(~visible, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a row of all -inf gives NaN: it sees nothing -> 0
+    # a row of all -inf gives NaN: it sees nothing -> 0
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     return torch.einsum("bhij,bhjd->bhid", probs, v.float()).to(q.dtype)  # (B, H, T, D)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Triton kernels. All work in the exp2 domain: qk_scale = sm_scale·log2(e) is folded into the scores once, so every
-# exponential is the hardware ex2 and the saved log-sum-exp is in base 2.
+# --------------------------------------------------------------------------------------------------
+# Triton kernels. All work in the exp2 domain: qk_scale = sm_scale·log2(e) is folded into the scores
+# once, so every exponential is the hardware ex2 and the saved log-sum-exp is in base 2.
+
 
 @triton.jit
-def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base,  # running state (BLOCK_M, D), (BLOCK_M,), (BLOCK_M,); Q tile; K, V pointers of this (b, h)
-                    stride_kt, stride_kd, stride_vt, stride_vd,  # K and V strides along T and D
-                    offs_m, start, T, qk_scale,  # query rows of this tile; first real key; sequence length; sm_scale·log2 e
-                    lo, hi,  # key range [lo, hi) visited by this call, multiples of BLOCK_N
-                    MASKED: tl.constexpr,  # True: apply causal + padding + bounds mask (diagonal/start blocks)
-                    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, FP32_DOT: tl.constexpr):
+# running state (BLOCK_M, D), (BLOCK_M,), (BLOCK_M,); Q tile; K, V pointers of this (b, h)
+def _attn_fwd_inner(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_base,
+    v_base,
+    stride_kt,
+    stride_kd,
+    stride_vt,
+    stride_vd,  # K and V strides along T and D
+    # query rows of this tile; first real key; sequence length; sm_scale·log2 e
+    offs_m,
+    start,
+    T,
+    qk_scale,
+    lo,
+    hi,  # key range [lo, hi) visited by this call, multiples of BLOCK_N
+    # True: apply causal + padding + bounds mask (diagonal/start blocks)
+    MASKED: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    FP32_DOT: tl.constexpr,
+):
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     for start_n in range(lo, hi, BLOCK_N):
@@ -93,13 +123,17 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base,  # running state (BLOCK_M,
         else:
             s = tl.dot(q, kt) * qk_scale
         if MASKED:
-            visible = (cols[None, :] <= offs_m[:, None]) & (cols[None, :] >= start) & (cols[None, :] < T)
+            visible = (
+                (cols[None, :] <= offs_m[:, None]) & (cols[None, :] >= start) & (cols[None, :] < T)
+            )
             s = tl.where(visible, s, float("-inf"))
-        # 3. online softmax; the "safe max" keeps rows that have seen no key yet at m = -inf without NaN
+        # 3. online softmax; the "safe max" keeps rows that have seen no key yet at m = -inf without
+        #    NaN
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(s - m_safe[:, None])  # masked entries: exp2(-inf) = 0
-        alpha = tl.exp2(m_i - m_safe)  # rescales the old state when the max grows (0 while m_i = -inf)
+        # rescales the old state when the max grows (0 while m_i = -inf)
+        alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         # 4. accumulate P V in fp32; P goes to the input dtype for the tensor-core dot (as FA2 does)
         if FP32_DOT:
@@ -111,19 +145,39 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base,  # running state (BLOCK_M,
 
 
 @triton.jit
-def _attn_fwd(Q, K, V, O,  # (B, H, T, D) inputs of any strides; O output (B, H, T, D) contiguous
-              LSE,  # (B·H, T) fp32 output: base-2 log-sum-exp of each query row (+inf for rows that see no key)
-              START,  # (B,) int32: index of the first real token of each sequence
-              stride_qb, stride_qh, stride_qt, stride_qd,  # Q strides
-              stride_kb, stride_kh, stride_kt, stride_kd,  # K strides
-              stride_vb, stride_vh, stride_vt, stride_vd,  # V strides
-              stride_ob, stride_oh, stride_ot, stride_od,  # O strides
-              H, T,  # number of heads; sequence length
-              qk_scale,  # sm_scale · log2(e)
-              BLOCK_M: tl.constexpr,  # query rows per program
-              BLOCK_N: tl.constexpr,  # keys per inner step (BLOCK_M must be a multiple of it)
-              HEAD_DIM: tl.constexpr,  # D, a power of two
-              FP32_DOT: tl.constexpr):  # True for fp32 inputs: exact (ieee) dots instead of TF32
+def _attn_fwd(
+    Q,
+    K,
+    V,
+    O,  # (B, H, T, D) inputs of any strides; O output (B, H, T, D) contiguous
+    # (B·H, T) fp32 output: base-2 log-sum-exp of each query row (+inf for rows that see
+    # no key)
+    LSE,
+    START,  # (B,) int32: index of the first real token of each sequence
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_qd,  # Q strides
+    stride_kb,
+    stride_kh,
+    stride_kt,
+    stride_kd,  # K strides
+    stride_vb,
+    stride_vh,
+    stride_vt,
+    stride_vd,  # V strides
+    stride_ob,
+    stride_oh,
+    stride_ot,
+    stride_od,  # O strides
+    H,
+    T,  # number of heads; sequence length
+    qk_scale,  # sm_scale · log2(e)
+    BLOCK_M: tl.constexpr,  # query rows per program
+    BLOCK_N: tl.constexpr,  # keys per inner step (BLOCK_M must be a multiple of it)
+    HEAD_DIM: tl.constexpr,  # D, a power of two
+    FP32_DOT: tl.constexpr,
+):  # True for fp32 inputs: exact (ieee) dots instead of TF32
     tl.static_assert(BLOCK_M % BLOCK_N == 0, "the unmasked stage must start on a key-tile boundary")
     pid_m = tl.program_id(0)  # which query block
     pid_bh = tl.program_id(1)  # which (batch, head)
@@ -139,8 +193,11 @@ def _attn_fwd(Q, K, V, O,  # (B, H, T, D) inputs of any strides; O output (B, H,
     m0 = pid_m * BLOCK_M
     offs_m = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query positions
     offs_d = tl.arange(0, HEAD_DIM)
-    q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd,
-                mask=offs_m[:, None] < T, other=0.0)  # (BLOCK_M, D), stays on chip
+    q = tl.load(
+        q_base + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd,
+        mask=offs_m[:, None] < T,
+        other=0.0,
+    )  # (BLOCK_M, D), stays on chip
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running row max (base 2)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2(s - m)
@@ -150,35 +207,110 @@ def _attn_fwd(Q, K, V, O,  # (B, H, T, D) inputs of any strides; O output (B, H,
     lo = (start // BLOCK_N) * BLOCK_N  # block holding the first real key
     mid_lo = tl.cdiv(start, BLOCK_N) * BLOCK_N  # first block with no padding key
     hi = tl.minimum(m0 + BLOCK_M, T)  # causal: no key after the last query of this tile
-    # stage A: the block that holds `start` (part padding), masked; only if it lies before the diagonal
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-                                    offs_m, start, T, qk_scale, lo, tl.minimum(mid_lo, m0),
-                                    True, BLOCK_N, HEAD_DIM, FP32_DOT)
-    # stage B: fully visible off-diagonal blocks, no mask needed (every key < m0 ≤ every query, every key ≥ start)
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-                                    offs_m, start, T, qk_scale, mid_lo, m0,
-                                    False, BLOCK_N, HEAD_DIM, FP32_DOT)
+    # stage A: the block that holds `start` (part padding), masked; only if it lies before the
+    # diagonal
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_base,
+        v_base,
+        stride_kt,
+        stride_kd,
+        stride_vt,
+        stride_vd,
+        offs_m,
+        start,
+        T,
+        qk_scale,
+        lo,
+        tl.minimum(mid_lo, m0),
+        True,
+        BLOCK_N,
+        HEAD_DIM,
+        FP32_DOT,
+    )
+    # stage B: fully visible off-diagonal blocks, no mask needed (every key < m0 ≤ every query,
+    # every key ≥ start)
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_base,
+        v_base,
+        stride_kt,
+        stride_kd,
+        stride_vt,
+        stride_vd,
+        offs_m,
+        start,
+        T,
+        qk_scale,
+        mid_lo,
+        m0,
+        False,
+        BLOCK_N,
+        HEAD_DIM,
+        FP32_DOT,
+    )
     # stage C: the diagonal blocks, masked (causal triangle, padding, and the end of the sequence)
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-                                    offs_m, start, T, qk_scale, tl.maximum(m0, lo), hi,
-                                    True, BLOCK_N, HEAD_DIM, FP32_DOT)
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_base,
+        v_base,
+        stride_kt,
+        stride_kd,
+        stride_vt,
+        stride_vd,
+        offs_m,
+        start,
+        T,
+        qk_scale,
+        tl.maximum(m0, lo),
+        hi,
+        True,
+        BLOCK_N,
+        HEAD_DIM,
+        FP32_DOT,
+    )
 
-    # normalise once; rows that saw no key (l = 0) output 0 and get lse = +inf so the backward recomputes p = 0
+    # normalise once; rows that saw no key (l = 0) output 0 and get lse = +inf so the backward
+    # recomputes p = 0
     seen = l_i > 0.0
     o = acc / tl.where(seen, l_i, 1.0)[:, None]
     lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("inf"))
-    tl.store(o_base + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od, o.to(O.dtype.element_ty),
-             mask=offs_m[:, None] < T)
+    tl.store(
+        o_base + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od,
+        o.to(O.dtype.element_ty),
+        mask=offs_m[:, None] < T,
+    )
     tl.store(LSE + pid_bh.to(tl.int64) * T + offs_m, lse, mask=offs_m < T)
 
 
 @triton.jit
-def _attn_bwd_delta(O, DO,  # (B, H, T, D) forward output (contiguous) and its gradient (any strides)
-                    DELTA,  # (B·H, T) fp32 output: rowsum(dO ⊙ O)
-                    stride_ob, stride_oh, stride_ot, stride_od,  # O strides
-                    stride_dob, stride_doh, stride_dot, stride_dod,  # dO strides
-                    H, T,  # number of heads; sequence length
-                    BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):  # rows per program; D
+# (B, H, T, D) forward output (contiguous) and its gradient (any strides)
+def _attn_bwd_delta(
+    O,
+    DO,
+    DELTA,  # (B·H, T) fp32 output: rowsum(dO ⊙ O)
+    stride_ob,
+    stride_oh,
+    stride_ot,
+    stride_od,  # O strides
+    stride_dob,
+    stride_doh,
+    stride_dot,
+    stride_dod,  # dO strides
+    H,
+    T,  # number of heads; sequence length
+    BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):  # rows per program; D
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -186,30 +318,75 @@ def _attn_bwd_delta(O, DO,  # (B, H, T, D) forward output (contiguous) and its g
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m[:, None] < T
-    o = tl.load(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-                + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od, mask=row_ok, other=0.0)
-    do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
-                 + offs_m[:, None] * stride_dot + offs_d[None, :] * stride_dod, mask=row_ok, other=0.0)
+    o = tl.load(
+        O
+        + b.to(tl.int64) * stride_ob
+        + h.to(tl.int64) * stride_oh
+        + offs_m[:, None] * stride_ot
+        + offs_d[None, :] * stride_od,
+        mask=row_ok,
+        other=0.0,
+    )
+    do = tl.load(
+        DO
+        + b.to(tl.int64) * stride_dob
+        + h.to(tl.int64) * stride_doh
+        + offs_m[:, None] * stride_dot
+        + offs_d[None, :] * stride_dod,
+        mask=row_ok,
+        other=0.0,
+    )
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)  # (BLOCK_M,)
     tl.store(DELTA + pid_bh.to(tl.int64) * T + offs_m, delta, mask=offs_m < T)
 
 
 @triton.jit
-def _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,  # accumulators (BLOCK_N, D); K, V tiles; row pointers of this (b, h)
-                         stride_qt, stride_qd, stride_dot, stride_dod,  # Q and dO strides along T and D
-                         offs_n, start, T, qk_scale,  # key positions of this tile; first real key; length; sm_scale·log2 e
-                         lo, hi,  # query range [lo, hi), multiples of BLOCK_M
-                         MASKED: tl.constexpr,  # True: causal + padding mask (diagonal blocks, or the block holding start)
-                         BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, FP32_DOT: tl.constexpr):
+# accumulators (BLOCK_N, D); K, V tiles; row pointers of this (b, h)
+def _attn_bwd_dkdv_inner(
+    dk,
+    dv,
+    k,
+    v,
+    q_base,
+    do_base,
+    lse_base,
+    delta_base,
+    # Q and dO strides along T and D
+    stride_qt,
+    stride_qd,
+    stride_dot,
+    stride_dod,
+    # key positions of this tile; first real key; length; sm_scale·log2 e
+    offs_n,
+    start,
+    T,
+    qk_scale,
+    lo,
+    hi,  # query range [lo, hi), multiples of BLOCK_M
+    # True: causal + padding mask (diagonal blocks, or the block holding start)
+    MASKED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    FP32_DOT: tl.constexpr,
+):
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m  # (BLOCK_M,) query positions
         row_ok = rows < T
-        # 1. load Qᵀ (D, BLOCK_M), dO (BLOCK_M, D), the row log-sum-exp and delta; rows past T get lse = +inf -> p = 0
-        qt = tl.load(q_base + rows[None, :] * stride_qt + offs_d[:, None] * stride_qd, mask=row_ok[None, :], other=0.0)
-        do = tl.load(do_base + rows[:, None] * stride_dot + offs_d[None, :] * stride_dod, mask=row_ok[:, None], other=0.0)
+        # 1. load Qᵀ (D, BLOCK_M), dO (BLOCK_M, D), the row log-sum-exp and delta; rows past T get
+        #    lse = +inf -> p = 0
+        qt = tl.load(
+            q_base + rows[None, :] * stride_qt + offs_d[:, None] * stride_qd,
+            mask=row_ok[None, :],
+            other=0.0,
+        )
+        do = tl.load(
+            do_base + rows[:, None] * stride_dot + offs_d[None, :] * stride_dod,
+            mask=row_ok[:, None],
+            other=0.0,
+        )
         lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
         delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
         # 2. recompute Pᵀ (BLOCK_N, BLOCK_M) from the saved log-sum-exp
@@ -236,21 +413,49 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,  #
 
 
 @triton.jit
-def _attn_bwd_dkdv(Q, K, V, DO,  # (B, H, T, D) inputs and output gradient, any strides
-                   DK, DV,  # (B, H, T, D) outputs, contiguous
-                   LSE, DELTA,  # (B·H, T) fp32: forward log-sum-exp (base 2) and rowsum(dO ⊙ O)
-                   START,  # (B,) int32 first real token
-                   stride_qb, stride_qh, stride_qt, stride_qd,  # Q strides
-                   stride_kb, stride_kh, stride_kt, stride_kd,  # K strides
-                   stride_vb, stride_vh, stride_vt, stride_vd,  # V strides
-                   stride_dob, stride_doh, stride_dot, stride_dod,  # dO strides
-                   stride_gb, stride_gh, stride_gt, stride_gd,  # dK and dV strides (same contiguous layout)
-                   H, T,  # number of heads; sequence length
-                   sm_scale, qk_scale,  # 1/√D; sm_scale · log2(e)
-                   BLOCK_M: tl.constexpr,  # query rows per inner step
-                   BLOCK_N: tl.constexpr,  # keys owned by this program (a multiple of BLOCK_M)
-                   HEAD_DIM: tl.constexpr, FP32_DOT: tl.constexpr):  # D; exact fp32 dots
-    tl.static_assert(BLOCK_N % BLOCK_M == 0, "the unmasked stage must start on a query-tile boundary")
+def _attn_bwd_dkdv(
+    Q,
+    K,
+    V,
+    DO,  # (B, H, T, D) inputs and output gradient, any strides
+    DK,
+    DV,  # (B, H, T, D) outputs, contiguous
+    LSE,
+    DELTA,  # (B·H, T) fp32: forward log-sum-exp (base 2) and rowsum(dO ⊙ O)
+    START,  # (B,) int32 first real token
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_qd,  # Q strides
+    stride_kb,
+    stride_kh,
+    stride_kt,
+    stride_kd,  # K strides
+    stride_vb,
+    stride_vh,
+    stride_vt,
+    stride_vd,  # V strides
+    stride_dob,
+    stride_doh,
+    stride_dot,
+    stride_dod,  # dO strides
+    # dK and dV strides (same contiguous layout)
+    stride_gb,
+    stride_gh,
+    stride_gt,
+    stride_gd,
+    H,
+    T,  # number of heads; sequence length
+    sm_scale,
+    qk_scale,  # 1/√D; sm_scale · log2(e)
+    BLOCK_M: tl.constexpr,  # query rows per inner step
+    BLOCK_N: tl.constexpr,  # keys owned by this program (a multiple of BLOCK_M)
+    HEAD_DIM: tl.constexpr,
+    FP32_DOT: tl.constexpr,
+):  # D; exact fp32 dots
+    tl.static_assert(
+        BLOCK_N % BLOCK_M == 0, "the unmasked stage must start on a query-tile boundary"
+    )
     pid_n = tl.program_id(0)  # which key block
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -260,10 +465,26 @@ def _attn_bwd_dkdv(Q, K, V, DO,  # (B, H, T, D) inputs and output gradient, any 
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     col_ok = offs_n[:, None] < T
-    k = tl.load(K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-                + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd, mask=col_ok, other=0.0)  # (BLOCK_N, D)
-    v = tl.load(V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-                + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd, mask=col_ok, other=0.0)  # (BLOCK_N, D)
+    k = tl.load(
+        K
+        + b.to(tl.int64) * stride_kb
+        + h.to(tl.int64) * stride_kh
+        # (BLOCK_N, D)
+        + offs_n[:, None] * stride_kt
+        + offs_d[None, :] * stride_kd,
+        mask=col_ok,
+        other=0.0,
+    )
+    v = tl.load(
+        V
+        + b.to(tl.int64) * stride_vb
+        + h.to(tl.int64) * stride_vh
+        # (BLOCK_N, D)
+        + offs_n[:, None] * stride_vt
+        + offs_d[None, :] * stride_vd,
+        mask=col_ok,
+        other=0.0,
+    )
     q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     do_base = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
     lse_base = LSE + pid_bh.to(tl.int64) * T
@@ -271,31 +492,101 @@ def _attn_bwd_dkdv(Q, K, V, DO,  # (B, H, T, D) inputs and output gradient, any 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
 
-    # Query ranges. Queries before max(n0, start) cannot see these keys (causal) or see nothing (padding rows).
-    # A key block that is entirely padding (n0 + BLOCK_N <= start) runs no loop and stores zeros.
+    # Query ranges. Queries before max(n0, start) cannot see these keys (causal) or see nothing
+    # (padding rows). A key block that is entirely padding (n0 + BLOCK_N <= start) runs no loop and
+    # stores zeros.
     lo = (tl.maximum(n0, start) // BLOCK_M) * BLOCK_M
-    diag_hi = tl.minimum(n0 + BLOCK_N, T)  # queries past the diagonal see every key of this block...
-    mask_hi = tl.where(n0 < start, T, diag_hi)  # ...unless the block holds padding keys: then mask every step
+    # queries past the diagonal see every key of this block...
+    diag_hi = tl.minimum(n0 + BLOCK_N, T)
+    # ...unless the block holds padding keys: then mask every step
+    mask_hi = tl.where(n0 < start, T, diag_hi)
     hi = tl.where(n0 + BLOCK_N <= start, lo, T)
     mask_hi = tl.minimum(mask_hi, hi)
-    dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                                  stride_qt, stride_qd, stride_dot, stride_dod, offs_n, start, T, qk_scale,
-                                  lo, mask_hi, True, BLOCK_M, HEAD_DIM, FP32_DOT)
-    dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                                  stride_qt, stride_qd, stride_dot, stride_dod, offs_n, start, T, qk_scale,
-                                  mask_hi, hi, False, BLOCK_M, HEAD_DIM, FP32_DOT)
+    dk, dv = _attn_bwd_dkdv_inner(
+        dk,
+        dv,
+        k,
+        v,
+        q_base,
+        do_base,
+        lse_base,
+        delta_base,
+        stride_qt,
+        stride_qd,
+        stride_dot,
+        stride_dod,
+        offs_n,
+        start,
+        T,
+        qk_scale,
+        lo,
+        mask_hi,
+        True,
+        BLOCK_M,
+        HEAD_DIM,
+        FP32_DOT,
+    )
+    dk, dv = _attn_bwd_dkdv_inner(
+        dk,
+        dv,
+        k,
+        v,
+        q_base,
+        do_base,
+        lse_base,
+        delta_base,
+        stride_qt,
+        stride_qd,
+        stride_dot,
+        stride_dod,
+        offs_n,
+        start,
+        T,
+        qk_scale,
+        mask_hi,
+        hi,
+        False,
+        BLOCK_M,
+        HEAD_DIM,
+        FP32_DOT,
+    )
     dk *= sm_scale  # dS was taken w.r.t. the natural-unit scores S = sm_scale · Q Kᵀ
-    g_off = b.to(tl.int64) * stride_gb + h.to(tl.int64) * stride_gh + offs_n[:, None] * stride_gt + offs_d[None, :] * stride_gd
+    g_off = (
+        b.to(tl.int64) * stride_gb
+        + h.to(tl.int64) * stride_gh
+        + offs_n[:, None] * stride_gt
+        + offs_d[None, :] * stride_gd
+    )
     tl.store(DK + g_off, dk.to(DK.dtype.element_ty), mask=col_ok)
     tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=col_ok)
 
 
 @triton.jit
-def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base,  # accumulator (BLOCK_M, D); Q, dO tiles; row lse, delta; K, V pointers
-                       stride_kt, stride_kd, stride_vt, stride_vd,  # K and V strides along T and D
-                       offs_m, start, T, qk_scale,  # query positions; first real key; length; sm_scale·log2 e
-                       lo, hi,  # key range [lo, hi), multiples of BLOCK_N
-                       MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, FP32_DOT: tl.constexpr):
+# accumulator (BLOCK_M, D); Q, dO tiles; row lse, delta; K, V pointers
+def _attn_bwd_dq_inner(
+    dq,
+    q,
+    do,
+    lse,
+    delta,
+    k_base,
+    v_base,
+    stride_kt,
+    stride_kd,
+    stride_vt,
+    stride_vd,  # K and V strides along T and D
+    # query positions; first real key; length; sm_scale·log2 e
+    offs_m,
+    start,
+    T,
+    qk_scale,
+    lo,
+    hi,  # key range [lo, hi), multiples of BLOCK_N
+    MASKED: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    FP32_DOT: tl.constexpr,
+):
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     for start_n in range(lo, hi, BLOCK_N):
@@ -316,7 +607,9 @@ def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base,  # accumulator (BL
             s = tl.dot(q, kt) * qk_scale
         p = tl.exp2(s - lse[:, None])
         if MASKED:
-            visible = (cols[None, :] <= offs_m[:, None]) & (cols[None, :] >= start) & (cols[None, :] < T)
+            visible = (
+                (cols[None, :] <= offs_m[:, None]) & (cols[None, :] >= start) & (cols[None, :] < T)
+            )
             p = tl.where(visible, p, 0.0)
         # 2. dP = dO Vᵀ;  dS = P ⊙ (dP − delta);  dQ += dS K
         if FP32_DOT:
@@ -331,20 +624,44 @@ def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base,  # accumulator (BL
 
 
 @triton.jit
-def _attn_bwd_dq(Q, K, V, DO,  # (B, H, T, D) inputs and output gradient, any strides
-                 DQ,  # (B, H, T, D) output, contiguous
-                 LSE, DELTA,  # (B·H, T) fp32: forward log-sum-exp (base 2) and rowsum(dO ⊙ O)
-                 START,  # (B,) int32 first real token
-                 stride_qb, stride_qh, stride_qt, stride_qd,  # Q strides
-                 stride_kb, stride_kh, stride_kt, stride_kd,  # K strides
-                 stride_vb, stride_vh, stride_vt, stride_vd,  # V strides
-                 stride_dob, stride_doh, stride_dot, stride_dod,  # dO strides
-                 stride_gb, stride_gh, stride_gt, stride_gd,  # dQ strides
-                 H, T,  # number of heads; sequence length
-                 sm_scale, qk_scale,  # 1/√D; sm_scale · log2(e)
-                 BLOCK_M: tl.constexpr,  # query rows owned by this program (a multiple of BLOCK_N)
-                 BLOCK_N: tl.constexpr,  # keys per inner step
-                 HEAD_DIM: tl.constexpr, FP32_DOT: tl.constexpr):  # D; exact fp32 dots
+def _attn_bwd_dq(
+    Q,
+    K,
+    V,
+    DO,  # (B, H, T, D) inputs and output gradient, any strides
+    DQ,  # (B, H, T, D) output, contiguous
+    LSE,
+    DELTA,  # (B·H, T) fp32: forward log-sum-exp (base 2) and rowsum(dO ⊙ O)
+    START,  # (B,) int32 first real token
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_qd,  # Q strides
+    stride_kb,
+    stride_kh,
+    stride_kt,
+    stride_kd,  # K strides
+    stride_vb,
+    stride_vh,
+    stride_vt,
+    stride_vd,  # V strides
+    stride_dob,
+    stride_doh,
+    stride_dot,
+    stride_dod,  # dO strides
+    stride_gb,
+    stride_gh,
+    stride_gt,
+    stride_gd,  # dQ strides
+    H,
+    T,  # number of heads; sequence length
+    sm_scale,
+    qk_scale,  # 1/√D; sm_scale · log2(e)
+    BLOCK_M: tl.constexpr,  # query rows owned by this program (a multiple of BLOCK_N)
+    BLOCK_N: tl.constexpr,  # keys per inner step
+    HEAD_DIM: tl.constexpr,
+    FP32_DOT: tl.constexpr,
+):  # D; exact fp32 dots
     tl.static_assert(BLOCK_M % BLOCK_N == 0, "the unmasked stage must start on a key-tile boundary")
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -355,10 +672,24 @@ def _attn_bwd_dq(Q, K, V, DO,  # (B, H, T, D) inputs and output gradient, any st
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < T
-    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-                + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
-    do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
-                 + offs_m[:, None] * stride_dot + offs_d[None, :] * stride_dod, mask=row_ok[:, None], other=0.0)
+    q = tl.load(
+        Q
+        + b.to(tl.int64) * stride_qb
+        + h.to(tl.int64) * stride_qh
+        + offs_m[:, None] * stride_qt
+        + offs_d[None, :] * stride_qd,
+        mask=row_ok[:, None],
+        other=0.0,
+    )
+    do = tl.load(
+        DO
+        + b.to(tl.int64) * stride_dob
+        + h.to(tl.int64) * stride_doh
+        + offs_m[:, None] * stride_dot
+        + offs_d[None, :] * stride_dod,
+        mask=row_ok[:, None],
+        other=0.0,
+    )
     lse = tl.load(LSE + pid_bh.to(tl.int64) * T + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + pid_bh.to(tl.int64) * T + offs_m, mask=row_ok, other=0.0)
     k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
@@ -368,22 +699,94 @@ def _attn_bwd_dq(Q, K, V, DO,  # (B, H, T, D) inputs and output gradient, any st
     lo = (start // BLOCK_N) * BLOCK_N
     mid_lo = tl.cdiv(start, BLOCK_N) * BLOCK_N
     hi = tl.minimum(m0 + BLOCK_M, T)
-    dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-                            offs_m, start, T, qk_scale, lo, tl.minimum(mid_lo, m0), True, BLOCK_N, HEAD_DIM, FP32_DOT)
-    dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-                            offs_m, start, T, qk_scale, mid_lo, m0, False, BLOCK_N, HEAD_DIM, FP32_DOT)
-    dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_kd, stride_vt, stride_vd,
-                            offs_m, start, T, qk_scale, tl.maximum(m0, lo), hi, True, BLOCK_N, HEAD_DIM, FP32_DOT)
+    dq = _attn_bwd_dq_inner(
+        dq,
+        q,
+        do,
+        lse,
+        delta,
+        k_base,
+        v_base,
+        stride_kt,
+        stride_kd,
+        stride_vt,
+        stride_vd,
+        offs_m,
+        start,
+        T,
+        qk_scale,
+        lo,
+        tl.minimum(mid_lo, m0),
+        True,
+        BLOCK_N,
+        HEAD_DIM,
+        FP32_DOT,
+    )
+    dq = _attn_bwd_dq_inner(
+        dq,
+        q,
+        do,
+        lse,
+        delta,
+        k_base,
+        v_base,
+        stride_kt,
+        stride_kd,
+        stride_vt,
+        stride_vd,
+        offs_m,
+        start,
+        T,
+        qk_scale,
+        mid_lo,
+        m0,
+        False,
+        BLOCK_N,
+        HEAD_DIM,
+        FP32_DOT,
+    )
+    dq = _attn_bwd_dq_inner(
+        dq,
+        q,
+        do,
+        lse,
+        delta,
+        k_base,
+        v_base,
+        stride_kt,
+        stride_kd,
+        stride_vt,
+        stride_vd,
+        offs_m,
+        start,
+        T,
+        qk_scale,
+        tl.maximum(m0, lo),
+        hi,
+        True,
+        BLOCK_N,
+        HEAD_DIM,
+        FP32_DOT,
+    )
     dq *= sm_scale
-    tl.store(DQ + b.to(tl.int64) * stride_gb + h.to(tl.int64) * stride_gh
-             + offs_m[:, None] * stride_gt + offs_d[None, :] * stride_gd, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(
+        DQ
+        + b.to(tl.int64) * stride_gb
+        + h.to(tl.int64) * stride_gh
+        + offs_m[:, None] * stride_gt
+        + offs_d[None, :] * stride_gd,
+        dq.to(DQ.dtype.element_ty),
+        mask=row_ok[:, None],
+    )
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Block sizes. One fixed config per head dim, checked for shared memory and register spills on sm_80 and sm_90 by
-# tests/test_kernels_aot.py (not tuned on a GPU yet). The interpreter uses the same tiles, so the CPU tests run the
-# exact loop structure a GPU runs. Constraints: forward and dQ need BLOCK_M % BLOCK_N == 0, dK/dV BLOCK_N % BLOCK_M == 0
-# (the unmasked middle stage must start on a tile boundary).
+# --------------------------------------------------------------------------------------------------
+# Block sizes. One fixed config per head dim, checked for shared memory and register spills on sm_80
+# and sm_90 by tests/test_kernels_aot.py (not tuned on a GPU yet). The interpreter uses the same
+# tiles, so the CPU tests run the exact loop structure a GPU runs. Constraints: forward and dQ need
+# BLOCK_M % BLOCK_N == 0, dK/dV BLOCK_N % BLOCK_M == 0 (the unmasked middle stage must start on a
+# tile boundary).
+
 
 def fwd_config(head_dim, fp32=False):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward kernel."""
@@ -393,23 +796,27 @@ def fwd_config(head_dim, fp32=False):
 
 
 def bwd_dkdv_config(head_dim, fp32=False):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dK/dV kernel: BLOCK_N keys owned, BLOCK_M query rows per step."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dK/dV kernel: BLOCK_N keys owned, BLOCK_M
+    query rows per step."""
     if fp32:
         return (16, 32, 4, 2) if head_dim <= 64 else (16, 16, 4, 1)
-    return (64, 64, 4, 2) if head_dim <= 64 else (32, 64, 8, 2)  # 64×64 with D = 128 spills on sm_80 and sm_90
+    # 64×64 with D = 128 spills on sm_80 and sm_90
+    return (64, 64, 4, 2) if head_dim <= 64 else (32, 64, 8, 2)
 
 
 def bwd_dq_config(head_dim, fp32=False):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dQ kernel: BLOCK_M query rows owned, BLOCK_N keys per step."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dQ kernel: BLOCK_M query rows owned,
+    BLOCK_N keys per step."""
     if fp32:
         return (32, 16, 4, 2) if head_dim <= 64 else (16, 16, 4, 2)
     return (64, 32, 4, 2) if head_dim <= 64 else (64, 32, 8, 2)  # 64×64 spills 40 B on sm_80
 
 
 def _tiles_fp32(dtype):
-    """Which tile table a launch uses. The interpreter always takes the 16-bit tables (same code, exact dots either
-    way): its cost is per program and per op, and the small fp32 tiles would make the CPU tests ~5x slower. The fp32
-    GPU tables are compiled by tests/test_kernels_aot.py and exercised by one interpreter test that patches this."""
+    """Which tile table a launch uses. The interpreter always takes the 16-bit tables (same code,
+    exact dots either way): its cost is per program and per op, and the small fp32 tiles would
+    make the CPU tests ~5x slower. The fp32 GPU tables are compiled by tests/test_kernels_aot.py
+    and exercised by one interpreter test that patches this."""
     return dtype == torch.float32 and not _interpreting()
 
 
@@ -419,38 +826,59 @@ def _interpreting():
 
 def _check_inputs(q, k, v, attention_mask):
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"kernels.attention: q, k, v must all be (B, H, T, D); got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)} (kernels/attention.py)")
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"kernels.attention: q, k, v must share one dtype among fp32/fp16/bf16; got {q.dtype}, "
-                         f"{k.dtype}, {v.dtype} (kernels/attention.py)")
+        raise ValueError(
+            f"kernels.attention: q, k, v must all be (B, H, T, D); got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)} (kernels/attention.py)"
+        )
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+    ):
+        raise ValueError(
+            f"kernels.attention: q, k, v must share one dtype among fp32/fp16/bf16; got {q.dtype}, "
+            f"{k.dtype}, {v.dtype} (kernels/attention.py)"
+        )
     if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(f"kernels.attention: head dim D={q.shape[-1]} unsupported; use one of {SUPPORTED_HEAD_DIMS} "
-                         f"or attention_reference (kernels/attention.py)")
+        raise ValueError(
+            f"kernels.attention: head dim D={q.shape[-1]} unsupported; use one of {SUPPORTED_HEAD_DIMS} "
+            f"or attention_reference (kernels/attention.py)"
+        )
     if not (q.device == k.device == v.device):
-        raise ValueError("kernels.attention: q, k, v are on different devices (kernels/attention.py)")
+        raise ValueError(
+            "kernels.attention: q, k, v are on different devices (kernels/attention.py)"
+        )
     if not q.is_cuda and not _interpreting():
-        raise RuntimeError("kernels.attention: CPU tensors need TRITON_INTERPRET=1 set before importing kernels; "
-                           "use kernels.attention_reference on CPU instead (kernels/attention.py)")
+        raise RuntimeError(
+            "kernels.attention: CPU tensors need TRITON_INTERPRET=1 set before importing kernels; "
+            "use kernels.attention_reference on CPU instead (kernels/attention.py)"
+        )
     B, H, T, D = q.shape
     if attention_mask is not None and tuple(attention_mask.shape) != (B, T):
-        raise ValueError(f"kernels.attention: attention_mask must be (B, T) = ({B}, {T}); got "
-                         f"{tuple(attention_mask.shape)} (kernels/attention.py)")
+        raise ValueError(
+            f"kernels.attention: attention_mask must be (B, T) = ({B}, {T}); got "
+            f"{tuple(attention_mask.shape)} (kernels/attention.py)"
+        )
 
 
 def padding_starts(attention_mask, B, T, device):
-    """(B,) int32 index of the first real token of each row (T for a fully padded row) from a (B, T) 1/0 mask."""
+    """(B,) int32 index of the first real token of each row (T for a fully padded row) from a (B,
+    T) 1/0 mask."""
     if attention_mask is None:
         return torch.zeros(B, dtype=torch.int32, device=device)
     real = attention_mask.to(device=device).bool()  # (B, T)
     if not real.is_cuda:
-        # a 0 between two 1s would be silently treated as real by the kernel; on CPU the check costs nothing
-        # (on CUDA it would force a host sync in every layer, so it is skipped there)
-        after_first = real.long().cummax(dim=1).values.bool() & ~real  # zeros after the first real token
-        real_later = real.flip(1).long().cummax(dim=1).values.flip(1).bool()  # a real token at or after here
+        # a 0 between two 1s would be silently treated as real by the kernel; on CPU the check costs
+        # nothing (on CUDA it would force a host sync in every layer, so it is skipped there)
+        # zeros after the first real token
+        after_first = real.long().cummax(dim=1).values.bool() & ~real
+        # a real token at or after here
+        real_later = real.flip(1).long().cummax(dim=1).values.flip(1).bool()
         if (after_first & real_later).any():
-            raise ValueError("kernels.attention: attention_mask has a padding hole between real tokens; only left "
-                             "padding (and trailing right padding) is supported (kernels/attention.py)")
+            raise ValueError(
+                "kernels.attention: attention_mask has a padding hole between real tokens; only left "
+                "padding (and trailing right padding) is supported (kernels/attention.py)"
+            )
     leading_pad = (real.long().cumsum(dim=1) == 0).sum(dim=1)  # (B,) zeros before the first 1
     return leading_pad.to(torch.int32)
 
@@ -462,13 +890,32 @@ class _FlashAttention(torch.autograd.Function):
         # the kernels take any strides, but a unit stride along D keeps loads coalesced
         q, k, v = [x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v)]
         o = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)  # (B, H, T, D)
-        lse = torch.empty((B * H, T), dtype=torch.float32, device=q.device)  # (B·H, T) base-2 log-sum-exp
+        # (B·H, T) base-2 log-sum-exp
+        lse = torch.empty((B * H, T), dtype=torch.float32, device=q.device)
         BLOCK_M, BLOCK_N, num_warps, num_stages = fwd_config(D, _tiles_fp32(q.dtype))
         sm_scale = 1.0 / math.sqrt(D)
         grid = (triton.cdiv(T, BLOCK_M), B * H)
-        _attn_fwd[grid](q, k, v, o, lse, start, *q.stride(), *k.stride(), *v.stride(), *o.stride(), H, T,
-                        sm_scale * 1.4426950408889634, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HEAD_DIM=D,
-                        FP32_DOT=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages)
+        _attn_fwd[grid](
+            q,
+            k,
+            v,
+            o,
+            lse,
+            start,
+            *q.stride(),
+            *k.stride(),
+            *v.stride(),
+            *o.stride(),
+            H,
+            T,
+            sm_scale * 1.4426950408889634,
+            BLOCK_M=BLOCK_M,
+            BLOCK_N=BLOCK_N,
+            HEAD_DIM=D,
+            FP32_DOT=q.dtype == torch.float32,
+            num_warps=num_warps,
+            num_stages=num_stages,
+        )
         ctx.save_for_backward(q, k, v, o, lse, start)
         return o
 
@@ -482,32 +929,78 @@ class _FlashAttention(torch.autograd.Function):
         fp32 = q.dtype == torch.float32
         # 1. delta = rowsum(dO ⊙ O)
         delta = torch.empty((B * H, T), dtype=torch.float32, device=q.device)  # (B·H, T)
-        _attn_bwd_delta[(triton.cdiv(T, 64), B * H)](o, do, delta, *o.stride(), *do.stride(), H, T,
-                                                     BLOCK_M=64, HEAD_DIM=D)
+        _attn_bwd_delta[(triton.cdiv(T, 64), B * H)](
+            o, do, delta, *o.stride(), *do.stride(), H, T, BLOCK_M=64, HEAD_DIM=D
+        )
         dq = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)
         dk = torch.empty_like(dq)
         dv = torch.empty_like(dq)
         # 2. dK, dV: one program per key block
         BLOCK_M, BLOCK_N, num_warps, num_stages = bwd_dkdv_config(D, _tiles_fp32(q.dtype))
         _attn_bwd_dkdv[(triton.cdiv(T, BLOCK_N), B * H)](
-            q, k, v, do, dk, dv, lse, delta, start, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(),
-            H, T, sm_scale, sm_scale * 1.4426950408889634, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HEAD_DIM=D,
-            FP32_DOT=fp32, num_warps=num_warps, num_stages=num_stages)
+            q,
+            k,
+            v,
+            do,
+            dk,
+            dv,
+            lse,
+            delta,
+            start,
+            *q.stride(),
+            *k.stride(),
+            *v.stride(),
+            *do.stride(),
+            *dk.stride(),
+            H,
+            T,
+            sm_scale,
+            sm_scale * 1.4426950408889634,
+            BLOCK_M=BLOCK_M,
+            BLOCK_N=BLOCK_N,
+            HEAD_DIM=D,
+            FP32_DOT=fp32,
+            num_warps=num_warps,
+            num_stages=num_stages,
+        )
         # 3. dQ: one program per query block
         BLOCK_M, BLOCK_N, num_warps, num_stages = bwd_dq_config(D, _tiles_fp32(q.dtype))
         _attn_bwd_dq[(triton.cdiv(T, BLOCK_M), B * H)](
-            q, k, v, do, dq, lse, delta, start, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
-            H, T, sm_scale, sm_scale * 1.4426950408889634, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HEAD_DIM=D,
-            FP32_DOT=fp32, num_warps=num_warps, num_stages=num_stages)
+            q,
+            k,
+            v,
+            do,
+            dq,
+            lse,
+            delta,
+            start,
+            *q.stride(),
+            *k.stride(),
+            *v.stride(),
+            *do.stride(),
+            *dq.stride(),
+            H,
+            T,
+            sm_scale,
+            sm_scale * 1.4426950408889634,
+            BLOCK_M=BLOCK_M,
+            BLOCK_N=BLOCK_N,
+            HEAD_DIM=D,
+            FP32_DOT=fp32,
+            num_warps=num_warps,
+            num_stages=num_stages,
+        )
         return dq, dk, dv, None
 
 
 def attention(q, k, v, attention_mask=None):
-    """Causal self-attention softmax(Q Kᵀ/√D) V with left padding, as a Triton kernel (forward and backward).
+    """Causal self-attention softmax(Q Kᵀ/√D) V with left padding, as a Triton kernel (forward and
+    backward).
 
-    q, k, v: (B, H, T, D), any strides (a unit stride along D avoids a copy), fp32/fp16/bf16, D in {16, 32, 64, 128},
-    any T ≥ 1. attention_mask: (B, T) bool/int, 1 = real token, 0 = left padding (None: all real). Returns
-    (B, H, T, D) in q's dtype; padded query rows are 0 and get zero gradient. Differentiable w.r.t. q, k, v.
+    q, k, v: (B, H, T, D), any strides (a unit stride along D avoids a copy), fp32/fp16/bf16, D in
+    {16, 32, 64, 128}, any T ≥ 1. attention_mask: (B, T) bool/int, 1 = real token, 0 = left padding
+    (None: all real). Returns (B, H, T, D) in q's dtype; padded query rows are 0 and get zero
+    gradient. Differentiable w.r.t. q, k, v.
     """
     _check_inputs(q, k, v, attention_mask)
     B, H, T, D = q.shape

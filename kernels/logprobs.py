@@ -1,16 +1,18 @@
-"""Per-token log-probs and entropy of softmax(hidden · Wᵀ / temperature) without the N×V logits, plus PPO's KL terms.
+"""Per-token log-probs and entropy of softmax(hidden · Wᵀ / temperature) without the N×V logits,
+plus PPO's KL terms.
 
 What is fused. The naive way (N tokens, d hidden, V = 50257 vocab)
-    logits = H @ Wᵀ                       # write N·V            (bf16: 2 B, or fp32 after the usual upcast: 4 B)
+    # write N·V            (bf16: 2 B, or fp32 after the usual upcast: 4 B)
+    logits = H @ Wᵀ
     logp_all = log_softmax(logits / τ)    # read N·V, write N·V (fp32), about 3 passes inside the op
     logp = logp_all.gather(targets)       # read N
     entropy = -(exp(logp_all) · logp_all).sum(-1)   # read N·V, write N·V twice more
-keeps several N×V tensors alive for the backward. At N = 512·24 = 12288 tokens one fp32 N×V tensor is 2.47 GB, and
-autograd keeps about three of them (logits, log-softmax, probabilities), ~7 GB, with the same again in gradients
-during the backward.
+keeps several N×V tensors alive for the backward. At N = 512·24 = 12288 tokens one fp32 N×V tensor
+is 2.47 GB, and autograd keeps about three of them (logits, log-softmax, probabilities), ~7 GB, with
+the same again in gradients during the backward.
 
-Here the vocabulary is processed in column chunks of Vc entries (Vc ≈ 2²⁵/N, a multiple of 128, so a chunk is about
-128 MB of fp32 whatever N and V; for N ≤ 262144):
+Here the vocabulary is processed in column chunks of Vc entries (Vc ≈ 2²⁵/N, a multiple of 128, so a
+chunk is about 128 MB of fp32 whatever N and V; for N ≤ 262144):
   forward, per chunk:  Z_c = H @ W_cᵀ in fp32 (cuBLAS, bf16/fp16 inputs with fp32 output), then the Triton kernel
                        _logprob_fwd_chunk folds Z_c into four running per-token statistics, an online log-sum-exp:
                        max m, s = Σ e^{z−m}, t = Σ e^{z−m}(z − m) (entropy), and the target logit z_y.
@@ -20,40 +22,48 @@ Here the vocabulary is processed in column chunks of Vc entries (Vc ≈ 2²⁵/N
                        G_c = ∂L/∂Z_c = [g_logp·(1[j=y] − p_j) − g_ent·p_j·(z_j − lse + entropy)] / τ,
                        then dW_c = G_cᵀ H (written once, complete: each vocab row belongs to one chunk) and
                        dH += G_c W_c (fp32 accumulator of N·d floats).
-Memory: one chunk (N·Vc fp32 + N·Vc in the input dtype) + N·d fp32, instead of ~3·N·V fp32. Traffic over the logits:
-forward writes and reads each element once (fp32); backward writes/reads it once in fp32 and once in bf16, against
-the naive ~8 fp32 passes. Compute: 4 GEMMs (logits, recomputed logits, dH, dW) against the naive 3. Every element of
-every output is produced by one program or one GEMM in a fixed order, so forward and backward are deterministic.
-Vocab sizes that are not a multiple of the block (50257) are handled by masking the last chunk's tail.
+Memory: one chunk (N·Vc fp32 + N·Vc in the input dtype) + N·d fp32, instead of ~3·N·V fp32. Traffic
+over the logits: forward writes and reads each element once (fp32); backward writes/reads it once in
+fp32 and once in bf16, against the naive ~8 fp32 passes. Compute: 4 GEMMs (logits, recomputed
+logits, dH, dW) against the naive 3. Every element of every output is produced by one program or one
+GEMM in a fixed order, so forward and backward are deterministic. Vocab sizes that are not a
+multiple of the block (50257) are handled by masking the last chunk's tail.
 
-The KL terms PPO uses are O(N) elementwise, so they are plain PyTorch (kl_k1, kl_k3): a kernel would save nothing
-measurable (kernels-notes §3.5).
+The KL terms PPO uses are O(N) elementwise, so they are plain PyTorch (kl_k1, kl_k3): a kernel would
+save nothing measurable (kernels-notes §3.5).
 
-Based on: the online softmax of Milakov & Gimelshein (2018); the chunked "selective log-prob" of Liger-Kernel and
-verl's fused log-prob + entropy (running max, sum and Σ e·z), reworked here to chunk the VOCABULARY instead of the
-tokens so that dW needs no cross-chunk accumulator; KL estimators from Schulman, "Approximating KL Divergence"
-(http://joschu.net/blog/kl-approx.html). See ../shared/docs/kernels-notes.md §2-3.
+Based on: the online softmax of Milakov & Gimelshein (2018); the chunked "selective log-prob" of
+Liger-Kernel and verl's fused log-prob + entropy (running max, sum and Σ e·z), reworked here to
+chunk the VOCABULARY instead of the tokens so that dW needs no cross-chunk accumulator; KL
+estimators from Schulman, "Approximating KL Divergence" (http://joschu.net/blog/kl-approx.html). See
+../shared/docs/kernels-notes.md §2-3.
 
-Use:  from kernels import token_logprobs;  logp, ent = token_logprobs(hidden, model.transformer.wte.weight, targets)
-Shape letters: N tokens, d hidden size, V vocab, Vc vocab columns per chunk.
+Use:  from kernels import token_logprobs;  logp, ent = token_logprobs(hidden,
+model.transformer.wte.weight, targets) Shape letters: N tokens, d hidden size, V vocab, Vc vocab
+columns per chunk.
 """
+
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-CHUNK_ELEMENTS = 1 << 25  # logits elements per vocab chunk (128 MB in fp32): the whole extra memory of the forward
+# logits elements per vocab chunk (128 MB in fp32): the whole extra memory of the forward
+CHUNK_ELEMENTS = 1 << 25
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Plain-PyTorch references
 
-def token_logprobs_reference(hidden, weight, targets, temperature=1.0):
-    """logp[i] = log softmax(hidden[i] · Wᵀ / τ)[targets[i]] and the entropy of that distribution, in fp32.
 
-    hidden (N, d), weight (V, d), targets (N,) long in [0, V). Builds the full (N, V) logits: for tests and small N.
-    fp64 inputs are computed in fp64 (the tests' ground truth), everything else in fp32.
+def token_logprobs_reference(hidden, weight, targets, temperature=1.0):
+    """logp[i] = log softmax(hidden[i] · Wᵀ / τ)[targets[i]] and the entropy of that distribution,
+    in fp32.
+
+    hidden (N, d), weight (V, d), targets (N,) long in [0, V). Builds the full (N, V) logits: for
+    tests and small N. fp64 inputs are computed in fp64 (the tests' ground truth), everything else
+    in fp32.
     """
     dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     logits = hidden.to(dtype) @ weight.to(dtype).t() / temperature  # (N, V)
@@ -64,31 +74,47 @@ def token_logprobs_reference(hidden, weight, targets, temperature=1.0):
 
 
 def kl_k1(logprobs, ref_logprobs):
-    """Per-token k1 = log π(y) − log ρ(y): the unbiased KL estimator lm-human-preferences puts into the reward."""
+    """Per-token k1 = log π(y) − log ρ(y): the unbiased KL estimator lm-human-preferences puts
+    into the reward."""
     return logprobs - ref_logprobs
 
 
 def kl_k3(logprobs, ref_logprobs):
-    """Per-token k3 = e^δ − δ − 1 with δ = log ρ(y) − log π(y): unbiased for KL(π‖ρ) when y ~ π, and always ≥ 0.
+    """Per-token k3 = e^δ − δ − 1 with δ = log ρ(y) − log π(y): unbiased for KL(π‖ρ) when y ~ π, and
+    always ≥ 0.
 
-    Written with expm1 so that δ near 0 (the common case: policy close to the reference) keeps full precision.
+    Written with expm1 so that δ near 0 (the common case: policy close to the reference) keeps full
+    precision.
     """
     delta = ref_logprobs - logprobs
     return torch.expm1(delta) - delta
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Triton kernels: a row-wise online log-sum-exp over one vocab chunk, and the in-place logits gradient
+# --------------------------------------------------------------------------------------------------
+# Triton kernels: a row-wise online log-sum-exp over one vocab chunk, and the in-place logits
+# gradient
+
 
 @triton.jit
-def _logprob_fwd_chunk(Z,  # (N, Vc) fp32 logits of this vocab chunk, row stride stride_zn, unit column stride
-                       TARGETS,  # (N,) int64 target token ids (global vocab index)
-                       M, S, TS, ZY,  # (N,) fp32 running state, read and updated in place: max, Σe^{z−m}, Σe^{z−m}(z−m), z_y
-                       stride_zn,  # row stride of Z
-                       N, vc, v0,  # number of tokens; columns in this chunk; global vocab index of column 0
-                       inv_temp,  # 1 / temperature, applied to every logit
-                       BLOCK_R: tl.constexpr,  # token rows per program
-                       BLOCK_V: tl.constexpr):  # columns per inner step
+# (N, Vc) fp32 logits of this vocab chunk, row stride stride_zn, unit column stride
+def _logprob_fwd_chunk(
+    Z,
+    TARGETS,  # (N,) int64 target token ids (global vocab index)
+    # (N,) fp32 running state, read and updated in place: max, Σe^{z−m},
+    # Σe^{z−m}(z−m), z_y
+    M,
+    S,
+    TS,
+    ZY,
+    stride_zn,  # row stride of Z
+    # number of tokens; columns in this chunk; global vocab index of column 0
+    N,
+    vc,
+    v0,
+    inv_temp,  # 1 / temperature, applied to every logit
+    BLOCK_R: tl.constexpr,  # token rows per program
+    BLOCK_V: tl.constexpr,
+):  # columns per inner step
     pid = tl.program_id(0)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)  # (BLOCK_R,)
     row_ok = rows < N
@@ -96,16 +122,20 @@ def _logprob_fwd_chunk(Z,  # (N, Vc) fp32 logits of this vocab chunk, row stride
     s = tl.load(S + rows, mask=row_ok, other=0.0)
     ts = tl.load(TS + rows, mask=row_ok, other=0.0)
     zy = tl.load(ZY + rows, mask=row_ok, other=0.0)
-    y = tl.load(TARGETS + rows, mask=row_ok, other=-1) - v0  # target column inside this chunk (may be outside it)
+    # target column inside this chunk (may be outside it)
+    y = tl.load(TARGETS + rows, mask=row_ok, other=-1) - v0
     z_row = Z + rows.to(tl.int64)[:, None] * stride_zn  # int64: N·Vc can exceed 2³¹
     for c0 in range(0, vc, BLOCK_V):
         cols = c0 + tl.arange(0, BLOCK_V)  # (BLOCK_V,)
         ok = row_ok[:, None] & (cols[None, :] < vc)  # the last chunk of V = 50257 ends mid-block
-        z = tl.load(z_row + cols[None, :], mask=ok, other=float("-inf")) * inv_temp  # (BLOCK_R, BLOCK_V)
-        # 1. new running max, with a safe value for rows that have seen nothing (padding rows past N)
+        # (BLOCK_R, BLOCK_V)
+        z = tl.load(z_row + cols[None, :], mask=ok, other=float("-inf")) * inv_temp
+        # 1. new running max, with a safe value for rows that have seen nothing (padding rows past
+        #    N)
         m_new = tl.maximum(m, tl.max(z, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        # 2. rescale the old sums to the new max: s' = αs, t' = α(t + (m − m')s) since e^{z−m'}(z−m') = α e^{z−m}(z−m+m−m')
+        # 2. rescale the old sums to the new max: s' = αs, t' = α(t + (m − m')s) since
+        #    e^{z−m'}(z−m') = α e^{z−m}(z−m+m−m')
         alpha = tl.exp(m - m_safe)
         m_old = tl.where(s > 0.0, m, m_safe)  # avoids (−inf)·0 for rows with no history
         ts = alpha * (ts + (m_old - m_safe) * s)
@@ -115,8 +145,10 @@ def _logprob_fwd_chunk(Z,  # (N, Vc) fp32 logits of this vocab chunk, row stride
         e = tl.exp(shifted)  # masked columns: exp(−inf) = 0
         s += tl.sum(e, 1)
         ts += tl.sum(e * tl.where(ok, shifted, 0.0), 1)  # never 0·(−inf)
-        hit = ok & (cols[None, :] == y[:, None])  # at most one column matches in all of V; `ok` matters: a target
-        zy += tl.sum(tl.where(hit, z, 0.0), 1)  # in the next chunk can fall on a masked column past vc here
+        # at most one column matches in all of V; `ok` matters: a target
+        hit = ok & (cols[None, :] == y[:, None])
+        # in the next chunk can fall on a masked column past vc here
+        zy += tl.sum(tl.where(hit, z, 0.0), 1)
         m = m_new
     tl.store(M + rows, m, mask=row_ok)
     tl.store(S + rows, s, mask=row_ok)
@@ -125,16 +157,26 @@ def _logprob_fwd_chunk(Z,  # (N, Vc) fp32 logits of this vocab chunk, row stride
 
 
 @triton.jit
-def _logprob_bwd_chunk(Z,  # (N, Vc) fp32 recomputed logits of this chunk (input)
-                       G,  # (N, Vc) output gradient w.r.t. the raw logits, in the GEMM dtype; may alias Z (fp32)
-                       TARGETS,  # (N,) int64 target ids
-                       LSE, ENT,  # (N,) fp32 log-sum-exp of the tempered logits and entropy, from the forward
-                       GLOGP, GENT,  # (N,) fp32 upstream gradients of logp and entropy
-                       stride_zn, stride_gn,  # row strides of Z and G
-                       N, vc, v0,  # tokens; columns in this chunk; global vocab index of column 0
-                       inv_temp,  # 1 / temperature
-                       BLOCK_R: tl.constexpr,  # rows per program
-                       BLOCK_V: tl.constexpr):  # columns per program
+def _logprob_bwd_chunk(
+    Z,  # (N, Vc) fp32 recomputed logits of this chunk (input)
+    # (N, Vc) output gradient w.r.t. the raw logits, in the GEMM dtype; may alias
+    # Z (fp32)
+    G,
+    TARGETS,  # (N,) int64 target ids
+    # (N,) fp32 log-sum-exp of the tempered logits and entropy, from the forward
+    LSE,
+    ENT,
+    GLOGP,
+    GENT,  # (N,) fp32 upstream gradients of logp and entropy
+    stride_zn,
+    stride_gn,  # row strides of Z and G
+    N,
+    vc,
+    v0,  # tokens; columns in this chunk; global vocab index of column 0
+    inv_temp,  # 1 / temperature
+    BLOCK_R: tl.constexpr,  # rows per program
+    BLOCK_V: tl.constexpr,
+):  # columns per program
     pid_r = tl.program_id(0)
     pid_v = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -146,18 +188,27 @@ def _logprob_bwd_chunk(Z,  # (N, Vc) fp32 recomputed logits of this chunk (input
     g_logp = tl.load(GLOGP + rows, mask=row_ok, other=0.0)
     g_ent = tl.load(GENT + rows, mask=row_ok, other=0.0)
     y = tl.load(TARGETS + rows, mask=row_ok, other=-1) - v0
-    z = tl.load(Z + rows.to(tl.int64)[:, None] * stride_zn + cols[None, :], mask=ok, other=0.0) * inv_temp
+    z = (
+        tl.load(Z + rows.to(tl.int64)[:, None] * stride_zn + cols[None, :], mask=ok, other=0.0)
+        * inv_temp
+    )
     logp = z - lse[:, None]  # (BLOCK_R, BLOCK_V) log p_j
     p = tl.exp(logp)
     onehot = tl.where(cols[None, :] == y[:, None], 1.0, 0.0)
     # ∂logp_y/∂z_j = 1[j=y] − p_j ;  ∂entropy/∂z_j = −p_j (log p_j + entropy) ;  ∂z/∂logit = 1/τ
     g = (g_logp[:, None] * (onehot - p) - g_ent[:, None] * p * (logp + ent[:, None])) * inv_temp
-    tl.store(G + rows.to(tl.int64)[:, None] * stride_gn + cols[None, :], g.to(G.dtype.element_ty), mask=ok)
+    tl.store(
+        G + rows.to(tl.int64)[:, None] * stride_gn + cols[None, :],
+        g.to(G.dtype.element_ty),
+        mask=ok,
+    )
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Block sizes. GPU: small row tiles keep many programs in flight over a memory-bound pass; checked for spills and
-# shared memory by tests/test_kernels_aot.py. Interpreter: big tiles, because its cost is per program and per op.
+# --------------------------------------------------------------------------------------------------
+# Block sizes. GPU: small row tiles keep many programs in flight over a memory-bound pass; checked
+# for spills and shared memory by tests/test_kernels_aot.py. Interpreter: big tiles, because its
+# cost is per program and per op.
+
 
 def fwd_config():
     """(BLOCK_R, BLOCK_V, num_warps) of _logprob_fwd_chunk on a GPU."""
@@ -180,7 +231,8 @@ def _configs():
 
 
 def _mm_f32(a, b):
-    """a @ bᵀ with an fp32 result: bf16/fp16 GEMMs on CUDA keep fp32 output (torch ≥ 2.8), else upcast first."""
+    """a @ bᵀ with an fp32 result: bf16/fp16 GEMMs on CUDA keep fp32 output (torch ≥ 2.8), else
+    upcast first."""
     if a.dtype == torch.float32:
         return a @ b.t()
     if a.is_cuda:
@@ -192,7 +244,8 @@ def _mm_f32(a, b):
 
 
 def vocab_chunk_size(N, V):
-    """Columns per vocab chunk: about CHUNK_ELEMENTS / N logits, a multiple of 128 (≥ 128, ≤ V rounded up)."""
+    """Columns per vocab chunk: about CHUNK_ELEMENTS / N logits, a multiple of 128 (≥ 128, ≤ V
+    rounded up)."""
     vc = max(128, (CHUNK_ELEMENTS // max(N, 1)) // 128 * 128)
     return min(vc, triton.cdiv(V, 128) * 128)
 
@@ -202,7 +255,8 @@ class _TokenLogprobs(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, temperature, vocab_chunk):
         N, d = hidden.shape
         V = weight.shape[0]
-        w = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)  # GEMMs run in hidden's dtype
+        # GEMMs run in hidden's dtype
+        w = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
         dev = hidden.device
         m = torch.full((N,), float("-inf"), dtype=torch.float32, device=dev)  # (N,) running max
         s = torch.zeros(N, dtype=torch.float32, device=dev)  # (N,) Σ e^{z−m}
@@ -210,9 +264,25 @@ class _TokenLogprobs(torch.autograd.Function):
         zy = torch.zeros(N, dtype=torch.float32, device=dev)  # (N,) target logit / τ
         (BR, BV, warps), _ = _configs()
         for v0 in range(0, V, vocab_chunk):
-            z = _mm_f32(hidden, w[v0:v0 + vocab_chunk])  # (N, Vc) fp32, the only N×Vc tensor alive
-            _logprob_fwd_chunk[(triton.cdiv(N, BR),)](z, targets, m, s, ts, zy, z.stride(0), N, z.shape[1], v0,
-                                                      1.0 / temperature, BLOCK_R=BR, BLOCK_V=BV, num_warps=warps)
+            z = _mm_f32(
+                hidden, w[v0 : v0 + vocab_chunk]
+            )  # (N, Vc) fp32, the only N×Vc tensor alive
+            _logprob_fwd_chunk[(triton.cdiv(N, BR),)](
+                z,
+                targets,
+                m,
+                s,
+                ts,
+                zy,
+                z.stride(0),
+                N,
+                z.shape[1],
+                v0,
+                1.0 / temperature,
+                BLOCK_R=BR,
+                BLOCK_V=BV,
+                num_warps=warps,
+            )
             del z
         log_s = torch.log(s)
         lse = m + log_s  # (N,)
@@ -230,59 +300,110 @@ class _TokenLogprobs(torch.autograd.Function):
         vocab_chunk = ctx.vocab_chunk
         w = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
         dev = hidden.device
-        g_logp = torch.zeros(N, dtype=torch.float32, device=dev) if g_logp is None else g_logp.float().contiguous()
-        g_ent = torch.zeros(N, dtype=torch.float32, device=dev) if g_ent is None else g_ent.float().contiguous()
-        d_hidden = torch.zeros(N, d, dtype=torch.float32, device=dev)  # (N, d) fp32 accumulator over chunks
+        g_logp = (
+            torch.zeros(N, dtype=torch.float32, device=dev)
+            if g_logp is None
+            else g_logp.float().contiguous()
+        )
+        g_ent = (
+            torch.zeros(N, dtype=torch.float32, device=dev)
+            if g_ent is None
+            else g_ent.float().contiguous()
+        )
+        # (N, d) fp32 accumulator over chunks
+        d_hidden = torch.zeros(N, d, dtype=torch.float32, device=dev)
         d_weight = torch.empty(V, d, dtype=weight.dtype, device=dev)  # (V, d) each row written once
         # G in the GEMM dtype; for fp32 the kernel overwrites the logits in place
-        g_buf = None if hidden.dtype == torch.float32 else torch.empty(N, min(vocab_chunk, V), dtype=hidden.dtype, device=dev)
+        g_buf = (
+            None
+            if hidden.dtype == torch.float32
+            else torch.empty(N, min(vocab_chunk, V), dtype=hidden.dtype, device=dev)
+        )
         _, (BR, BV, warps) = _configs()
         for v0 in range(0, V, vocab_chunk):
-            w_c = w[v0:v0 + vocab_chunk]  # (Vc, d)
+            w_c = w[v0 : v0 + vocab_chunk]  # (Vc, d)
             z = _mm_f32(hidden, w_c)  # (N, Vc) fp32, recomputed
             vc = z.shape[1]
             g = z if g_buf is None else g_buf[:, :vc]  # (N, Vc)
             _logprob_bwd_chunk[(triton.cdiv(N, BR), triton.cdiv(vc, BV))](
-                z, g, targets, lse, entropy, g_logp, g_ent, z.stride(0), g.stride(0), N, vc, v0,
-                1.0 / ctx.temperature, BLOCK_R=BR, BLOCK_V=BV, num_warps=warps)
+                z,
+                g,
+                targets,
+                lse,
+                entropy,
+                g_logp,
+                g_ent,
+                z.stride(0),
+                g.stride(0),
+                N,
+                vc,
+                v0,
+                1.0 / ctx.temperature,
+                BLOCK_R=BR,
+                BLOCK_V=BV,
+                num_warps=warps,
+            )
             if weight.dtype == g.dtype:
-                torch.mm(g.t(), hidden, out=d_weight[v0:v0 + vc])  # (Vc, d), rows of W are contiguous: no temporary
+                # (Vc, d), rows of W are contiguous: no temporary
+                torch.mm(g.t(), hidden, out=d_weight[v0 : v0 + vc])
             else:  # e.g. an fp32 master weight with bf16 activations
-                d_weight[v0:v0 + vc] = _mm_f32(g.t(), hidden.t())
+                d_weight[v0 : v0 + vc] = _mm_f32(g.t(), hidden.t())
             d_hidden += _mm_f32(g, w_c.t())
             del z, g
         return d_hidden.to(hidden.dtype), d_weight, None, None, None
 
 
 def token_logprobs(hidden, weight, targets, temperature=1.0, vocab_chunk=None):
-    """Per-token log π(y) and entropy of softmax(hidden · Wᵀ / temperature), never building the (N, V) logits.
+    """Per-token log π(y) and entropy of softmax(hidden · Wᵀ / temperature), never building the (N,
+    V) logits.
 
-    hidden (N, d) fp32/fp16/bf16; weight (V, d) the LM head (GPT-2: the tied token embedding), any float dtype (the
-    GEMMs run in hidden's dtype, dW comes back in weight's dtype); targets (N,) integer ids in [0, V).
-    Returns (logprobs (N,), entropy (N,)) in fp32, both differentiable w.r.t. hidden and weight.
-    vocab_chunk: columns per chunk (default: about 2²⁵ / N logits, a multiple of 128).
+    hidden (N, d) fp32/fp16/bf16; weight (V, d) the LM head (GPT-2: the tied token embedding), any
+    float dtype (the GEMMs run in hidden's dtype, dW comes back in weight's dtype); targets (N,)
+    integer ids in [0, V). Returns (logprobs (N,), entropy (N,)) in fp32, both differentiable w.r.t.
+    hidden and weight. vocab_chunk: columns per chunk (default: about 2²⁵ / N logits, a multiple of
+    128).
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"kernels.token_logprobs: hidden must be (N, d) and weight (V, d); got {tuple(hidden.shape)} "
-                         f"and {tuple(weight.shape)} (kernels/logprobs.py)")
+        raise ValueError(
+            f"kernels.token_logprobs: hidden must be (N, d) and weight (V, d); got {tuple(hidden.shape)} "
+            f"and {tuple(weight.shape)} (kernels/logprobs.py)"
+        )
     if targets.shape != (hidden.shape[0],):
-        raise ValueError(f"kernels.token_logprobs: targets must be (N,) = ({hidden.shape[0]},); got "
-                         f"{tuple(targets.shape)} (kernels/logprobs.py)")
-    if hidden.dtype not in (torch.float32, torch.float16, torch.bfloat16) or not weight.dtype.is_floating_point:
-        raise ValueError(f"kernels.token_logprobs: hidden must be fp32/fp16/bf16, got {hidden.dtype} (kernels/logprobs.py)")
+        raise ValueError(
+            f"kernels.token_logprobs: targets must be (N,) = ({hidden.shape[0]},); got "
+            f"{tuple(targets.shape)} (kernels/logprobs.py)"
+        )
+    if (
+        hidden.dtype not in (torch.float32, torch.float16, torch.bfloat16)
+        or not weight.dtype.is_floating_point
+    ):
+        raise ValueError(
+            f"kernels.token_logprobs: hidden must be fp32/fp16/bf16, got {hidden.dtype} (kernels/logprobs.py)"
+        )
     if not (hidden.device == weight.device == targets.device):
-        raise ValueError("kernels.token_logprobs: hidden, weight, targets are on different devices (kernels/logprobs.py)")
+        raise ValueError(
+            "kernels.token_logprobs: hidden, weight, targets are on different devices (kernels/logprobs.py)"
+        )
     if not hidden.is_cuda and not _interpreting():
-        raise RuntimeError("kernels.token_logprobs: CPU tensors need TRITON_INTERPRET=1 set before importing kernels; "
-                           "use kernels.token_logprobs_reference on CPU instead (kernels/logprobs.py)")
+        raise RuntimeError(
+            "kernels.token_logprobs: CPU tensors need TRITON_INTERPRET=1 set before importing kernels; "
+            "use kernels.token_logprobs_reference on CPU instead (kernels/logprobs.py)"
+        )
     if not temperature > 0:
-        raise ValueError(f"kernels.token_logprobs: temperature must be > 0, got {temperature} (kernels/logprobs.py)")
+        raise ValueError(
+            f"kernels.token_logprobs: temperature must be > 0, got {temperature} (kernels/logprobs.py)"
+        )
     N, V = hidden.shape[0], weight.shape[0]
     if not targets.is_cuda and N > 0 and (targets.min() < 0 or targets.max() >= V):
-        # (on CUDA this check would cost a host sync per call; an out-of-range id there gives logp = −lse)
-        raise ValueError(f"kernels.token_logprobs: targets must lie in [0, {V}); got ids in "
-                         f"[{int(targets.min())}, {int(targets.max())}]: replace padding ids (e.g. 50259) first "
-                         f"(kernels/logprobs.py)")
+        # (on CUDA this check would cost a host sync per call; an out-of-range id there gives logp =
+        # −lse)
+        raise ValueError(
+            f"kernels.token_logprobs: targets must lie in [0, {V}); got ids in "
+            f"[{int(targets.min())}, {int(targets.max())}]: replace padding ids (e.g. 50259) first "
+            f"(kernels/logprobs.py)"
+        )
     vocab_chunk = vocab_chunk_size(N, V) if vocab_chunk is None else int(vocab_chunk)
     hidden = hidden if hidden.stride(-1) == 1 else hidden.contiguous()
-    return _TokenLogprobs.apply(hidden, weight, targets.long().contiguous(), float(temperature), vocab_chunk)
+    return _TokenLogprobs.apply(
+        hidden, weight, targets.long().contiguous(), float(temperature), vocab_chunk
+    )

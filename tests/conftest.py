@@ -1,8 +1,11 @@
 """Test setup shared by every test file.
 
-- Without a GPU, Triton kernels run under the interpreter, which must be switched on before any kernel is defined.
-- tiktoken's GPT-2 files come from ../shared/tiktoken_cache when that folder exists (offline machines, CI).
+- Without a GPU, Triton kernels run under the interpreter, which must be switched on before any
+  kernel is defined.
+- tiktoken's GPT-2 files come from ../shared/tiktoken_cache when that folder exists (offline
+  machines, CI).
 """
+
 import os
 import sys
 from pathlib import Path

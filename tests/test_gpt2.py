@@ -1,8 +1,11 @@
-"""gpt2.py against an independent implementation (Hugging Face transformers) on tiny random checkpoints.
+"""gpt2.py against an independent implementation (Hugging Face transformers) on tiny random
+checkpoints.
 
-GPT-2 weights cannot be downloaded here, so the tests write small random checkpoints in the Hugging Face layout, in both
-file formats, and check loading, logits, padding, the KV cache, sampling log-probs and every kind of bad checkpoint.
+GPT-2 weights cannot be downloaded here, so the tests write small random checkpoints in the Hugging
+Face layout, in both file formats, and check loading, logits, padding, the KV cache, sampling
+log-probs and every kind of bad checkpoint.
 """
+
 import json
 import shutil
 
@@ -23,7 +26,8 @@ def make_hf_model(seed=0):
     torch.manual_seed(seed)
     cfg = transformers.GPT2Config(**TINY_HF, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     hf = transformers.GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():  # make the LayerNorms and biases non-trivial, so a mix-up can't hide behind 1s and 0s
+    # make the LayerNorms and biases non-trivial, so a mix-up can't hide behind 1s and 0s
+    with torch.no_grad():
         for name, p in hf.named_parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
@@ -40,7 +44,8 @@ def checkpoint_dir(request, hf_model, tmp_path_factory):
     """The same random model saved in the Hugging Face layout, in each weights format."""
     d = tmp_path_factory.mktemp(request.param)
     hf_model.config.to_json_file(d / "config.json")
-    state = {k: v.contiguous() for k, v in hf_model.state_dict().items() if k != "lm_head.weight"}  # tied
+    # tied
+    state = {k: v.contiguous() for k, v in hf_model.state_dict().items() if k != "lm_head.weight"}
     if request.param == "safetensors":
         from safetensors.torch import save_file
 
@@ -86,9 +91,14 @@ def test_greedy_matches_transformers(model, hf_model):
     ours, _ = generate(model, tokens, None, max_new_tokens=12, greedy=True)
     with torch.no_grad():
         ref = hf_model.generate(
-            tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=12, min_new_tokens=12, do_sample=False,
-            pad_token_id=0, eos_token_id=None,
-        )[:, tokens.size(1):]
+            tokens,
+            attention_mask=torch.ones_like(tokens),
+            max_new_tokens=12,
+            min_new_tokens=12,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )[:, tokens.size(1) :]
     assert torch.equal(ours, ref)
 
 
@@ -99,7 +109,7 @@ def test_left_padding_invariance(model):
     batch_greedy, _ = generate(model, tokens, mask, max_new_tokens=8, greedy=True)
     for i, s in enumerate(seqs):
         alone = model(torch.tensor([s]))[0]  # (T_i, V)
-        torch.testing.assert_close(batch_logits[i, -len(s):], alone, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batch_logits[i, -len(s) :], alone, atol=1e-5, rtol=1e-5)
         alone_greedy, _ = generate(model, torch.tensor([s]), None, max_new_tokens=8, greedy=True)
         assert torch.equal(alone_greedy[0], batch_greedy[i])
 
@@ -118,9 +128,13 @@ def test_kv_cache_matches_full_forward(model):
     with torch.no_grad():
         steps = [model.hidden_states(tokens, mask, cache)]
         for t in range(5):
-            steps.append(model.hidden_states(extra[:, t : t + 1], torch.ones(B, 1, dtype=torch.bool), cache))
+            steps.append(
+                model.hidden_states(extra[:, t : t + 1], torch.ones(B, 1, dtype=torch.bool), cache)
+            )
         cached = torch.cat(steps, dim=1)  # (B, T + 5, C)
-        full = model.hidden_states(torch.cat([tokens, extra], 1), torch.cat([mask, torch.ones(B, 5, dtype=torch.bool)], 1))
+        full = model.hidden_states(
+            torch.cat([tokens, extra], 1), torch.cat([mask, torch.ones(B, 5, dtype=torch.bool)], 1)
+        )
     real = torch.cat([mask, torch.ones(B, 5, dtype=torch.bool)], 1)
     torch.testing.assert_close(cached[real], full[real], atol=1e-5, rtol=1e-5)
 
@@ -154,8 +168,12 @@ def test_filter_logits_top_k_top_p():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     assert torch.isinf(gpt2.filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
     # nucleus 0.7: 0.5 alone is short of it, 0.5 + 0.3 reaches it -> keep two
-    assert torch.isinf(gpt2.filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
-    assert torch.isinf(gpt2.filter_logits(logits, top_p=0.4)).tolist() == [[False, True, True, True]]
+    assert torch.isinf(gpt2.filter_logits(logits, top_p=0.7)).tolist() == [
+        [False, False, True, True]
+    ]
+    assert torch.isinf(gpt2.filter_logits(logits, top_p=0.4)).tolist() == [
+        [False, True, True, True]
+    ]
 
 
 def test_token_logprobs_chunked_matches_naive():
@@ -176,8 +194,9 @@ def test_token_logprobs_chunked_matches_naive():
 
 
 def test_token_logprobs_gradients_of_each_output_alone_match_fp64():
-    """The hand-written backward with only log-probs in the loss (PPO's case) and with only entropy, against autograd
-    through log_softmax in fp64; then a weight that needs no gradient (dW skipped)."""
+    """The hand-written backward with only log-probs in the loss (PPO's case) and with only
+    entropy, against autograd through log_softmax in fp64; then a weight that needs no gradient
+    (dW skipped)."""
     torch.manual_seed(1)
     N, C, Vs = 23, 8, 517
     h64, w64 = torch.randn(N, C, dtype=torch.float64), torch.randn(Vs, C, dtype=torch.float64)
@@ -194,13 +213,15 @@ def test_token_logprobs_gradients_of_each_output_alone_match_fp64():
         for a, b in zip(g, g_ref):
             torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-4)
     h = h64.float().requires_grad_()
-    lp, _ = token_logprobs(h, w64.float(), t, use_kernels="off", chunk=7)  # weight without grad: dW is skipped
+    # weight without grad: dW is skipped
+    lp, _ = token_logprobs(h, w64.float(), t, use_kernels="off", chunk=7)
     (gh,) = torch.autograd.grad(lp.sum(), h)
     assert torch.isfinite(gh).all() and gh.abs().sum() > 0
 
 
 def test_presets_and_param_counts():
-    counts = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168}  # the published sizes (tied embeddings counted once)
+    # the published sizes (tied embeddings counted once)
+    counts = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168}
     for name, n in counts.items():
         with torch.device("meta"):
             m = GPT2.from_config(name)
@@ -211,14 +232,20 @@ def test_presets_and_param_counts():
 
 def test_tokenizer_round_trip():
     enc = gpt2.get_tokenizer()
-    for text in ["héllo wörld — ünïcode", "emoji 🤖🎉 and 👩‍👩‍👧", "runs   of\t\twhitespace\n\n\n  end  ", "", "日本語のテキスト",
-                 "<|endoftext|> as plain text"]:
+    for text in [
+        "héllo wörld — ünïcode",
+        "emoji 🤖🎉 and 👩‍👩‍👧",
+        "runs   of\t\twhitespace\n\n\n  end  ",
+        "",
+        "日本語のテキスト",
+        "<|endoftext|> as plain text",
+    ]:
         ids = enc.encode(text, disallowed_special=())
         assert enc.decode(ids) == text
     assert enc.encode("Hello world") == [15496, 995]  # GPT-2's published ids
 
 
-# -----------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Bad checkpoints: each gets a message naming the file or tensor
 
 
@@ -264,7 +291,8 @@ def test_bin_is_not_unpickled_freely(tmp_path, checkpoint_dir):
     d = copy_ckpt(checkpoint_dir, tmp_path / "c")
     for p in d.glob("model.safetensors"):
         p.unlink()
-    torch.save({"x": object()}, d / "pytorch_model.bin")  # arbitrary pickled objects are refused by weights_only
+    # arbitrary pickled objects are refused by weights_only
+    torch.save({"x": object()}, d / "pytorch_model.bin")
     with pytest.raises(ValueError, match="pytorch_model.bin"):
         GPT2.from_pretrained(str(d))
 
@@ -294,33 +322,54 @@ def test_missing_files_and_unknown_name(tmp_path):
 
 
 def test_cli_samples_every_prompt(checkpoint_dir, capsys):
-    gpt2.main(["--model", str(checkpoint_dir), "--prompt", "Hello", "--prompt", "A much longer prompt here",
-               "--max-new-tokens", "5", "--greedy", "--device", "cpu"])
+    gpt2.main(
+        [
+            "--model",
+            str(checkpoint_dir),
+            "--prompt",
+            "Hello",
+            "--prompt",
+            "A much longer prompt here",
+            "--max-new-tokens",
+            "5",
+            "--greedy",
+            "--device",
+            "cpu",
+        ]
+    )
     out = capsys.readouterr().out
     assert out.count("=== ") == 2 and "A much longer prompt here" in out
 
 
 def test_kernels_on_match_kernels_off(checkpoint_dir):
-    """The Triton kernels (interpreter on CPU) give the model the same logits, log-probs and gradients as PyTorch."""
+    """The Triton kernels (interpreter on CPU) give the model the same logits, log-probs and
+    gradients as PyTorch."""
     pytest.importorskip("triton")
     on = GPT2.from_pretrained(str(checkpoint_dir), use_kernels="on")
     off = GPT2.from_pretrained(str(checkpoint_dir), use_kernels="off")
     tokens, mask = left_pad(prompts(lengths=(9, 4, 1)))
     with torch.no_grad():
-        torch.testing.assert_close(on(tokens, mask)[mask], off(tokens, mask)[mask], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            on(tokens, mask)[mask], off(tokens, mask)[mask], atol=1e-5, rtol=1e-5
+        )
     grads = []
     for m in (on, off):
         lp, ent, _ = response_logprobs(m, tokens, mask, 3, temperature=0.7)
         (lp.sum() + 0.1 * ent.sum()).backward()
-        grads.append((lp.detach(), ent.detach(), m.transformer.h[0].attn.c_attn.weight.grad.clone()))
+        grads.append(
+            (lp.detach(), ent.detach(), m.transformer.h[0].attn.c_attn.weight.grad.clone())
+        )
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
 def test_inverse_cdf_sampling_matches_probabilities():
-    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2], [0.25, 0.25, 0.25, 0.25, 0.0]]).repeat(20_000, 1)
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2], [0.25, 0.25, 0.25, 0.25, 0.0]]).repeat(
+        20_000, 1
+    )
     draws = gpt2.sample_inverse_cdf(probs, torch.Generator().manual_seed(0)).view(20_000, 2)
     for row in range(2):
         freq = torch.bincount(draws[:, row], minlength=5).float() / 20_000
         assert (freq[probs[row] == 0] == 0).all()  # zero-probability tokens are never drawn
-        torch.testing.assert_close(freq, probs[row], atol=0.012, rtol=0)  # ~4 standard errors at n = 20,000
+        # ~4 standard errors at n = 20,000
+        torch.testing.assert_close(freq, probs[row], atol=0.012, rtol=0)

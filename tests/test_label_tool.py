@@ -1,13 +1,16 @@
-"""label_tool.py, driven as a person would: the real program in a pseudo-terminal, keys in, screen read back.
+"""label_tool.py, driven as a person would: the real program in a pseudo-terminal, keys in, screen
+read back.
 
-The screen is read by a small VT220 emulator below (TERM=vt220: cursor addressing, erase, insert/delete line and
-character, scroll regions: what ncurses sends for that terminal), so no tmux or pyte is needed. The kill test SIGKILLs
-the tool at random moments of a long scripted run and checks, against an independent model of the queue, that the
-labels file always parses and holds exactly the decisions the screen had confirmed.
+The screen is read by a small VT220 emulator below (TERM=vt220: cursor addressing, erase,
+insert/delete line and character, scroll regions: what ncurses sends for that terminal), so no tmux
+or pyte is needed. The kill test SIGKILLs the tool at random moments of a long scripted run and
+checks, against an independent model of the queue, that the labels file always parses and holds
+exactly the decisions the screen had confirmed.
 """
+
+import codecs
 import ctypes
 import ctypes.util
-import codecs
 import fcntl
 import json
 import math
@@ -35,12 +38,13 @@ TOOL = str(ROOT / "label_tool.py")
 FIXTURES = Path(__file__).parent / "fixtures"
 MIXED = str(FIXTURES / "comparisons_mixed.jsonl")
 
-# ---------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # A minimal terminal: enough of VT220 to show what ncurses draws.
 
 try:  # the C library's wcwidth is what ncurses itself uses to place wide characters
     _libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    _libc.setlocale(6, b"C.UTF-8")  # LC_ALL = 6 on glibc; only affects this test process's C-level width lookups
+    # LC_ALL = 6 on glibc; only affects this test process's C-level width lookups
+    _libc.setlocale(6, b"C.UTF-8")
     _wcwidth = _libc.wcwidth
     _wcwidth.argtypes = [ctypes.c_wchar]
 except (OSError, AttributeError):
@@ -80,7 +84,10 @@ class Screen:
         while i < len(s):
             c = s[i]
             if c == "\x1b":
-                m = re.match(r"\x1b(\[[?>]?[0-9;]*[ -/]*[@-~]|[()][0-9A-Za-z]|[78DEMHc=>]|\][^\x07]*\x07)", s[i:])
+                m = re.match(
+                    r"\x1b(\[[?>]?[0-9;]*[ -/]*[@-~]|[()][0-9A-Za-z]|[78DEMHc=>]|\][^\x07]*\x07)",
+                    s[i:],
+                )
                 if m is None:
                     if len(s) - i < 32:  # incomplete: wait for more bytes
                         self.buf = s[i:]
@@ -142,7 +149,8 @@ class Screen:
                 row[self.x + 1] = ""  # right half of a wide character
             self.last_char = c
             if self.x + w >= self.cols:
-                self.x, self.pending_wrap = self.cols - 1, True  # xenl: wrap only when the next char comes
+                # xenl: wrap only when the next char comes
+                self.x, self.pending_wrap = self.cols - 1, True
             else:
                 self.x += w
 
@@ -191,20 +199,20 @@ class Screen:
             self.y = min(self.rows - 1, n - 1)
         elif final == "J":
             if p1 == 0:
-                row[self.x:] = [" "] * (self.cols - self.x)
+                row[self.x :] = [" "] * (self.cols - self.x)
                 for r in range(self.y + 1, self.rows):
                     self.grid[r] = [" "] * self.cols
             elif p1 == 1:
-                row[:self.x + 1] = [" "] * (self.x + 1)
+                row[: self.x + 1] = [" "] * (self.x + 1)
                 for r in range(self.y):
                     self.grid[r] = [" "] * self.cols
             else:
                 self.grid = [[" "] * self.cols for _ in range(self.rows)]
         elif final == "K":
             if p1 == 0:
-                row[self.x:] = [" "] * (self.cols - self.x)
+                row[self.x :] = [" "] * (self.cols - self.x)
             elif p1 == 1:
-                row[:self.x + 1] = [" "] * (self.x + 1)
+                row[: self.x + 1] = [" "] * (self.x + 1)
             else:
                 self.grid[self.y] = [" "] * self.cols
         elif final == "L" and self.top <= self.y <= self.bottom:
@@ -212,14 +220,14 @@ class Screen:
         elif final == "M" and self.top <= self.y <= self.bottom:
             self._scroll_up(n, at=self.y)
         elif final == "P":
-            del row[self.x:self.x + n]
+            del row[self.x : self.x + n]
             row.extend([" "] * (self.cols - len(row)))
         elif final == "@":
             for _ in range(n):
                 row.insert(self.x, " ")
-            del row[self.cols:]
+            del row[self.cols :]
         elif final == "X":
-            row[self.x:self.x + n] = [" "] * len(row[self.x:self.x + n])
+            row[self.x : self.x + n] = [" "] * len(row[self.x : self.x + n])
         elif final == "r":
             self.top = max(1, ps[0] if ps else 1) - 1
             self.bottom = min(self.rows, ps[1] if len(ps) > 1 and ps[1] else self.rows) - 1
@@ -237,8 +245,10 @@ class Screen:
 
 
 def _have_vt220() -> bool:
-    """The terminal description the pty tests ask ncurses for (Debian/Ubuntu: package ncurses-base)."""
+    """The terminal description the pty tests ask ncurses for (Debian/Ubuntu: package
+    ncurses-base)."""
     import curses
+
     fd = os.open(os.devnull, os.O_WRONLY)
     try:
         curses.setupterm("vt220", fd)
@@ -249,7 +259,9 @@ def _have_vt220() -> bool:
         os.close(fd)
 
 
-needs_terminal = pytest.mark.skipif(not _have_vt220(), reason="no terminfo entry for vt220 (install ncurses-base)")
+needs_terminal = pytest.mark.skipif(
+    not _have_vt220(), reason="no terminfo entry for vt220 (install ncurses-base)"
+)
 
 KEYS = {"up": "\x1b[A", "down": "\x1b[B", "pgup": "\x1b[5~", "pgdn": "\x1b[6~", "ctrl-c": "\x03"}
 
@@ -258,10 +270,12 @@ class Tool:
     """label_tool.py running in a pseudo-terminal of the given size."""
 
     def __init__(self, args, rows=30, cols=100):
-        env = {k: v for k, v in os.environ.items() if k not in ("LINES", "COLUMNS")}  # they override the tty size
+        # they override the tty size
+        env = {k: v for k, v in os.environ.items() if k not in ("LINES", "COLUMNS")}
         env.update(TERM="vt220", LANG="C.UTF-8", LC_ALL="C.UTF-8", PYTHONDONTWRITEBYTECODE="1")
         pid, fd = pty.fork()
-        if pid == 0:  # child: only set the size and exec (anything else would run inside pytest's forked copy)
+        # child: only set the size and exec (anything else would run inside pytest's forked copy)
+        if pid == 0:
             try:
                 fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
                 os.execve(sys.executable, [sys.executable, TOOL, *args], env)
@@ -286,13 +300,15 @@ class Tool:
 
     def wait_for(self, pred, timeout=10.0, what=""):
         """Read output until pred(screen text) holds; fail with the screen shown."""
-        if isinstance(pred, (str, list)):  # every string must be on screen (a redraw may arrive in pieces)
+        # every string must be on screen (a redraw may arrive in pieces)
+        if isinstance(pred, (str, list)):
             needles = [pred] if isinstance(pred, str) else pred
             pred, what = (lambda t: all(n in t for n in needles)), what or repr(needles)
         end = time.monotonic() + timeout
         while True:
             if pred(self.screen.text()):
-                # A redraw can arrive in pieces: only trust a screen that has been quiet for a moment.
+                # A redraw can arrive in pieces: only trust a screen that has been quiet for a
+                # moment.
                 while select.select([self.fd], [], [], 0.03)[0] and self._pump(0):
                     pass
                 text = self.screen.text()
@@ -301,15 +317,18 @@ class Tool:
             if time.monotonic() > end or not self._pump(min(0.2, max(0.0, end - time.monotonic()))):
                 if pred(self.screen.text()):
                     return self.screen.text()
-                raise AssertionError(f"waited for {what} in vain; screen:\n{self.screen.text()}\n"
-                                     f"raw tail: {self.output[-400:]!r}")
+                raise AssertionError(
+                    f"waited for {what} in vain; screen:\n{self.screen.text()}\n"
+                    f"raw tail: {self.output[-400:]!r}"
+                )
 
     def send(self, keys):
         os.write(self.fd, KEYS.get(keys, keys).encode())
 
     def resize(self, rows, cols):
         self.screen = Screen(rows, cols)  # the tool repaints everything after a resize
-        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))  # the kernel sends SIGWINCH
+        # the kernel sends SIGWINCH
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     def wait_exit(self, timeout=10.0):
         end = time.monotonic() + timeout
@@ -330,8 +349,12 @@ class Tool:
         os.close(self.fd)
 
     def mapping(self):
-        """Screen number -> the candidate's text as shown, for the item on screen (first line of each candidate)."""
-        return {int(m.group(1)): m.group(2) for m in re.finditer(r"^\[(\d)\] (.*)$", self.screen.text(), re.M)}
+        """Screen number -> the candidate's text as shown, for the item on screen (first line of
+        each candidate)."""
+        return {
+            int(m.group(1)): m.group(2)
+            for m in re.finditer(r"^\[(\d)\] (.*)$", self.screen.text(), re.M)
+        }
 
 
 @pytest.fixture
@@ -353,8 +376,8 @@ def start(cleanup, args, **kw):
 
 
 def pick(tool, startswith):
-    """Press the number of the candidate whose text starts with `startswith`, paging down to find it as a person
-    would."""
+    """Press the number of the candidate whose text starts with `startswith`, paging down to find
+    it as a person would."""
     for _ in range(20):
         for k, text in tool.mapping().items():
             if text.startswith(startswith):
@@ -365,37 +388,51 @@ def pick(tool, startswith):
             break
         tool.send("pgdn")
         tool.wait_for(lambda s: s != before and "done | item" in s, what="the page to scroll")
-    raise AssertionError(f"no candidate starting with {startswith!r} on screen:\n{tool.screen.text()}")
+    raise AssertionError(
+        f"no candidate starting with {startswith!r} on screen:\n{tool.screen.text()}"
+    )
 
 
 def lines_of(path):
     return [obj for _, obj in labels.read_jsonl(path)]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Pure helpers
 
 
 def test_fleiss_kappa_wikipedia_example():
     # Fleiss (1971) as worked on Wikipedia: 10 items, 14 raters, 5 categories.
     # P-bar = 0.378, P_e = 0.213, kappa = 0.210.
-    table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-             [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+    table = [
+        [0, 0, 0, 0, 14],
+        [0, 2, 6, 4, 2],
+        [0, 0, 3, 5, 6],
+        [0, 3, 9, 2, 0],
+        [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0],
+        [3, 2, 6, 3, 0],
+        [2, 5, 3, 2, 2],
+        [6, 5, 2, 1, 0],
+        [0, 2, 2, 3, 7],
+    ]
     assert label_tool.percent_agreement(table) == pytest.approx(0.378, abs=5e-4)
     assert label_tool.fleiss_kappa(table) == pytest.approx(0.210, abs=5e-4)
 
 
 def test_fleiss_kappa_hand_worked_best_of_4():
-    """3 items, 2 labels each, 4 candidates. Item A: both pick 0; B: both pick 1; C: one picks 0, one picks 2.
-    P_i = 1, 1, 0 -> P-bar = 2/3. Pooled p = (3, 2, 1, 0)/6 -> P_e = (9 + 4 + 1)/36 = 7/18.
-    kappa = (2/3 - 7/18) / (1 - 7/18) = (5/18) / (11/18) = 5/11."""
+    """3 items, 2 labels each, 4 candidates. Item A: both pick 0; B: both pick 1; C: one picks 0,
+    one picks 2. P_i = 1, 1, 0 -> P-bar = 2/3. Pooled p = (3, 2, 1, 0)/6 -> P_e = (9 + 4 + 1)/36
+    = 7/18. kappa = (2/3 - 7/18) / (1 - 7/18) = (5/18) / (11/18) = 5/11."""
     table = [[2, 0, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0]]
     assert label_tool.percent_agreement(table) == pytest.approx(2 / 3)
     assert label_tool.fleiss_kappa(table) == pytest.approx(5 / 11)
-    # Items with different numbers of labels: A has 3 labels (0, 0, 1): P_A = (4 + 1 - 3) / 6 = 1/3; B: (2, 2) -> 1.
-    # P-bar = 2/3; pooled p = (2, 1, 2, 0)/5 -> P_e = 9/25; kappa = (2/3 - 9/25) / (16/25) = (23/75) / (16/25) = 23/48.
+    # Items with different numbers of labels: A has 3 labels (0, 0, 1): P_A = (4 + 1 - 3) / 6 = 1/3;
+    # B: (2, 2) -> 1. P-bar = 2/3; pooled p = (2, 1, 2, 0)/5 -> P_e = 9/25; kappa = (2/3 - 9/25) /
+    # (16/25) = (23/75) / (16/25) = 23/48.
     assert label_tool.fleiss_kappa([[2, 1, 0, 0], [0, 0, 2, 0]]) == pytest.approx(23 / 48)
-    assert math.isnan(label_tool.fleiss_kappa([[2, 0], [2, 0]]))  # everyone picked the same index: undefined
+    # everyone picked the same index: undefined
+    assert math.isnan(label_tool.fleiss_kappa([[2, 0], [2, 0]]))
 
 
 @pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 13, 40, 97])
@@ -403,7 +440,8 @@ def test_wrap_fits_and_keeps_every_character(width):
     rows = labels.read_comparisons(MIXED)
     for text in [r["query"] for r in rows] + [s for r in rows for s in r["samples"]]:
         out = label_tool.wrap(text, width, "[1] ", 4)
-        assert out and all(label_tool.text_width(ln) <= max(width, 2) for ln in out)  # a 2-cell char needs 2 cells
+        # a 2-cell char needs 2 cells
+        assert out and all(label_tool.text_width(ln) <= max(width, 2) for ln in out)
         shown = "".join(ln for ln in out).replace(" ", "")
         assert shown == "[1]" + label_tool.sanitize(text).replace(" ", "").replace("\n", "")
 
@@ -416,11 +454,14 @@ def test_sanitize_removes_every_control_character():
 
 def test_shuffled_order_is_a_stable_permutation():
     orders = {tuple(label_tool.shuffled_order(f"c{i}", "ann", 0, 4)) for i in range(50)}
-    assert all(sorted(o) == [0, 1, 2, 3] for o in orders) and len(orders) > 10  # shuffled, not one fixed order
-    assert label_tool.shuffled_order("c1", "ann", 0, 4) == label_tool.shuffled_order("c1", "ann", 0, 4)
+    # shuffled, not one fixed order
+    assert all(sorted(o) == [0, 1, 2, 3] for o in orders) and len(orders) > 10
+    assert label_tool.shuffled_order("c1", "ann", 0, 4) == label_tool.shuffled_order(
+        "c1", "ann", 0, 4
+    )
 
 
-# ---------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The real program in a terminal
 
 
@@ -438,7 +479,9 @@ def test_label_skip_undo_help_quit_and_resume(tmp_path, cleanup):
     assert "␛[31mRED␛[0m" in scr and "(empty response)" in scr
     t.send("s")
     scr = t.wait_for("item q-long")
-    assert "skipped item q-unicode" in scr and "1 skipped" in scr and "[more below: Down/PgDn]" in scr
+    assert (
+        "skipped item q-unicode" in scr and "1 skipped" in scr and "[more below: Down/PgDn]" in scr
+    )
     t.send("x")
     t.wait_for("key 'x' does nothing")
     t.send("7")
@@ -462,10 +505,17 @@ def test_label_skip_undo_help_quit_and_resume(tmp_path, cleanup):
 
     log = lines_of(out)
     assert [(o["id"], o.get("best"), o.get("skip"), o.get("undo")) for o in log] == [
-        ("q-plain", 0, None, None), ("q-unicode", None, True, None), ("q-long", 1, None, None),
-        ("q-long", None, None, True)]
+        ("q-plain", 0, None, None),
+        ("q-unicode", None, True, None),
+        ("q-long", 1, None, None),
+        ("q-long", None, None, True),
+    ]
     first = log[0]
-    assert first["labeler"] == "ann" and first["seconds"] > 0 and sorted(first["order"]) == [0, 1, 2, 3]
+    assert (
+        first["labeler"] == "ann"
+        and first["seconds"] > 0
+        and sorted(first["order"]) == [0, 1, 2, 3]
+    )
     assert first["query_tokens"] == labels.read_comparisons(MIXED)[0]["query_tokens"]
 
     # Restart: undecided items first in file order (q-long, q-empty), the skipped one last.
@@ -482,7 +532,12 @@ def test_label_skip_undo_help_quit_and_resume(tmp_path, cleanup):
     t.send("q")
     assert t.wait_exit() == 0
     rows = {r["id"]: r for r in labels.read_labels(out)}
-    assert {k: r["best"] for k, r in rows.items()} == {"q-plain": 0, "q-long": 3, "q-empty": 1, "q-unicode": 0}
+    assert {k: r["best"] for k, r in rows.items()} == {
+        "q-plain": 0,
+        "q-long": 3,
+        "q-empty": 1,
+        "q-unicode": 0,
+    }
     assert "🎉" in rows["q-unicode"]["samples"][0]  # the text round-trips through the log
 
 
@@ -554,7 +609,9 @@ def test_second_session_on_the_same_file_is_refused(tmp_path, cleanup):
     first = start(cleanup, [MIXED, "--out", out])
     first.wait_for("0/4 done | item q-plain")
     second = start(cleanup, [MIXED, "--out", out])
-    assert second.wait_exit() == 2 and b"another label_tool.py session is writing to" in second.output
+    assert (
+        second.wait_exit() == 2 and b"another label_tool.py session is writing to" in second.output
+    )
     first.send("1")
     first.wait_for("1/4 done")
     first.kill()  # the lock goes with the process: a new session starts at once
@@ -568,7 +625,9 @@ def test_second_session_on_the_same_file_is_refused(tmp_path, cleanup):
 def test_truncated_last_line_is_repaired_on_open(tmp_path, cleanup):
     out = tmp_path / "labels.jsonl"
     rows = labels.read_comparisons(MIXED)
-    labels.append_jsonl(out, {**rows[0], "best": 2, "labeler": "x", "seconds": 1.0, "created": labels.now_iso()})
+    labels.append_jsonl(
+        out, {**rows[0], "best": 2, "labeler": "x", "seconds": 1.0, "created": labels.now_iso()}
+    )
     good = out.read_bytes()
     with open(out, "ab") as f:  # what a power cut in the middle of a write would leave
         f.write(json.dumps({**rows[1], "best": 1})[:50].encode())
@@ -584,15 +643,24 @@ def test_truncated_last_line_is_repaired_on_open(tmp_path, cleanup):
 
 
 def make_comparisons(path, n_items, n=4):
-    rows = [{"id": f"i{i:02d}", "task": "sentiment", "query": f"query of item {i}", "query_tokens": [i, 1, 2],
-             "samples": [f"i{i:02d}-cand{j} text" for j in range(n)],
-             "sample_tokens": [[100 + j, i] for j in range(n)]} for i in range(n_items)]
+    rows = [
+        {
+            "id": f"i{i:02d}",
+            "task": "sentiment",
+            "query": f"query of item {i}",
+            "query_tokens": [i, 1, 2],
+            "samples": [f"i{i:02d}-cand{j} text" for j in range(n)],
+            "sample_tokens": [[100 + j, i] for j in range(n)],
+        }
+        for i in range(n_items)
+    ]
     labels.write_comparisons(path, rows)
     return [r["id"] for r in rows]
 
 
 class Model:
-    """What the labels file and the screen should hold, written from the spec independently of label_tool.Session."""
+    """What the labels file and the screen should hold, written from the spec independently of
+    label_tool.Session."""
 
     def __init__(self, ids):
         self.ids, self.log = ids, []  # log: (id, kind, best)
@@ -605,8 +673,9 @@ class Model:
             last.pop(id_, None)
             last[id_] = kind
         self.history = [i for i, k in last.items() if k in ("label", "skip")]
-        self.queue = [i for i in self.ids if last.get(i) not in ("label", "skip")] + \
-                     [i for i in self.ids if last.get(i) == "skip"]
+        self.queue = [i for i in self.ids if last.get(i) not in ("label", "skip")] + [
+            i for i in self.ids if last.get(i) == "skip"
+        ]
 
     def done(self):
         last = {}
@@ -635,7 +704,9 @@ class Model:
         self.history.append(id_)
 
     def signature(self):
-        return f"{self.done()}/{len(self.ids)} done | " + (f"item {self.queue[0]}" if self.queue else "finished")
+        return f"{self.done()}/{len(self.ids)} done | " + (
+            f"item {self.queue[0]}" if self.queue else "finished"
+        )
 
 
 def file_log(path):
@@ -662,12 +733,15 @@ def test_sigkill_at_random_moments_loses_nothing_confirmed(tmp_path, cleanup):
         kill_in_flight = rng.random() < 0.5
         for step in range(n_steps):
             prev_msg_screen = t.screen.text()
-            choices = ["label"] * 5 + ["skip"] * (len(model.queue) > 1) + ["undo"] * bool(model.history)
+            choices = (
+                ["label"] * 5 + ["skip"] * (len(model.queue) > 1) + ["undo"] * bool(model.history)
+            )
             action = rng.choice(choices) if model.queue else "undo"
             if action == "label":
                 m = t.mapping()
                 key = rng.randint(1, 4)
-                best = int(re.match(r"i\d\d-cand(\d)", m[key]).group(1))  # what the screen showed under that key
+                # what the screen showed under that key
+                best = int(re.match(r"i\d\d-cand(\d)", m[key]).group(1))
                 before_id = model.queue[0]
                 model.apply("label", best)
                 t.send(str(key))
@@ -686,13 +760,19 @@ def test_sigkill_at_random_moments_loses_nothing_confirmed(tmp_path, cleanup):
                 time.sleep(rng.choice([0, 0, 0.0005, 0.002, 0.005]))
                 break
             sig = model.signature()
-            t.wait_for(lambda s: expect in s and sig in s and s != prev_msg_screen, what=f"{expect!r} + {sig!r}")
+            t.wait_for(
+                lambda s: expect in s and sig in s and s != prev_msg_screen,
+                what=f"{expect!r} + {sig!r}",
+            )
         t.kill()
         got = file_log(out)
         if kill_in_flight:
             kills["in flight"] += 1
-            # The key was sent but not confirmed: the file holds every confirmed decision, plus this one or not.
-            assert got in (model.log[:-1], model.log), f"round {round_}: {got[-3:]} vs {model.log[-3:]}"
+            # The key was sent but not confirmed: the file holds every confirmed decision, plus this
+            # one or not.
+            assert got in (model.log[:-1], model.log), (
+                f"round {round_}: {got[-3:]} vs {model.log[-3:]}"
+            )
             model.log = got
         else:
             kills["confirmed"] += 1
@@ -709,13 +789,18 @@ def test_sigkill_at_random_moments_loses_nothing_confirmed(tmp_path, cleanup):
         assert {r["id"]: r["best"] for r in labels.read_labels(out)} == expect
 
 
-# ---------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Refusals and errors (no terminal needed: files are checked first)
 
 
 def run_tool(*args):
-    return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, TOOL, *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
 
 
 def test_refuses_without_a_terminal(tmp_path):
@@ -727,7 +812,9 @@ def test_refuses_without_a_terminal(tmp_path):
 def test_malformed_comparisons_names_the_line(tmp_path):
     bad = tmp_path / "c.jsonl"
     good = Path(MIXED).read_text(encoding="utf-8").split("\n")
-    bad.write_text("\n".join(good[:2] + ['{"id": "x", "task": "sentiment", ']) + "\n", encoding="utf-8")
+    bad.write_text(
+        "\n".join(good[:2] + ['{"id": "x", "task": "sentiment", ']) + "\n", encoding="utf-8"
+    )
     r = run_tool(str(bad), "--out", str(tmp_path / "l.jsonl"))
     assert r.returncode == 1 and f"{bad}:3: not valid JSON" in r.stderr
 
@@ -740,7 +827,10 @@ def test_labels_file_of_another_comparisons_file_is_refused(tmp_path):
     labels.append_jsonl(out, {**row, "best": 0, "labeler": "x", "seconds": 1.0, "created": ""})
     r = run_tool(MIXED, "--out", out)
     assert r.returncode == 1
-    assert f"{out}:1: id 'i01' is not in {MIXED}" in r.stderr and "different comparisons file" in r.stderr
+    assert (
+        f"{out}:1: id 'i01' is not in {MIXED}" in r.stderr
+        and "different comparisons file" in r.stderr
+    )
     # Same id, different content: also refused.
     mixed_row = labels.read_comparisons(MIXED)[0]
     os.remove(out)
@@ -761,12 +851,21 @@ def test_stats_counts_times_and_agreement(tmp_path):
     comp = str(tmp_path / "c.jsonl")
     make_comparisons(comp, 4)
     rows = labels.read_comparisons(comp)
-    # The hand-worked table of test_fleiss_kappa_hand_worked_best_of_4: items 0, 1 agree; item 2 disagrees (0 vs 2);
-    # item 3 is labeled once (not counted for agreement).
+    # The hand-worked table of test_fleiss_kappa_hand_worked_best_of_4: items 0, 1 agree; item 2
+    # disagrees (0 vs 2); item 3 is labeled once (not counted for agreement).
     for who, picks in (("alice", [0, 1, 0, 3]), ("bob", [0, 1, 2])):
         for r, b in zip(rows, picks):
-            labels.append_jsonl(tmp_path / f"{who}.jsonl", {**r, "best": b, "labeler": who, "seconds": 2.0 + b,
-                                                              "created": "", "order": [0, 1, 2, 3]})
+            labels.append_jsonl(
+                tmp_path / f"{who}.jsonl",
+                {
+                    **r,
+                    "best": b,
+                    "labeler": who,
+                    "seconds": 2.0 + b,
+                    "created": "",
+                    "order": [0, 1, 2, 3],
+                },
+            )
     labels.append_jsonl(tmp_path / "bob.jsonl", {"id": rows[3]["id"], "skip": True})
     r = run_tool("--stats", str(tmp_path / "alice.jsonl"), str(tmp_path / "bob.jsonl"))
     assert r.returncode == 0, r.stderr

@@ -1,5 +1,6 @@
-"""labels.py: the comparisons / labels file formats. Round trips, the undo/skip log, OpenAI's JSON, and every bad input
-giving a FormatError that names the file and line."""
+"""labels.py: the comparisons / labels file formats. Round trips, the undo/skip log, OpenAI's
+JSON, and every bad input giving a FormatError that names the file and line."""
+
 import json
 import os
 import subprocess
@@ -15,12 +16,25 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def comparison(i, n=4, task="sentiment"):
-    return {"id": f"c{i}", "task": task, "query": f"query {i}", "query_tokens": [100 + i, 7],
-            "samples": [f"s{j}" for j in range(n)], "sample_tokens": [[j + 1] * (j + 1) for j in range(n)]}
+    return {
+        "id": f"c{i}",
+        "task": task,
+        "query": f"query {i}",
+        "query_tokens": [100 + i, 7],
+        "samples": [f"s{j}" for j in range(n)],
+        "sample_tokens": [[j + 1] * (j + 1) for j in range(n)],
+    }
 
 
 def label(i, best, n=4, **kw):
-    return {**comparison(i, n), "best": best, "labeler": "t", "seconds": 1.5, "created": labels.now_iso(), **kw}
+    return {
+        **comparison(i, n),
+        "best": best,
+        "labeler": "t",
+        "seconds": 1.5,
+        "created": labels.now_iso(),
+        **kw,
+    }
 
 
 def write_lines(path, objs_or_strs):
@@ -32,7 +46,8 @@ def write_lines(path, objs_or_strs):
 
 def test_comparisons_round_trip_keeps_unicode_and_line_separators(tmp_path):
     rows = [comparison(i) for i in range(3)]
-    # U+2028 is legal unescaped in JSON strings: a reader that used str.splitlines() would cut this line in two.
+    # U+2028 is legal unescaped in JSON strings: a reader that used str.splitlines() would cut this
+    # line in two.
     rows[1]["samples"][2] = "emoji 😀, CJK 日本, sep\u2028here, tab\t, empty next"
     rows[1]["samples"][3] = ""
     rows[2]["extra"] = {"seed": 3}  # extra keys survive
@@ -49,19 +64,23 @@ def test_fixture_comparisons_parse():
 
 
 def test_undo_and_skip_resolve_last_word_wins(tmp_path):
-    p = write_lines(tmp_path / "l.jsonl", [
-        label(0, 1),
-        label(1, 2),
-        {"id": "c0", "undo": True},       # c0 withdrawn ...
-        label(2, 0),
-        {"id": "c3", "skip": True},       # c3 skipped: not a label
-        label(0, 3),                      # ... and c0 relabeled: this line wins
-        label(4, 1),
-        {"id": "c4", "undo": True},       # c4 withdrawn for good
-    ])
+    p = write_lines(
+        tmp_path / "l.jsonl",
+        [
+            label(0, 1),
+            label(1, 2),
+            {"id": "c0", "undo": True},  # c0 withdrawn ...
+            label(2, 0),
+            {"id": "c3", "skip": True},  # c3 skipped: not a label
+            label(0, 3),  # ... and c0 relabeled: this line wins
+            label(4, 1),
+            {"id": "c4", "undo": True},  # c4 withdrawn for good
+        ],
+    )
     counts = {}
     rows = labels.read_labels(p, counts=counts)
-    assert [(r["id"], r["best"]) for r in rows] == [("c1", 2), ("c2", 0), ("c0", 3)]  # order of the last word
+    # order of the last word
+    assert [(r["id"], r["best"]) for r in rows] == [("c1", 2), ("c2", 0), ("c0", 3)]
     assert counts == {"lines": 8, "labels": 3, "undone": 1, "skipped": 1}
 
 
@@ -110,18 +129,33 @@ def test_repair_truncated_tail(tmp_path):
     assert labels.repair_truncated_tail(q) and q.read_bytes() == b""
 
 
-@pytest.mark.parametrize("lines, match", [
-    ([comparison(0), "{not json"], r"c.jsonl:2: not valid JSON"),
-    ([comparison(0), "[1, 2]"], r"c.jsonl:2: expected a JSON object"),
-    ([{k: v for k, v in comparison(0).items() if k != "samples"}], r"c.jsonl:1: missing field\(s\) samples"),
-    ([comparison(0), {**comparison(1), "sample_tokens": [[1], [2], [3], [50259]]}], r"c.jsonl:2: .*50259.*padding"),
-    ([comparison(0), {**comparison(1), "query_tokens": [1, "2"]}], r"c.jsonl:2: `query_tokens` must be a list of int"),
-    ([comparison(0), comparison(1, n=2)], r"c.jsonl:2: 2 candidates, but line 1 has 4"),
-    ([comparison(0), comparison(0)], r"c.jsonl:2: id 'c0' already used on line 1"),
-    ([{**comparison(0), "samples": ["a", "b", "c"]}], r"c.jsonl:1: 3 `samples` but 4 `sample_tokens`"),
-    ([comparison(0, n=10)], r"c.jsonl:1: 10 candidates; at most 9"),
-    ([], r"c.jsonl: empty"),
-])
+@pytest.mark.parametrize(
+    "lines, match",
+    [
+        ([comparison(0), "{not json"], r"c.jsonl:2: not valid JSON"),
+        ([comparison(0), "[1, 2]"], r"c.jsonl:2: expected a JSON object"),
+        (
+            [{k: v for k, v in comparison(0).items() if k != "samples"}],
+            r"c.jsonl:1: missing field\(s\) samples",
+        ),
+        (
+            [comparison(0), {**comparison(1), "sample_tokens": [[1], [2], [3], [50259]]}],
+            r"c.jsonl:2: .*50259.*padding",
+        ),
+        (
+            [comparison(0), {**comparison(1), "query_tokens": [1, "2"]}],
+            r"c.jsonl:2: `query_tokens` must be a list of int",
+        ),
+        ([comparison(0), comparison(1, n=2)], r"c.jsonl:2: 2 candidates, but line 1 has 4"),
+        ([comparison(0), comparison(0)], r"c.jsonl:2: id 'c0' already used on line 1"),
+        (
+            [{**comparison(0), "samples": ["a", "b", "c"]}],
+            r"c.jsonl:1: 3 `samples` but 4 `sample_tokens`",
+        ),
+        ([comparison(0, n=10)], r"c.jsonl:1: 10 candidates; at most 9"),
+        ([], r"c.jsonl: empty"),
+    ],
+)
 def test_bad_comparisons_name_file_and_line(tmp_path, lines, match):
     p = write_lines(tmp_path / "c.jsonl", lines)
     with pytest.raises(FormatError, match=match):
@@ -135,18 +169,27 @@ def test_not_utf8_names_line(tmp_path):
         labels.read_comparisons(p)
 
 
-@pytest.mark.parametrize("lines, match", [
-    ([label(0, 4)], r"l.jsonl:1: `best` = 4 must be an integer index 0..3"),
-    ([label(0, -1)], r"l.jsonl:1: `best` = -1"),
-    ([label(0, True)], r"l.jsonl:1: `best` = True"),
-    ([label(0, 1), label(1, 1, n=2)], r"l.jsonl:2: 2 candidates, but line 1 has 4"),
-    ([label(0, 1), {**label(1, 1), "query_tokens": [50257]}], r"l.jsonl:2: .*token id 50257 outside"),
-    ([label(0, 1), {"id": "c1"}], r"l.jsonl:2: neither a label"),
-    ([label(0, 1), {"best": 1}], r"l.jsonl:2: every line needs a non-empty string `id`"),
-    ([label(0, 1), {**label(1, 1), "seconds": -3}], r"l.jsonl:2: `seconds`"),
-    ([label(0, 1), {"id": "c0", "undo": True}], r"l.jsonl: no labels left \(2 lines: 1 ids undone"),
-    ([], r"l.jsonl: empty"),
-])
+@pytest.mark.parametrize(
+    "lines, match",
+    [
+        ([label(0, 4)], r"l.jsonl:1: `best` = 4 must be an integer index 0..3"),
+        ([label(0, -1)], r"l.jsonl:1: `best` = -1"),
+        ([label(0, True)], r"l.jsonl:1: `best` = True"),
+        ([label(0, 1), label(1, 1, n=2)], r"l.jsonl:2: 2 candidates, but line 1 has 4"),
+        (
+            [label(0, 1), {**label(1, 1), "query_tokens": [50257]}],
+            r"l.jsonl:2: .*token id 50257 outside",
+        ),
+        ([label(0, 1), {"id": "c1"}], r"l.jsonl:2: neither a label"),
+        ([label(0, 1), {"best": 1}], r"l.jsonl:2: every line needs a non-empty string `id`"),
+        ([label(0, 1), {**label(1, 1), "seconds": -3}], r"l.jsonl:2: `seconds`"),
+        (
+            [label(0, 1), {"id": "c0", "undo": True}],
+            r"l.jsonl: no labels left \(2 lines: 1 ids undone",
+        ),
+        ([], r"l.jsonl: empty"),
+    ],
+)
 def test_bad_labels_name_file_and_line(tmp_path, lines, match):
     p = write_lines(tmp_path / "l.jsonl", lines)
     with pytest.raises(FormatError, match=match):
@@ -154,8 +197,8 @@ def test_bad_labels_name_file_and_line(tmp_path, lines, match):
 
 
 def test_bad_labels_line_is_found_even_when_later_undone(tmp_path):
-    # An invalid label that was later undone is not used, but a broken JSON line is always an error: nothing parses
-    # around it silently.
+    # An invalid label that was later undone is not used, but a broken JSON line is always an error:
+    # nothing parses around it silently.
     p = write_lines(tmp_path / "l.jsonl", [label(0, 1), "{oops", {"id": "c0", "undo": True}])
     with pytest.raises(FormatError, match=r"l.jsonl:2: not valid JSON"):
         labels.read_labels(p)
@@ -166,8 +209,14 @@ def test_bad_openai_json(tmp_path):
     p.write_text(json.dumps([{"query": [1], "sample0": [2], "sample1": [3], "best": 2}]))
     with pytest.raises(FormatError, match=r"entry 0: `best` = 2"):
         labels.read_labels(p)
-    p.write_text(json.dumps([{"query": [1], "sample0": [2], "sample1": [3], "best": 0},
-                             {"query": [1], "sample0": [2], "best": 0}]))
+    p.write_text(
+        json.dumps(
+            [
+                {"query": [1], "sample0": [2], "sample1": [3], "best": 0},
+                {"query": [1], "sample0": [2], "best": 0},
+            ]
+        )
+    )
     with pytest.raises(FormatError, match=r"entry 1: 1 samples, but entry 0 has 2"):
         labels.read_labels(p)
 
@@ -187,14 +236,23 @@ def test_task_instructions_cover_every_task():
 def test_labels_and_label_tool_import_no_torch():
     # label_tool.py must start fast: importing labels must not pull in torch (or numpy).
     code = "import sys, labels, label_tool; bad = [m for m in ('torch', 'numpy') if m in sys.modules]; print(bad)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
 
 def test_cli_summary(tmp_path):
     p = write_lines(tmp_path / "l.jsonl", [label(0, 1), {"id": "c1", "skip": True}])
-    out = subprocess.run([sys.executable, "labels.py", p], cwd=Path(__file__).parent.parent, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [sys.executable, "labels.py", p],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0 and "1 labels, N = 4 (2 lines, 0 undone, 1 skipped)" in out.stdout

@@ -1,5 +1,7 @@
-"""reward.py: the preference loss and TF-style Adam on hand-worked numbers, normalization, the reward read at the last
-real token, checkpoints, bad input, and the whole sample -> scripted label -> train -> eval path on the tiny model."""
+"""reward.py: the preference loss and TF-style Adam on hand-worked numbers, normalization, the
+reward read at the last real token, checkpoints, bad input, and the whole sample -> scripted
+label -> train -> eval path on the tiny model."""
+
 import dataclasses
 import json
 import math
@@ -18,27 +20,38 @@ def tiny_random_rm(seed=0):
 
 
 def test_preference_loss_by_hand():
-    # row 0: softmax([0, ln 3]) = [1/4, 3/4], best 1 -> -ln(3/4); row 1: same rewards, best 0 -> -ln(1/4)
+    # row 0: softmax([0, ln 3]) = [1/4, 3/4], best 1 -> -ln(3/4); row 1: same rewards, best 0 ->
+    # -ln(1/4)
     rewards = torch.tensor([[0.0, math.log(3)], [0.0, math.log(3)]])
     loss = reward.preference_loss(rewards, torch.tensor([1, 0]))
     assert loss.item() == pytest.approx((-math.log(0.75) - math.log(0.25)) / 2, rel=1e-6)
     # N = 2 is Bradley-Terry: -log sigmoid(r_best - r_other) = log(1 + e^-2) for a margin of 2
-    assert reward.preference_loss(torch.tensor([[2.0, 0.0]]), torch.tensor([0])).item() == pytest.approx(
-        math.log(1 + math.exp(-2)), rel=1e-6)
+    assert reward.preference_loss(
+        torch.tensor([[2.0, 0.0]]), torch.tensor([0])
+    ).item() == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)
     # N = 4, all equal: ln 4 whatever the label
-    assert reward.preference_loss(torch.zeros(3, 4), torch.tensor([0, 2, 3])).item() == pytest.approx(math.log(4))
-    assert reward.preference_accuracy(torch.tensor([[0.1, 0.5, 0.2], [0.9, 0.0, 0.1]]), torch.tensor([1, 2])) == 0.5
+    assert reward.preference_loss(
+        torch.zeros(3, 4), torch.tensor([0, 2, 3])
+    ).item() == pytest.approx(math.log(4))
+    assert (
+        reward.preference_accuracy(
+            torch.tensor([[0.1, 0.5, 0.2], [0.9, 0.0, 0.1]]), torch.tensor([1, 2])
+        )
+        == 0.5
+    )
 
 
 def test_adam_tf_first_step_by_hand():
-    # step 1: m = (1-b1) g, v = (1-b2) g^2, lr_t = lr sqrt(1-b2)/(1-b1) -> update = lr g / (|g| + eps/sqrt(1-b2))
+    # step 1: m = (1-b1) g, v = (1-b2) g^2, lr_t = lr sqrt(1-b2)/(1-b1) -> update = lr g / (|g| +
+    # eps/sqrt(1-b2))
     lr, eps, g = 0.1, 1e-2, torch.tensor([0.5, -2e-3])
     p = torch.nn.Parameter(torch.zeros(2))
     p.grad = g.clone()
     reward.AdamTF([p], lr=lr, eps=eps).step()
     expected = -lr * g / (g.abs() + eps / math.sqrt(1 - 0.999))
     torch.testing.assert_close(p.detach(), expected)
-    # PyTorch's Adam matches at step 1 only with eps scaled by 1/sqrt(1 - b2): the two placements differ
+    # PyTorch's Adam matches at step 1 only with eps scaled by 1/sqrt(1 - b2): the two placements
+    # differ
     q = torch.nn.Parameter(torch.zeros(2))
     q.grad = g.clone()
     torch.optim.Adam([q], lr=lr, eps=eps / math.sqrt(1 - 0.999)).step()
@@ -70,10 +83,15 @@ def test_head_init_and_normalization_mean0_std1():
 
 def test_normalize_under_rho_sets_gain_and_bias():
     rm, policy = tiny_random_rm(), tiny_random_rm(1).lm
-    stats = reward.normalize(rm, policy, tasks.get_task("sentiment"), n_samples=8, batch_size=8, seed=0)
-    assert stats["gain"] == pytest.approx(1 / stats["std"]) and stats["bias"] == pytest.approx(-stats["mean"] / stats["std"])
+    stats = reward.normalize(
+        rm, policy, tasks.get_task("sentiment"), n_samples=8, batch_size=8, seed=0
+    )
+    assert stats["gain"] == pytest.approx(1 / stats["std"]) and stats["bias"] == pytest.approx(
+        -stats["mean"] / stats["std"]
+    )
     assert rm.reward_gain.item() == pytest.approx(stats["gain"])
-    assert abs(stats["after_mean"]) < 3 and 0.2 < stats["after_std"] < 5  # fresh samples: near, not exactly, N(0, 1)
+    # fresh samples: near, not exactly, N(0, 1)
+    assert abs(stats["after_mean"]) < 3 and 0.2 < stats["after_std"] < 5
 
 
 def test_reward_read_at_last_real_token():
@@ -83,7 +101,8 @@ def test_reward_read_at_last_real_token():
     # left padding inside a batch with a longer row
     tokens, mask = left_pad([q + r, q + r + [11] * 6])
     padded = rm(tokens, mask)[0]
-    # OpenAI's layout: query right-padded to 9 (pads in the middle), response padded with PAD_ID after its stop token
+    # OpenAI's layout: query right-padded to 9 (pads in the middle), response padded with PAD_ID
+    # after its stop token
     query = torch.tensor([q + [PAD_ID] * 4])
     response = torch.tensor([r + [PAD_ID] * 3])
     middle = rm.score(query, query != PAD_ID, response)
@@ -100,27 +119,51 @@ def write_lines(path, objs):
 
 
 def label_row(i, best=0, samples=((383, 13), (464, 13)), query=(464, 3290, 13)):
-    return dict(id=f"x{i}", task="sentiment", query="q", query_tokens=list(query), samples=["a"] * len(samples),
-                sample_tokens=[list(s) for s in samples], best=best, labeler="t", seconds=1.0, created="2024")
+    return dict(
+        id=f"x{i}",
+        task="sentiment",
+        query="q",
+        query_tokens=list(query),
+        samples=["a"] * len(samples),
+        sample_tokens=[list(s) for s in samples],
+        best=best,
+        labeler="t",
+        seconds=1.0,
+        created="2024",
+    )
 
 
-@pytest.mark.parametrize("name,lines,message", [
-    ("malformed", [label_row(0), "{\"id\": \"x1\", \"task\": "], r"bad\.jsonl:2"),
-    ("best", [label_row(0), label_row(1, best=2)], r"bad\.jsonl:2.*best"),
-    ("vocab", [label_row(0, samples=((383, 50257), (464, 13)))], r"bad\.jsonl:1.*50257"),
-    ("n", [label_row(0), label_row(1, samples=((1,), (2,), (3,)))], r"bad\.jsonl:2.*3 candidates"),
-    ("empty", [], r"bad\.jsonl.*empty"),
-])
+@pytest.mark.parametrize(
+    "name,lines,message",
+    [
+        ("malformed", [label_row(0), '{"id": "x1", "task": '], r"bad\.jsonl:2"),
+        ("best", [label_row(0), label_row(1, best=2)], r"bad\.jsonl:2.*best"),
+        ("vocab", [label_row(0, samples=((383, 50257), (464, 13)))], r"bad\.jsonl:1.*50257"),
+        (
+            "n",
+            [label_row(0), label_row(1, samples=((1,), (2,), (3,)))],
+            r"bad\.jsonl:2.*3 candidates",
+        ),
+        ("empty", [], r"bad\.jsonl.*empty"),
+    ],
+)
 def test_bad_labels_give_clear_errors(tmp_path, capsys, name, lines, message):
     path = write_lines(tmp_path / "bad.jsonl", lines)
-    assert reward.main(["train", "--labels", path, "--model", "tiny", "--out", str(tmp_path / "rm.pt")]) == 1
+    assert (
+        reward.main(
+            ["train", "--labels", path, "--model", "tiny", "--out", str(tmp_path / "rm.pt")]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and __import__("re").search(message, err), err
     assert not (tmp_path / "rm.pt").exists()
 
 
 def test_skipped_labels_are_counted(tmp_path, capsys):
-    path = write_lines(tmp_path / "l.jsonl", [label_row(0), label_row(1), {"id": "x1", "undo": True}])
+    path = write_lines(
+        tmp_path / "l.jsonl", [label_row(0), label_row(1), {"id": "x1", "undo": True}]
+    )
     rows = reward.read_label_rows(path)
     assert len(rows) == 1
     assert "1 labels from 3 lines; 1 undone" in capsys.readouterr().out
@@ -130,7 +173,14 @@ def test_openai_json_is_accepted(tmp_path):
     d = tmp_path / "labels" / "sentiment"
     d.mkdir(parents=True)
     P = PAD_ID
-    data = [{"query": [464, 3290, 13, P, P], "sample0": [383, 13, P], "sample1": [464, 11, 13], "best": 1}]
+    data = [
+        {
+            "query": [464, 3290, 13, P, P],
+            "sample0": [383, 13, P],
+            "sample1": [464, 11, 13],
+            "best": 1,
+        }
+    ]
     (d / "offline_5k.json").write_text(json.dumps(data))
     rows = reward.read_label_rows(str(d / "offline_5k.json"))
     assert reward.resolve_task(rows, "").name == "sentiment"
@@ -149,11 +199,14 @@ def test_load_reward_model_errors(tmp_path):
     rm = tiny_random_rm()
     rm.meta.update(task="sentiment", seed=3)
     reward.save_reward_model(rm, tmp_path / "rm.pt")
-    with pytest.raises(ValueError, match="n_embd.*768.*train a reward model from the policy's base model"):
+    with pytest.raises(
+        ValueError, match="n_embd.*768.*train a reward model from the policy's base model"
+    ):
         reward.load_reward_model(tmp_path / "rm.pt", expect_config=PRESETS["gpt2"])
     with pytest.raises(ValueError, match="vocab_size"):
-        reward.load_reward_model(tmp_path / "rm.pt",
-                                 expect_config=dataclasses.replace(PRESETS["tiny"], vocab_size=50000))
+        reward.load_reward_model(
+            tmp_path / "rm.pt", expect_config=dataclasses.replace(PRESETS["tiny"], vocab_size=50000)
+        )
     back = reward.load_reward_model(tmp_path / "rm.pt", expect_config=PRESETS["tiny"])
     assert back.meta["task"] == "sentiment" and back.meta["seed"] == 3
     tokens, mask = left_pad([[464, 3290, 13], [383, 13]])
@@ -163,53 +216,121 @@ def test_load_reward_model_errors(tmp_path):
 def test_end_to_end_tiny_sample_label_train_eval(tmp_path, capsys):
     """sample -> scripted label -> train -> eval on the tiny model, through the command line.
 
-    descriptiveness: its lexicon words (colours, textures, sounds) are frequent in the tiny model's samples, so 150
-    labels seen 4 times are enough for a clear signal (measured on this seed: held-out accuracy 0.76, chance 0.25; one
-    epoch at a higher lr gave 0.46 to 0.66 depending on the machine that fitted the tiny model, too close to call)."""
+    descriptiveness: its lexicon words (colours, textures, sounds) are frequent in the tiny
+    model's samples, so 150 labels seen 4 times are enough for a clear signal (measured on this
+    seed: held-out accuracy 0.76, chance 0.25; one epoch at a higher lr gave 0.46 to 0.66
+    depending on the machine that fitted the tiny model, too close to call)."""
     cmp_path, lab_path, rm_path = tmp_path / "c.jsonl", tmp_path / "l.jsonl", tmp_path / "rm.pt"
-    assert reward.main(["sample", "--task", "descriptiveness", "--model", "tiny", "--n", "200", "--out",
-                        str(cmp_path), "--batch-size", "512", "--device", "cpu"]) == 0
+    assert (
+        reward.main(
+            [
+                "sample",
+                "--task",
+                "descriptiveness",
+                "--model",
+                "tiny",
+                "--n",
+                "200",
+                "--out",
+                str(cmp_path),
+                "--batch-size",
+                "512",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in cmp_path.read_text().splitlines()]
     assert len(rows) == 200 and all(len(r["sample_tokens"]) == 4 for r in rows)
     # rejection sampling: every candidate shown ends at its period, found at index >= truncate_after
-    assert all(s[-1] == 13 and 13 in s[16:] and len(s) <= 24 for r in rows for s in r["sample_tokens"])
-    assert reward.main(["label", "--labeler", "descriptiveness", "--in", str(cmp_path), "--out", str(lab_path)]) == 0
-    assert reward.main(["train", "--labels", str(lab_path), "--model", "tiny", "--out", str(rm_path),
-                        "--lr", "3e-4", "--epochs", "4", "--batch-size", "8", "--test-fraction", "0.25", "--normalize-samples",
-                        "32", "--rollout-batch-size", "32", "--device", "cpu"]) == 0
+    assert all(
+        s[-1] == 13 and 13 in s[16:] and len(s) <= 24 for r in rows for s in r["sample_tokens"]
+    )
+    assert (
+        reward.main(
+            ["label", "--labeler", "descriptiveness", "--in", str(cmp_path), "--out", str(lab_path)]
+        )
+        == 0
+    )
+    assert (
+        reward.main(
+            [
+                "train",
+                "--labels",
+                str(lab_path),
+                "--model",
+                "tiny",
+                "--out",
+                str(rm_path),
+                "--lr",
+                "3e-4",
+                "--epochs",
+                "4",
+                "--batch-size",
+                "8",
+                "--test-fraction",
+                "0.25",
+                "--normalize-samples",
+                "32",
+                "--rollout-batch-size",
+                "32",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "held-out accuracy" in out
     rm = reward.load_reward_model(rm_path, expect_config=PRESETS["tiny"])
     m = rm.meta["metrics"]
     assert m["num_train"] == 150 and m["num_test"] == 50
-    # clearly above chance (0.25), and better than the random head in likelihood, which accuracy alone can hide
-    # (a random head can already rank some sensory words high by luck)
+    # clearly above chance (0.25), and better than the random head in likelihood, which accuracy
+    # alone can hide (a random head can already rank some sensory words high by luck)
     assert m["test"]["accuracy"] >= 0.5, m
     assert m["test"]["loss"] < min(m["test_before"]["loss"], math.log(4)) - 0.05, m
     assert abs(m["norm_after"]["after_mean"]) < 0.7 and 0.5 < m["norm_after"]["after_std"] < 2
-    assert rm.meta["task"] == "descriptiveness" and rm.meta["base_model"] == "tiny" and rm.meta["seed"] == 1
+    assert (
+        rm.meta["task"] == "descriptiveness"
+        and rm.meta["base_model"] == "tiny"
+        and rm.meta["seed"] == 1
+    )
     # eval on the held-out rows agrees with training's own measurement
     test_path = write_lines(tmp_path / "test.jsonl", lab_path.read_text().splitlines()[150:])
-    assert reward.main(["eval", "--rm", str(rm_path), "--labels", test_path, "--device", "cpu"]) == 0
+    assert (
+        reward.main(["eval", "--rm", str(rm_path), "--labels", test_path, "--device", "cpu"]) == 0
+    )
     assert f"accuracy {m['test']['accuracy']:.3f}" in capsys.readouterr().out
 
 
 def test_training_moves_every_weight_even_from_a_frozen_policy():
     torch.manual_seed(0)
-    policy = GPT2.from_config(dataclasses.replace(PRESETS["tiny"])).requires_grad_(False)  # as ppo.py passes rho
+    # as ppo.py passes rho
+    policy = GPT2.from_config(dataclasses.replace(PRESETS["tiny"])).requires_grad_(False)
     before = policy.transformer.h[0].mlp.c_fc.weight.clone()
     rows = [label_row(i, best=i % 2) for i in range(4)]
-    cfg = reward.TrainConfig(labels="<rows>", task="sentiment", model="tiny", batch_size=2, lr=1e-3,
-                             normalize_before=False, normalize_after=False, device="cpu")
+    cfg = reward.TrainConfig(
+        labels="<rows>",
+        task="sentiment",
+        model="tiny",
+        batch_size=2,
+        lr=1e-3,
+        normalize_before=False,
+        normalize_after=False,
+        device="cpu",
+    )
     rm, m = reward.train_reward_model(rows, cfg, policy=policy, test_rows=[])
     assert m["num_train"] == 4 and m["num_test"] == 0
-    assert not torch.equal(rm.lm.transformer.h[0].mlp.c_fc.weight, before)  # the RM's own copy trained
+    # the RM's own copy trained
+    assert not torch.equal(rm.lm.transformer.h[0].mlp.c_fc.weight, before)
     assert torch.equal(policy.transformer.h[0].mlp.c_fc.weight, before)  # rho untouched
     assert rm.meta["task"] == "sentiment" and rm.meta["seed"] == 1
 
 
 def test_epochs_see_each_label_once_per_epoch_and_anneal_lr_over_all_of_them(monkeypatch):
-    """--epochs 3 (the tiny demo's setting): a fresh permutation per epoch, lr linear to 0 over all 3 epochs."""
+    """--epochs 3 (the tiny demo's setting): a fresh permutation per epoch, lr linear to 0 over
+    all 3 epochs."""
     torch.manual_seed(0)
     policy = GPT2.from_config(dataclasses.replace(PRESETS["tiny"]))
     rows = [label_row(i, best=i % 2) for i in range(6)]
@@ -227,10 +348,20 @@ def test_epochs_see_each_label_once_per_epoch_and_anneal_lr_over_all_of_them(mon
 
     monkeypatch.setattr(reward, "comparison_rewards", recording)
     monkeypatch.setattr(reward, "AdamTF", RecordingAdam)
-    cfg = reward.TrainConfig(labels="<rows>", task="sentiment", model="tiny", batch_size=2, lr=1e-3, epochs=3,
-                             normalize_before=False, normalize_after=False, device="cpu")
+    cfg = reward.TrainConfig(
+        labels="<rows>",
+        task="sentiment",
+        model="tiny",
+        batch_size=2,
+        lr=1e-3,
+        epochs=3,
+        normalize_before=False,
+        normalize_after=False,
+        device="cpu",
+    )
     reward.train_reward_model(rows, cfg, policy=policy, test_rows=[])
     ids = sorted(r["id"] for r in rows)
     assert len(seen) == 18 and all(sorted(seen[e * 6 : (e + 1) * 6]) == ids for e in range(3))
     assert seen[:6] != seen[6:12] or seen[6:12] != seen[12:]  # reshuffled, not one order repeated
-    assert lrs == pytest.approx([1e-3 * (1 - 2 * k / 18) for k in range(9)])  # 9 steps, from 1e-3 toward 0
+    # 9 steps, from 1e-3 toward 0
+    assert lrs == pytest.approx([1e-3 * (1 - 2 * k / 18) for k in range(9)])

@@ -1,5 +1,7 @@
-"""tasks.py: task settings, query building, truncation and penalty, the shipped passages, scripted labelers,
-downloads (offline code paths), and the padding equivalence the module docstring claims."""
+"""tasks.py: task settings, query building, truncation and penalty, the shipped passages,
+scripted labelers, downloads (offline code paths), and the padding equivalence the module
+docstring claims."""
+
 import dataclasses
 import hashlib
 import json
@@ -14,23 +16,54 @@ from gpt2 import GPT2, PAD_ID, PRESETS, get_tokenizer, left_pad
 
 def test_task_values_follow_launch_py():
     s = tasks.get_task("sentiment")
-    assert (s.query_length, s.response_length, s.truncate_token, s.truncate_after, s.temperature) == (64, 24, 13, 16, 0.7)
-    assert (s.start_text, s.end_text, s.query_prefix, s.query_suffix, s.penalty_reward_value) == (".", ".", "", "", -1)
+    assert (
+        s.query_length,
+        s.response_length,
+        s.truncate_token,
+        s.truncate_after,
+        s.temperature,
+    ) == (64, 24, 13, 16, 0.7)
+    assert (s.start_text, s.end_text, s.query_prefix, s.query_suffix, s.penalty_reward_value) == (
+        ".",
+        ".",
+        "",
+        "",
+        -1,
+    )
     c, t = tasks.get_task("cnndm"), tasks.get_task("tldr")
-    assert (c.query_length, c.response_length, c.truncate_token, c.truncate_after, c.temperature) == (500, 75, 198, 55, 0.5)
-    assert (c.query_prefix, c.query_suffix, c.start_text, c.end_text) == ("Article:\n\n", "\n\nTL;DR:", None, "\n")
-    assert (t.query_prefix, t.query_suffix, t.start_text, t.end_text, t.temperature) == ("", "\n\nTL;DR:", None, None, 0.7)
+    assert (
+        c.query_length,
+        c.response_length,
+        c.truncate_token,
+        c.truncate_after,
+        c.temperature,
+    ) == (500, 75, 198, 55, 0.5)
+    assert (c.query_prefix, c.query_suffix, c.start_text, c.end_text) == (
+        "Article:\n\n",
+        "\n\nTL;DR:",
+        None,
+        "\n",
+    )
+    assert (t.query_prefix, t.query_suffix, t.start_text, t.end_text, t.temperature) == (
+        "",
+        "\n\nTL;DR:",
+        None,
+        None,
+        0.7,
+    )
     with pytest.raises(ValueError, match="valid tasks: sentiment"):
         tasks.get_task("sentimnet")
 
 
 def test_build_query_by_hand():
-    # start token 13, end token 13: after the first 13 comes [2, 3, 13, 4, 5, 13, 6]; a 7-token window ends at its
-    # last 13
+    # start token 13, end token 13: after the first 13 comes [2, 3, 13, 4, 5, 13, 6]; a 7-token
+    # window ends at its last 13
     assert tasks.build_query([1, 13, 2, 3, 13, 4, 5, 13, 6], 7, 13, 13) == [2, 3, 13, 4, 5, 13]
     assert tasks.build_query([1, 2, 3], 6, 13, None) is None  # no start token: skipped, as OpenAI
-    assert tasks.build_query([1, 2, 13], 6, 13, None) == [1, 2, 13]  # start token last: text kept whole
-    assert tasks.build_query([13, 2, 3, 4], 6, 13, 13) is None  # no end token in the window: skipped
+    # start token last: text kept whole
+    assert tasks.build_query([1, 2, 13], 6, 13, None) == [1, 2, 13]
+    # no end token in the window: skipped
+    assert tasks.build_query([13, 2, 3, 4], 6, 13, 13) is None
     assert tasks.build_query([5, 6, 7, 8], 2, None, None) == [5, 6]
 
 
@@ -44,21 +77,35 @@ def test_format_query_adds_prefix_and_suffix():
     enc = get_tokenizer()
     q = enc.encode(" Some article text.")
     assert tasks.format_query(tasks.get_task("tldr"), q) == q + [198, 198, 14990, 26, 7707, 25]
-    assert tasks.format_query(tasks.get_task("cnndm"), q) == [14906, 25, 628] + q + [198, 198, 14990, 26, 7707, 25]
+    assert tasks.format_query(tasks.get_task("cnndm"), q) == [14906, 25, 628] + q + [
+        198,
+        198,
+        14990,
+        26,
+        7707,
+        25,
+    ]
     assert tasks.format_query(tasks.get_task("sentiment"), q) == q
 
 
 def test_truncate_and_penalty_by_hand():
     task = dataclasses.replace(tasks.get_task("sentiment"), truncate_token=13, truncate_after=2)
     P = PAD_ID
-    responses = torch.tensor([
-        [5, 13, 7, 13, 8, 9],  # the '.' at index 1 is before truncate_after: cut after index 3
-        [5, 13, 7, 8, 9, 10],  # only an early '.': invalid, left whole
-        [5, 6, 13, 8, 13, 10],  # '.' exactly at truncate_after: cut after index 2
-        [5, 6, 7, 8, 9, 13],  # '.' last: nothing to pad
-    ])
+    responses = torch.tensor(
+        [
+            [5, 13, 7, 13, 8, 9],  # the '.' at index 1 is before truncate_after: cut after index 3
+            [5, 13, 7, 8, 9, 10],  # only an early '.': invalid, left whole
+            [5, 6, 13, 8, 13, 10],  # '.' exactly at truncate_after: cut after index 2
+            [5, 6, 7, 8, 9, 13],  # '.' last: nothing to pad
+        ]
+    )
     truncated, valid = tasks.truncate_responses(responses, task)
-    assert truncated.tolist() == [[5, 13, 7, 13, P, P], [5, 13, 7, 8, 9, 10], [5, 6, 13, P, P, P], [5, 6, 7, 8, 9, 13]]
+    assert truncated.tolist() == [
+        [5, 13, 7, 13, P, P],
+        [5, 13, 7, 8, 9, 10],
+        [5, 6, 13, P, P, P],
+        [5, 6, 7, 8, 9, 13],
+    ]
     assert valid.tolist() == [True, False, True, True]
     scores = torch.tensor([0.5, 2.0, -0.25, 1.0])
     assert tasks.penalize(scores, valid, task).tolist() == [0.5, -1.0, -0.25, 1.0]
@@ -72,7 +119,8 @@ def test_shipped_passages_and_query_source():
     src = tasks.QuerySource("sentiment", "train")
     qs = src.next_batch(len(train))
     assert src.n_skipped == 0 and src.epoch == 1
-    assert all(16 <= len(q) <= 64 and q[-1] == 13 for q in qs)  # whole sentences, at most query_length tokens
+    # whole sentences, at most query_length tokens
+    assert all(16 <= len(q) <= 64 and q[-1] == 13 for q in qs)
     # deterministic, and resumable from state_dict
     a = tasks.QuerySource("sentiment", "train", seed=3)
     a.next_batch(7)
@@ -81,14 +129,17 @@ def test_shipped_passages_and_query_source():
     b = tasks.QuerySource("sentiment", "train", seed=3)
     b.load_state_dict(state)
     assert b.next_batch(5) == expected
-    assert tasks.QuerySource("sentiment", "train", seed=4).next_batch(5) != tasks.QuerySource("sentiment", "train", seed=3).next_batch(5)
+    assert tasks.QuerySource("sentiment", "train", seed=4).next_batch(5) != tasks.QuerySource(
+        "sentiment", "train", seed=3
+    ).next_batch(5)
     with pytest.raises(ValueError, match="split=train seed=3"):
         tasks.QuerySource("sentiment", "test", seed=3).load_state_dict(state)
 
 
 def test_left_padding_equals_openai_right_padding():
-    """OpenAI pads the query on the right (pads between query and suffix); we pad the whole context on the left.
-    With the mask and exclusive-cumsum positions, the next-token distribution after the context is the same."""
+    """OpenAI pads the query on the right (pads between query and suffix); we pad the whole
+    context on the left. With the mask and exclusive-cumsum positions, the next-token
+    distribution after the context is the same."""
     torch.manual_seed(0)
     model = GPT2.from_config(dataclasses.replace(PRESETS["tiny"])).eval()
     query, suffix, Q = [464, 3290, 373, 922, 13], [198, 198, 14990, 26, 7707, 25], 9
@@ -102,9 +153,12 @@ def test_left_padding_equals_openai_right_padding():
 
 
 def test_sentiment_and_descriptiveness_scores_by_hand():
-    assert tasks.sentiment_score("She was happy, not sad.") == pytest.approx(10 * 2 / 5)  # sad negated -> +1
+    # sad negated -> +1
+    assert tasks.sentiment_score("She was happy, not sad.") == pytest.approx(10 * 2 / 5)
     assert tasks.sentiment_score("It was not good.") == pytest.approx(10 * -1 / 4)
-    assert tasks.sentiment_score("He didn't cry at all.") == pytest.approx(10 * 1 / 5)  # n't negates
+    assert tasks.sentiment_score("He didn't cry at all.") == pytest.approx(
+        10 * 1 / 5
+    )  # n't negates
     assert tasks.sentiment_score("The chair is by the door.") == 0.0
     assert tasks.sentiment_score("") == 0.0
     assert tasks.sentiment_score("<|endoftext|>It was good.") == pytest.approx(10 * 1 / 3)
@@ -114,10 +168,15 @@ def test_sentiment_and_descriptiveness_scores_by_hand():
 
 def test_pick_best_and_ties():
     lab = tasks.get_labeler("sentiment")
-    assert lab.pick_best("q", ["It was bad.", "It was good and happy.", "It was good.", "A door."]) == 1
+    assert (
+        lab.pick_best("q", ["It was bad.", "It was good and happy.", "It was good.", "A door."])
+        == 1
+    )
     # ties: reproducible, and spread over positions (no position bias for a reward model to learn)
     picks = [lab.pick_best(f"query {i}", ["A door.", "A chair.", "A box."]) for i in range(60)]
-    assert picks == [lab.pick_best(f"query {i}", ["A door.", "A chair.", "A box."]) for i in range(60)]
+    assert picks == [
+        lab.pick_best(f"query {i}", ["A door.", "A chair.", "A box."]) for i in range(60)
+    ]
     assert set(picks) == {0, 1, 2}
     with pytest.raises(ValueError, match="valid: sentiment, descriptiveness"):
         tasks.get_labeler("happiness")
@@ -130,10 +189,14 @@ def test_download_caches_and_fails_clearly(tmp_path, monkeypatch):
     assert tasks.download(src.as_uri(), dest) == dest and dest.read_text() == "[1, 2, 3]"
     src.unlink()
     assert tasks.download(src.as_uri(), dest).read_text() == "[1, 2, 3]"  # served from the cache
-    # offline: a clear error naming the url, the destination and a manual command; no half-written file left
+    # offline: a clear error naming the url, the destination and a manual command; no half-written
+    # file left
     monkeypatch.setenv("RLHF_CACHE", str(tmp_path / "rc"))
     monkeypatch.setattr(tasks, "OPENAI_BASE", "http://127.0.0.1:9/lm-human-preferences/")
-    with pytest.raises(tasks.DownloadError, match=r"127\.0\.0\.1:9/lm-human-preferences/labels/sentiment/offline_5k\.json.*curl"):
+    with pytest.raises(
+        tasks.DownloadError,
+        match=r"127\.0\.0\.1:9/lm-human-preferences/labels/sentiment/offline_5k\.json.*curl",
+    ):
         tasks.download_labels("sentiment")
     assert not list((tmp_path / "rc").rglob("*.part"))
     with pytest.raises(ValueError, match="tasks with labels"):
@@ -141,7 +204,7 @@ def test_download_caches_and_fails_clearly(tmp_path, monkeypatch):
 
 
 def test_iter_json_list_streams_small_chunks(tmp_path):
-    data = [{"content": "a" * i, "n": i, "s": "x}]{,\"y"} for i in range(40)]
+    data = [{"content": "a" * i, "n": i, "s": 'x}]{,"y'} for i in range(40)]
     path = tmp_path / "d.json"
     path.write_text(json.dumps(data, indent=1))
     assert list(tasks.iter_json_list(path, chunk=7)) == data
@@ -150,15 +213,16 @@ def test_iter_json_list_streams_small_chunks(tmp_path):
 def test_cnndm_helpers():
     url = "http://www.cnn.com/2014/01/01/world/story/index.html"
     assert tasks.cnndm_story_path(url, "train") == (
-        f"datasets/cnndm/cache_train/cnn/stories/{hashlib.sha1(url.encode()).hexdigest()}.story")
+        f"datasets/cnndm/cache_train/cnn/stories/{hashlib.sha1(url.encode()).hexdigest()}.story"
+    )
     assert "/dailymail/" in tasks.cnndm_story_path("http://www.dailymail.co.uk/a.html", "val")
     text = "By Jane Doe\nPUBLISHED: today\n(CNN) -- The river rose.\n\n\n\nPeople left.\n@highlight\nRiver rises"
     assert tasks.clean_cnndm(text) == "The river rose.\n\nPeople left."
 
 
 def test_shared_unseen_row_softmax_is_exact():
-    """fit_tiny's speed trick: with all unseen tokens sharing one output row, the (S+1)-way softmax gives the same
-    log-probs at the seen tokens as the full 50,257-way softmax."""
+    """fit_tiny's speed trick: with all unseen tokens sharing one output row, the (S+1)-way
+    softmax gives the same log-probs at the seen tokens as the full 50,257-way softmax."""
     torch.manual_seed(0)
     V, C = 1000, 8
     wte = torch.randn(V, C)
@@ -168,7 +232,9 @@ def test_shared_unseen_row_softmax_is_exact():
     full_w[seen] = wte[seen]
     h = torch.randn(5, C)
     full = torch.log_softmax(h @ full_w.T, -1)[:, seen]  # (5, S)
-    small = torch.log_softmax(tasks.seen_plus_unseen_logits(h, wte, seen, u, V - len(seen)), -1)[:, :-1]
+    small = torch.log_softmax(tasks.seen_plus_unseen_logits(h, wte, seen, u, V - len(seen)), -1)[
+        :, :-1
+    ]
     torch.testing.assert_close(full, small)
 
 
