@@ -1,34 +1,21 @@
 """label_tool.py, driven as a person would: the real program in a pseudo-terminal, keys in, screen
-read back.
-
-The screen is read by a small VT220 emulator below (TERM=vt220: cursor addressing, erase,
-insert/delete line and character, scroll regions: what ncurses sends for that terminal), so no tmux
-or pyte is needed. The kill test SIGKILLs the tool at random moments of a long scripted run and
-checks, against an independent model of the queue, that the labels file always parses and holds
-exactly the decisions the screen had confirmed.
+read back through a terminal emulator (tests/terminal.py, built on pyte). The kill test SIGKILLs the
+tool at random moments of a long scripted run and checks, against an independent model of the
+queue, that the labels file always parses and holds exactly the decisions the screen had confirmed.
 """
 
-import codecs
-import ctypes
-import ctypes.util
-import fcntl
 import json
 import math
 import os
-import pty
 import random
 import re
-import select
-import signal
-import struct
 import subprocess
 import sys
-import termios
 import time
-import unicodedata
 from pathlib import Path
 
 import pytest
+import terminal
 
 import label_tool
 import labels
@@ -38,323 +25,8 @@ TOOL = str(ROOT / "label_tool.py")
 FIXTURES = Path(__file__).parent / "fixtures"
 MIXED = str(FIXTURES / "comparisons_mixed.jsonl")
 
-# --------------------------------------------------------------------------------------------------
-# A minimal terminal: enough of VT220 to show what ncurses draws.
-
-try:  # the C library's wcwidth is what ncurses itself uses to place wide characters
-    _libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    # LC_ALL = 6 on glibc; only affects this test process's C-level width lookups
-    _libc.setlocale(6, b"C.UTF-8")
-    _wcwidth = _libc.wcwidth
-    _wcwidth.argtypes = [ctypes.c_wchar]
-except (OSError, AttributeError):
-    _wcwidth = None
-
-
-def cell_width(ch):
-    if _wcwidth is not None:
-        w = _wcwidth(ch)
-        if w >= 0:
-            return w
-    if unicodedata.combining(ch):
-        return 0
-    return 2 if unicodedata.east_asian_width(ch) in "WF" else 1
-
-
-class Screen:
-    def __init__(self, rows, cols):
-        self.rows, self.cols = rows, cols
-        self.grid = [[" "] * cols for _ in range(rows)]
-        self.y = self.x = 0
-        self.top, self.bottom = 0, rows - 1
-        self.insert = False
-        self.saved = (0, 0)
-        self.pending_wrap = False
-        self.buf = ""  # an escape sequence split across reads
-        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self.last_char = " "
-
-    def text(self):
-        return "\n".join("".join(row).rstrip() for row in self.grid)
-
-    def feed(self, data: bytes):
-        s = self.buf + self.decoder.decode(data)
-        self.buf = ""
-        i = 0
-        while i < len(s):
-            c = s[i]
-            if c == "\x1b":
-                m = re.match(
-                    r"\x1b(\[[?>]?[0-9;]*[ -/]*[@-~]|[()][0-9A-Za-z]|[78DEMHc=>]|\][^\x07]*\x07)",
-                    s[i:],
-                )
-                if m is None:
-                    if len(s) - i < 32:  # incomplete: wait for more bytes
-                        self.buf = s[i:]
-                        return
-                    i += 1  # unknown: drop the ESC
-                    continue
-                self._escape(m.group(0))
-                i += len(m.group(0))
-                continue
-            self._char(c)
-            i += 1
-
-    def _linefeed(self):
-        if self.y == self.bottom:
-            self._scroll_up(1)
-        elif self.y < self.rows - 1:
-            self.y += 1
-
-    def _scroll_up(self, n, at=None):
-        at = self.top if at is None else at
-        for _ in range(n):
-            del self.grid[at]
-            self.grid.insert(self.bottom, [" "] * self.cols)
-
-    def _scroll_down(self, n, at=None):
-        at = self.top if at is None else at
-        for _ in range(n):
-            del self.grid[self.bottom]
-            self.grid.insert(at, [" "] * self.cols)
-
-    def _char(self, c):
-        if c == "\r":
-            self.x, self.pending_wrap = 0, False
-        elif c in "\n\x0b\x0c":
-            self._linefeed()
-            self.pending_wrap = False
-        elif c == "\b":
-            self.x, self.pending_wrap = max(0, self.x - 1), False
-        elif c == "\t":
-            self.x = min(self.cols - 1, (self.x // 8 + 1) * 8)
-        elif ord(c) < 0x20 or c == "\x7f":
-            pass  # BEL, SO/SI, NUL padding
-        else:
-            w = cell_width(c)
-            if w == 0:  # combining mark: joins the previous cell
-                if self.x > 0:
-                    self.grid[self.y][self.x - 1] += c
-                return
-            if self.pending_wrap or self.x + w > self.cols:
-                self.x, self.pending_wrap = 0, False
-                self._linefeed()
-            row = self.grid[self.y]
-            if self.insert:
-                for _ in range(w):
-                    row.insert(self.x, " ")
-                    row.pop()
-            row[self.x] = c
-            if w == 2:
-                row[self.x + 1] = ""  # right half of a wide character
-            self.last_char = c
-            if self.x + w >= self.cols:
-                # xenl: wrap only when the next char comes
-                self.x, self.pending_wrap = self.cols - 1, True
-            else:
-                self.x += w
-
-    def _escape(self, seq):
-        self.pending_wrap = False
-        if seq[1] != "[":
-            k = seq[1]
-            if k == "7":
-                self.saved = (self.y, self.x)
-            elif k == "8":
-                self.y, self.x = self.saved
-            elif k == "D":
-                self._linefeed()
-            elif k == "E":
-                self.x = 0
-                self._linefeed()
-            elif k == "M":
-                if self.y == self.top:
-                    self._scroll_down(1)
-                elif self.y > 0:
-                    self.y -= 1
-            elif k == "c":
-                self.__init__(self.rows, self.cols)
-            return  # charsets, keypad modes, OSC: nothing to show
-        body, final = seq[2:-1], seq[-1]
-        if body[:1] in ("?", ">"):
-            return  # private modes (cursor visibility, autowrap, ...)
-        ps = [int(p) if p else 0 for p in body.split(";")] if body else []
-        p1 = ps[0] if ps else 0
-        n = max(1, p1)
-        row = self.grid[self.y]
-        if final == "A":
-            self.y = max(self.top if self.y >= self.top else 0, self.y - n)
-        elif final == "B":
-            self.y = min(self.bottom if self.y <= self.bottom else self.rows - 1, self.y + n)
-        elif final == "C":
-            self.x = min(self.cols - 1, self.x + n)
-        elif final == "D":
-            self.x = max(0, self.x - n)
-        elif final in "Hf":
-            self.y = min(self.rows - 1, max(1, ps[0] if ps else 1) - 1)
-            self.x = min(self.cols - 1, max(1, ps[1] if len(ps) > 1 else 1) - 1)
-        elif final == "G":
-            self.x = min(self.cols - 1, n - 1)
-        elif final == "d":
-            self.y = min(self.rows - 1, n - 1)
-        elif final == "J":
-            if p1 == 0:
-                row[self.x :] = [" "] * (self.cols - self.x)
-                for r in range(self.y + 1, self.rows):
-                    self.grid[r] = [" "] * self.cols
-            elif p1 == 1:
-                row[: self.x + 1] = [" "] * (self.x + 1)
-                for r in range(self.y):
-                    self.grid[r] = [" "] * self.cols
-            else:
-                self.grid = [[" "] * self.cols for _ in range(self.rows)]
-        elif final == "K":
-            if p1 == 0:
-                row[self.x :] = [" "] * (self.cols - self.x)
-            elif p1 == 1:
-                row[: self.x + 1] = [" "] * (self.x + 1)
-            else:
-                self.grid[self.y] = [" "] * self.cols
-        elif final == "L" and self.top <= self.y <= self.bottom:
-            self._scroll_down(n, at=self.y)
-        elif final == "M" and self.top <= self.y <= self.bottom:
-            self._scroll_up(n, at=self.y)
-        elif final == "P":
-            del row[self.x : self.x + n]
-            row.extend([" "] * (self.cols - len(row)))
-        elif final == "@":
-            for _ in range(n):
-                row.insert(self.x, " ")
-            del row[self.cols :]
-        elif final == "X":
-            row[self.x : self.x + n] = [" "] * len(row[self.x : self.x + n])
-        elif final == "r":
-            self.top = max(1, ps[0] if ps else 1) - 1
-            self.bottom = min(self.rows, ps[1] if len(ps) > 1 and ps[1] else self.rows) - 1
-            self.y = self.x = 0
-        elif final == "S":
-            self._scroll_up(n)
-        elif final == "T":
-            self._scroll_down(n)
-        elif final == "b":
-            for _ in range(n):
-                self._char(self.last_char)
-        elif final in "hl" and p1 == 4:
-            self.insert = final == "h"
-        # m (colors/attributes), n, c: nothing to show
-
-
-def _have_vt220() -> bool:
-    """The terminal description the pty tests ask ncurses for (Debian/Ubuntu: package
-    ncurses-base)."""
-    import curses
-
-    fd = os.open(os.devnull, os.O_WRONLY)
-    try:
-        curses.setupterm("vt220", fd)
-        return True
-    except curses.error:
-        return False
-    finally:
-        os.close(fd)
-
-
-needs_terminal = pytest.mark.skipif(
-    not _have_vt220(), reason="no terminfo entry for vt220 (install ncurses-base)"
-)
-
-KEYS = {"up": "\x1b[A", "down": "\x1b[B", "pgup": "\x1b[5~", "pgdn": "\x1b[6~", "ctrl-c": "\x03"}
-
-
-class Tool:
-    """label_tool.py running in a pseudo-terminal of the given size."""
-
-    def __init__(self, args, rows=30, cols=100):
-        # they override the tty size
-        env = {k: v for k, v in os.environ.items() if k not in ("LINES", "COLUMNS")}
-        env.update(TERM="vt220", LANG="C.UTF-8", LC_ALL="C.UTF-8", PYTHONDONTWRITEBYTECODE="1")
-        pid, fd = pty.fork()
-        # child: only set the size and exec (anything else would run inside pytest's forked copy)
-        if pid == 0:
-            try:
-                fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-                os.execve(sys.executable, [sys.executable, TOOL, *args], env)
-            finally:
-                os._exit(127)
-        self.pid, self.fd, self.screen, self.output = pid, fd, Screen(rows, cols), b""
-        self.code = None
-
-    def _pump(self, timeout):
-        r, _, _ = select.select([self.fd], [], [], timeout)
-        if not r:
-            return True
-        try:
-            data = os.read(self.fd, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            data = b""
-        if not data:
-            return False
-        self.output += data
-        self.screen.feed(data)
-        return True
-
-    def wait_for(self, pred, timeout=10.0, what=""):
-        """Read output until pred(screen text) holds; fail with the screen shown."""
-        # every string must be on screen (a redraw may arrive in pieces)
-        if isinstance(pred, (str, list)):
-            needles = [pred] if isinstance(pred, str) else pred
-            pred, what = (lambda t: all(n in t for n in needles)), what or repr(needles)
-        end = time.monotonic() + timeout
-        while True:
-            if pred(self.screen.text()):
-                # A redraw can arrive in pieces: only trust a screen that has been quiet for a
-                # moment.
-                while select.select([self.fd], [], [], 0.03)[0] and self._pump(0):
-                    pass
-                text = self.screen.text()
-                if pred(text):
-                    return text
-            if time.monotonic() > end or not self._pump(min(0.2, max(0.0, end - time.monotonic()))):
-                if pred(self.screen.text()):
-                    return self.screen.text()
-                raise AssertionError(
-                    f"waited for {what} in vain; screen:\n{self.screen.text()}\n"
-                    f"raw tail: {self.output[-400:]!r}"
-                )
-
-    def send(self, keys):
-        os.write(self.fd, KEYS.get(keys, keys).encode())
-
-    def resize(self, rows, cols):
-        self.screen = Screen(rows, cols)  # the tool repaints everything after a resize
-        # the kernel sends SIGWINCH
-        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-    def wait_exit(self, timeout=10.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                while self._pump(0.05):
-                    pass
-                os.close(self.fd)
-                self.code = os.waitstatus_to_exitcode(status)
-                return self.code
-            self._pump(0.05)
-        raise AssertionError(f"the tool did not exit; screen:\n{self.screen.text()}")
-
-    def kill(self):
-        os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
-        os.close(self.fd)
-
-    def mapping(self):
-        """Screen number -> the candidate's text as shown, for the item on screen (first line of
-        each candidate)."""
-        return {
-            int(m.group(1)): m.group(2)
-            for m in re.finditer(r"^\[(\d)\] (.*)$", self.screen.text(), re.M)
-        }
+_why_not = terminal.missing()
+needs_terminal = pytest.mark.skipif(_why_not is not None, reason=_why_not or "")
 
 
 @pytest.fixture
@@ -362,35 +34,38 @@ def cleanup():
     tools = []
     yield tools
     for t in tools:  # never leave a child running, even when a test fails
-        try:
-            os.kill(t.pid, signal.SIGKILL)
-            os.waitpid(t.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+        t.reap()
 
 
-def start(cleanup, args, **kw):
-    t = Tool(args, **kw)
+def start(cleanup, args, rows=30, cols=100):
+    """label_tool.py with `args` in a terminal of rows x cols."""
+    t = terminal.Terminal(
+        [sys.executable, TOOL, *args], rows, cols, env={"PYTHONDONTWRITEBYTECODE": "1"}
+    )
     cleanup.append(t)
     return t
+
+
+def mapping(tool):
+    """Screen number -> the candidate's text as shown, for the item on screen (first line of each
+    candidate)."""
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r"^\[(\d)\] (.*)$", tool.text(), re.M)}
 
 
 def pick(tool, startswith):
     """Press the number of the candidate whose text starts with `startswith`, paging down to find
     it as a person would."""
     for _ in range(20):
-        for k, text in tool.mapping().items():
+        for k, text in mapping(tool).items():
             if text.startswith(startswith):
                 tool.send(str(k))
                 return k
-        before = tool.screen.text()
+        before = tool.text()
         if "more below" not in before:
             break
         tool.send("pgdn")
         tool.wait_for(lambda s: s != before and "done | item" in s, what="the page to scroll")
-    raise AssertionError(
-        f"no candidate starting with {startswith!r} on screen:\n{tool.screen.text()}"
-    )
+    raise AssertionError(f"no candidate starting with {startswith!r} on screen:\n{tool.text()}")
 
 
 def lines_of(path):
@@ -486,7 +161,7 @@ def test_label_skip_undo_help_quit_and_resume(tmp_path, cleanup):
     t.wait_for("key 'x' does nothing")
     t.send("7")
     t.wait_for("there are only 4 candidates")
-    before = t.screen.text()
+    before = t.text()
     t.send("pgdn")
     scr = t.wait_for(lambda s: s != before and "more above" in s, what="the page to scroll")
     t.send("?")
@@ -732,13 +407,13 @@ def test_sigkill_at_random_moments_loses_nothing_confirmed(tmp_path, cleanup):
         n_steps = rng.randint(1, 12)
         kill_in_flight = rng.random() < 0.5
         for step in range(n_steps):
-            prev_msg_screen = t.screen.text()
+            prev_msg_screen = t.text()
             choices = (
                 ["label"] * 5 + ["skip"] * (len(model.queue) > 1) + ["undo"] * bool(model.history)
             )
             action = rng.choice(choices) if model.queue else "undo"
             if action == "label":
-                m = t.mapping()
+                m = mapping(t)
                 key = rng.randint(1, 4)
                 # what the screen showed under that key
                 best = int(re.match(r"i\d\d-cand(\d)", m[key]).group(1))
