@@ -40,6 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import kernels  # attention and token log-probs: Triton kernels or PyTorch (imports no triton)
+
 # OpenAI's padding id in label files (n_vocab + 2, "for historical reasons"); never fed to the model
 PAD_ID = 50259
 EOT_ID = 50256  # <|endoftext|>
@@ -64,8 +66,8 @@ class GPT2Config:
     layer_norm_epsilon: float = 1e-5
     """LayerNorm epsilon, as in the checkpoints"""
     use_kernels: str = "auto"
-    """Triton kernels: 'auto' (on CUDA tensors), 'on' (always; CPU runs them under
-    TRITON_INTERPRET=1), 'off'"""
+    """Triton kernels: 'auto' (on CUDA tensors, for the shapes they support; otherwise PyTorch, said
+    once), 'on' (always; CPU runs them under TRITON_INTERPRET=1), 'off'"""
 
 
 PRESETS = {
@@ -82,48 +84,8 @@ HUB_REPOS = {
 }
 
 
-def kernels_enabled(mode: str, t: torch.Tensor) -> bool:
-    """Should this op use the Triton kernels? 'auto' means: on CUDA tensors, when triton imports."""
-    if mode == "off":
-        return False
-    if mode == "on":
-        return True
-    if mode != "auto":
-        raise ValueError(f"use_kernels must be 'auto', 'on' or 'off', got {mode!r}")
-    if not t.is_cuda:
-        return False
-    try:
-        import kernels  # noqa: F401  (lazy: CPU users need no triton)
-    except ImportError:
-        warnings.warn("triton is not installed: using the PyTorch attention and log-prob paths")
-        return False
-    return True
-
-
 # --------------------------------------------------------------------------------------------------
-# Attention (the PyTorch path; kernels.attention is the fused one)
-
-
-def torch_attention(q, k, v, key_mask=None):
-    """Causal attention of the last Tq queries over Tk keys, with a key-padding mask.
-
-    q: (B, H, Tq, D); k, v: (B, H, Tk, D) with Tk >= Tq (Tk > Tq while decoding with a KV cache:
-    query i sits at position Tk - Tq + i). key_mask: (B, Tk) bool, True for real tokens, or None. A
-    query that sees no real key (a left pad) returns 0, as the Triton kernel does, instead of the
-    NaN a fully masked softmax row would give.
-    """
-    Tq, Tk = q.size(-2), k.size(-2)
-    if key_mask is None and Tq == Tk:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # no padding: the fast path
-    if key_mask is None and Tq == 1:
-        return F.scaled_dot_product_attention(q, k, v)  # one new token sees every cached key
-    # (Tq, Tk)
-    causal = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
-    allowed = causal if key_mask is None else causal & key_mask[:, None, None, :]  # (B, 1, Tq, Tk)
-    sees_a_key = allowed.any(-1, keepdim=True)  # (B, 1, Tq, 1)
-    # let key-less queries attend to everything (finite math), then zero them
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | ~sees_a_key)
-    return y.masked_fill(~sees_a_key, 0.0)
+# Attention: kernels.attention runs the fused Triton kernel or PyTorch's SDPA (see kernels/)
 
 
 class KVCache:
@@ -186,13 +148,8 @@ class CausalSelfAttention(nn.Module):
             # (B, H, Tk, D): everything so far, this step included
             k, v = cache.append(self.layer, k, v)
             key_mask = cache.key_mask[:, : k.size(2)] if cache.padded else None
-        if k.size(2) == T and kernels_enabled(self.use_kernels, x):
-            import kernels
-
-            # full sequence (training, scoring, prefill): fused kernel
-            y = kernels.attention(q, k, v, key_mask)
-        else:
-            y = torch_attention(q, k, v, key_mask)  # (B, H, T, D)
+        # full sequences (training, scoring, prefill) may run the fused kernel, decoding steps SDPA
+        y = kernels.attention(q, k, v, key_mask, self.use_kernels)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.c_proj(y)
 
@@ -565,98 +522,7 @@ def generate(
 
 
 # --------------------------------------------------------------------------------------------------
-# Per-token log-probs without the full (N, V) logits
-
-
-class _ChunkedLogprobs(torch.autograd.Function):
-    """The PyTorch path of token_logprobs: `chunk` token rows at a time, with a hand-written
-    backward.
-
-    Forward, per chunk: z = h·Wᵀ/τ (n, V), lse = logsumexp(z), log p = z − lse, entropy = −Σ p·log
-    p. Saved for the backward: h, W, targets, lse and entropy (two floats per token), never the
-    logits. Backward, per chunk: recompute z, then with log p = z − lse, p = e^{log p}:
-        ∂L/∂z = [g_logp·(1[j=y] − p) − g_ent·p·(log p + entropy)] / τ
-    and dh = (∂L/∂z)·W, dW = (∂L/∂z)ᵀ·h. The same math as the Triton kernel (kernels/logprobs.py),
-    which chunks the vocabulary instead. Against autograd through log_softmax with activation
-    checkpointing this makes about half the passes over the (n, V) logits (measured, 2 CPU cores:
-    PPO's forward+backward of the tiny model at 32 x 88 tokens 1.32 s -> 0.76 s).
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, chunk):
-        logps, entropies, lses = [], [], []
-        for i in range(0, hidden.size(0), chunk):
-            # (n, V): one chunk only
-            z = (hidden[i : i + chunk] @ weight.T).float().mul_(1.0 / temperature)
-            lse = torch.logsumexp(z, -1)  # (n,)
-            logp_all = z.sub_(lse[:, None])  # (n, V) log p, in place
-            logps.append(logp_all.gather(-1, targets[i : i + chunk, None])[:, 0])
-            # H = −Σ p·log p (no cancellation)
-            entropies.append(-torch.linalg.vecdot(logp_all.exp(), logp_all))
-            lses.append(lse)
-        logp, entropy, lse = torch.cat(logps), torch.cat(entropies), torch.cat(lses)
-        ctx.save_for_backward(hidden, weight, targets, lse, entropy)
-        ctx.temperature, ctx.chunk = temperature, chunk
-        # an output outside the loss gets None, not a tensor of zeros
-        ctx.set_materialize_grads(False)
-        return logp, entropy
-
-    @staticmethod
-    def backward(ctx, g_logp, g_ent):
-        hidden, weight, targets, lse, entropy = ctx.saved_tensors
-        inv_t = 1.0 / ctx.temperature
-        dh = torch.zeros_like(hidden, dtype=torch.float32) if ctx.needs_input_grad[0] else None
-        dw = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        if g_logp is None:
-            g_logp = torch.zeros_like(lse)
-        for i in range(0, hidden.size(0), ctx.chunk):
-            h, j = hidden[i : i + ctx.chunk], slice(i, i + ctx.chunk)
-            logp = (h @ weight.T).float().mul_(inv_t).sub_(lse[j, None])  # (n, V) log p, recomputed
-            p = logp.exp()
-            # g = −p·(g_logp + g_ent·(log p + H)), built in place in the log p buffer; then + g_logp
-            # at the target
-            if g_ent is None:  # PPO's case: only the log-probs are in the loss
-                g = p.mul_(-g_logp[j, None])
-            else:
-                g = (
-                    logp.add_(entropy[j, None])
-                    .mul_(g_ent[j, None])
-                    .add_(g_logp[j, None])
-                    .mul_(p)
-                    .neg_()
-                )
-            g.scatter_add_(-1, targets[j, None], g_logp[j, None])
-            g.mul_(inv_t)  # (n, V) = ∂L/∂logits
-            if dh is not None:
-                dh[j] = g @ weight.float()
-            if dw is not None:
-                dw.addmm_(g.T, h.float())
-        return (
-            dh.to(hidden.dtype) if dh is not None else None,
-            dw.to(weight.dtype) if dw is not None else None,
-            None,
-            None,
-            None,
-        )
-
-
-def token_logprobs(
-    hidden, weight, targets, temperature: float = 1.0, use_kernels="auto", chunk: int = 1024
-):
-    """Log-prob and entropy of softmax(hidden @ weight.T / temperature) at targets; differentiable.
-
-    hidden (N, C), weight (V, C), targets (N,) -> logprobs (N,), entropy (N,). On CUDA
-    (use_kernels='auto') the fused Triton kernel does this in one pass over the vocabulary; here,
-    the PyTorch path works `chunk` rows at a time and recomputes each chunk's logits in the
-    backward, so autograd never holds (N, V) either.
-    """
-    if kernels_enabled(use_kernels, hidden):
-        import kernels
-
-        return kernels.token_logprobs(hidden, weight, targets, temperature)
-    if hidden.size(0) == 0:
-        return hidden.new_zeros(0, dtype=torch.float32), hidden.new_zeros(0, dtype=torch.float32)
-    return _ChunkedLogprobs.apply(hidden, weight, targets.long(), temperature, chunk)
+# Per-token log-probs without the full (N, V) logits (kernels.token_logprobs: Triton or PyTorch)
 
 
 def response_logprobs(
@@ -675,7 +541,7 @@ def response_logprobs(
     h = hidden[:, T - R - 1 : T - 1]  # (B, R, C): the state before each response token predicts it
     real = attention_mask[:, T - R :].bool()  # (B, R)
     targets = tokens[:, T - R :].masked_fill(~real, 0)  # (B, R)
-    lp, ent = token_logprobs(
+    lp, ent = kernels.token_logprobs(
         h.reshape(B * R, -1),
         model.lm_head_weight,
         targets.reshape(-1),

@@ -158,8 +158,8 @@ def bench_attention(cfg, device, dtype, kernels):
         sdpa_mask = sdpa_mask | torch.eye(T, dtype=torch.bool, device=device)
 
         impls = {
-            "ours (mask)": lambda: kernels.attention(q, k, v, mask),
-            "ours (no mask)": lambda: kernels.attention(q, k, v),
+            "ours (mask)": lambda: kernels.attention(q, k, v, mask, use_kernels="on"),
+            "ours (no mask)": lambda: kernels.attention(q, k, v, use_kernels="on"),
             "sdpa causal, no mask": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
             "sdpa + padding mask": lambda: F.scaled_dot_product_attention(
                 q, k, v, attn_mask=sdpa_mask
@@ -190,8 +190,8 @@ def bench_attention(cfg, device, dtype, kernels):
 
 
 def naive_logprobs(hidden, weight, targets):
-    """The baseline: full logits, fp32 log_softmax, gather (what gpt2.py would do without the
-    kernel)."""
+    """The baseline: full logits, fp32 log_softmax, gather (the textbook way, which keeps the
+    (N, V) logits for the backward)."""
     logits = hidden @ weight.t()  # (N, V)
     # (N,)
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
@@ -209,7 +209,9 @@ def bench_logprobs(cfg, device, dtype, kernels):
         # per-token upstream gradient, as in PPO
         advantages = torch.randn(N, generator=g).to(device)
         impls = {
-            "ours (logp + entropy)": lambda: kernels.token_logprobs(hidden, weight, targets)[0],
+            "ours (logp + entropy)": lambda: kernels.token_logprobs(
+                hidden, weight, targets, use_kernels="on"
+            )[0],
             "naive matmul+log_softmax+gather": lambda: naive_logprobs(hidden, weight, targets),
         }
         results = {}
@@ -237,8 +239,8 @@ def main():
     cfg = parse_args()
     cuda = torch.cuda.is_available()
     if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        # the interpreter must be on before any @triton.jit runs, i.e. before `kernels` is imported:
-        # start again
+        # the interpreter must be on before any @triton.jit runs, i.e. before the kernels are
+        # imported: start again
         os.environ["TRITON_INTERPRET"] = "1"
         os.execv(sys.executable, [sys.executable, "-m", "kernels.bench", *sys.argv[1:]])
     import triton
@@ -258,9 +260,8 @@ def main():
     )
     if not cuda:
         cfg.reps = min(cfg.reps, 3)  # the interpreter is ~1000x slower than eager PyTorch on CPU
-    print(
-        f"device: {name} | torch {torch.__version__} | triton {triton.__version__} | reps {cfg.reps}"
-    )
+    versions = f"torch {torch.__version__} | triton {triton.__version__}"
+    print(f"device: {name} | {versions} | reps {cfg.reps}")
     if cfg.what in ("attention", "all"):
         bench_attention(cfg, device, dtype, kernels)
     if cfg.what in ("logprobs", "all"):

@@ -11,10 +11,9 @@ import shutil
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import gpt2
-from gpt2 import GPT2, generate, left_pad, response_logprobs, token_logprobs
+from gpt2 import GPT2, generate, left_pad, response_logprobs
 
 transformers = pytest.importorskip("transformers")
 
@@ -174,49 +173,6 @@ def test_filter_logits_top_k_top_p():
     assert torch.isinf(gpt2.filter_logits(logits, top_p=0.4)).tolist() == [
         [False, True, True, True]
     ]
-
-
-def test_token_logprobs_chunked_matches_naive():
-    torch.manual_seed(0)
-    N, C, Vs = 37, 16, 1001
-    h = torch.randn(N, C, requires_grad=True)
-    w = torch.randn(Vs, C, requires_grad=True)
-    t = torch.randint(0, Vs, (N,))
-    lp, ent = token_logprobs(h, w, t, temperature=0.7, use_kernels="off", chunk=8)
-    logp = F.log_softmax(h @ w.T / 0.7, -1)
-    ref_lp, ref_ent = logp.gather(1, t[:, None])[:, 0], -(logp.exp() * logp).sum(-1)
-    torch.testing.assert_close(lp, ref_lp)
-    torch.testing.assert_close(ent, ref_ent)
-    g1 = torch.autograd.grad((lp * 1.3 + ent).sum(), (h, w))
-    g2 = torch.autograd.grad((ref_lp * 1.3 + ref_ent).sum(), (h, w))
-    for a, b in zip(g1, g2):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-
-
-def test_token_logprobs_gradients_of_each_output_alone_match_fp64():
-    """The hand-written backward with only log-probs in the loss (PPO's case) and with only
-    entropy, against autograd through log_softmax in fp64; then a weight that needs no gradient
-    (dW skipped)."""
-    torch.manual_seed(1)
-    N, C, Vs = 23, 8, 517
-    h64, w64 = torch.randn(N, C, dtype=torch.float64), torch.randn(Vs, C, dtype=torch.float64)
-    t = torch.randint(0, Vs, (N,))
-    adv = torch.randn(N, dtype=torch.float64)
-    for pick in (0, 1):
-        h, w = h64.float().requires_grad_(), w64.float().requires_grad_()
-        out = token_logprobs(h, w, t, temperature=0.7, use_kernels="off", chunk=5)
-        g = torch.autograd.grad((out[pick] * adv.float()).sum(), (h, w))
-        hr, wr = h64.clone().requires_grad_(), w64.clone().requires_grad_()
-        logp = F.log_softmax(hr @ wr.T / 0.7, -1)
-        ref = (logp.gather(1, t[:, None])[:, 0], -(logp.exp() * logp).sum(-1))[pick]
-        g_ref = torch.autograd.grad((ref * adv).sum(), (hr, wr))
-        for a, b in zip(g, g_ref):
-            torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-4)
-    h = h64.float().requires_grad_()
-    # weight without grad: dW is skipped
-    lp, _ = token_logprobs(h, w64.float(), t, use_kernels="off", chunk=7)
-    (gh,) = torch.autograd.grad(lp.sum(), h)
-    assert torch.isfinite(gh).all() and gh.abs().sum() > 0
 
 
 def test_presets_and_param_counts():

@@ -2,13 +2,13 @@
 and does not spill.
 
 The interpreter tests (tests/test_kernels.py) check the math but cannot see GPU-only failures:
-tl.dot shape rules, shared memory over the per-block limit, register spills, bf16 code paths
-(kernels-notes §4.4). Here every kernel × {sm_80 (A100), sm_90 (H100)} × {fp16, bf16} is compiled at
-the block sizes the wrappers launch on a GPU, with `triton.compile(ASTSource(...),
-target=GPUTarget("cuda", cc, 32))` and the ptxas bundled in the triton wheel, no GPU needed. Checks:
-compilation succeeds; `metadata.shared` ≤ the architecture's per-block limit (sm_80: 163 KB, sm_90:
-227 KB). fp32 (exact-dot path, smaller tiles) is compiled too, since an fp32 model on a GPU uses
-it.; the bundled `cuobjdump -res-usage` reports no stack/local memory (register spills).
+tl.dot shape rules, shared memory over the per-block limit, register spills, bf16 code paths. Here
+every kernel × {sm_80 (A100), sm_90 (H100)} × {fp16, bf16, fp32} is compiled at the block sizes
+the wrappers launch on a GPU (fp32, the exact-dot path with smaller tiles, because an fp32 model on
+a GPU uses it), with `triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))` and the
+ptxas bundled in the triton wheel, no GPU needed. Checks: compilation succeeds; `metadata.shared` ≤
+the architecture's per-block limit (sm_80: 163 KB, sm_90: 227 KB); the bundled `cuobjdump
+-res-usage` reports no stack/local memory (register spills).
 
 TRITON_INTERPRET=1 (set by conftest.py on CPU machines) turns @triton.jit into the interpreter,
 which cannot be compiled, so the compiles run in a fresh subprocess without it: `python
@@ -38,8 +38,8 @@ def jobs():
     """Every (kernel, arch, dtype, config) the wrappers can launch on a GPU: a list of plain
     dicts."""
     sys.path.insert(0, str(ROOT))
-    attn = importlib.import_module("kernels.attention")
-    lp = importlib.import_module("kernels.logprobs")
+    attn = importlib.import_module("kernels.triton_attention")
+    lp = importlib.import_module("kernels.triton_logprobs")
     out = []
     for cc in ARCHS:
         # fp32 models on a GPU take the exact-dot (ieee) path of the same kernels
@@ -48,7 +48,7 @@ def jobs():
                 BM, BN, w, s = attn.fwd_config(D, dt == "fp32")
                 out.append(
                     dict(
-                        kernel="attention._attn_fwd",
+                        kernel="triton_attention._attn_fwd",
                         cc=cc,
                         dtype=dt,
                         warps=w,
@@ -63,7 +63,7 @@ def jobs():
                     BM, BN, w, s = config(D, dt == "fp32")
                     out.append(
                         dict(
-                            kernel=f"attention.{name}",
+                            kernel=f"triton_attention.{name}",
                             cc=cc,
                             dtype=dt,
                             warps=w,
@@ -73,7 +73,7 @@ def jobs():
                     )
                 out.append(
                     dict(
-                        kernel="attention._attn_bwd_delta",
+                        kernel="triton_attention._attn_bwd_delta",
                         cc=cc,
                         dtype=dt,
                         warps=4,
@@ -84,7 +84,7 @@ def jobs():
             BR, BV, w = lp.bwd_config()  # writes the logits gradient in the GEMM dtype
             out.append(
                 dict(
-                    kernel="logprobs._logprob_bwd_chunk",
+                    kernel="triton_logprobs._logprob_bwd_chunk",
                     cc=cc,
                     dtype=dt,
                     warps=w,
@@ -96,7 +96,7 @@ def jobs():
         BR, BV, w = lp.fwd_config()
         out.append(
             dict(
-                kernel="logprobs._logprob_fwd_chunk",
+                kernel="triton_logprobs._logprob_fwd_chunk",
                 cc=cc,
                 dtype="fp32",
                 warps=w,
@@ -250,14 +250,16 @@ def test_kernel_compiles_for_gpu(aot_results, job):
     )
     if r.get("stack") is not None:  # cuobjdump present: spills show up as stack / local memory
         assert r["stack"] == 0 and r["local"] == 0, (
-            f"{r['id']} spills registers: STACK={r['stack']} B, LOCAL={r['local']} B (REG={r['reg']})"
+            f"{r['id']} spills registers: STACK={r['stack']} B, LOCAL={r['local']} B "
+            f"(REG={r['reg']})"
         )
 
 
 if __name__ == "__main__":
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         sys.exit(
-            "run with TRITON_INTERPRET=0: the interpreter's @triton.jit functions cannot be compiled"
+            "run with TRITON_INTERPRET=0: the interpreter's @triton.jit functions cannot be "
+            "compiled"
         )
     for res in run_all():
         print(json.dumps(res), flush=True)

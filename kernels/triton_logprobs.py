@@ -1,27 +1,27 @@
 """Per-token log-probs and entropy of softmax(hidden · Wᵀ / temperature) without the N×V logits,
-plus PPO's KL terms.
+as a Triton kernel.
 
 What is fused. The naive way (N tokens, d hidden, V = 50257 vocab)
-    # write N·V            (bf16: 2 B, or fp32 after the usual upcast: 4 B)
-    logits = H @ Wᵀ
-    logp_all = log_softmax(logits / τ)    # read N·V, write N·V (fp32), about 3 passes inside the op
+    logits = H @ Wᵀ                       # write N·V (bf16: 2 B, or fp32 after the upcast: 4 B)
+    logp_all = log_softmax(logits / τ)    # read N·V, write N·V (fp32), ~3 passes inside the op
     logp = logp_all.gather(targets)       # read N
     entropy = -(exp(logp_all) · logp_all).sum(-1)   # read N·V, write N·V twice more
 keeps several N×V tensors alive for the backward. At N = 512·24 = 12288 tokens one fp32 N×V tensor
 is 2.47 GB, and autograd keeps about three of them (logits, log-softmax, probabilities), ~7 GB, with
 the same again in gradients during the backward.
 
-Here the vocabulary is processed in column chunks of Vc entries (Vc ≈ 2²⁵/N, a multiple of 128, so a
-chunk is about 128 MB of fp32 whatever N and V; for N ≤ 262144):
-  forward, per chunk:  Z_c = H @ W_cᵀ in fp32 (cuBLAS, bf16/fp16 inputs with fp32 output), then the Triton kernel
-                       _logprob_fwd_chunk folds Z_c into four running per-token statistics, an online log-sum-exp:
-                       max m, s = Σ e^{z−m}, t = Σ e^{z−m}(z − m) (entropy), and the target logit z_y.
-                       logp = z_y − lse, entropy = log s − t/s, with lse = m + log s. Saved for the backward: H, W,
-                       targets and two floats per token (lse, entropy); never the logits.
-  backward, per chunk: recompute Z_c (one extra GEMM), the Triton kernel _logprob_bwd_chunk turns it in place into
-                       G_c = ∂L/∂Z_c = [g_logp·(1[j=y] − p_j) − g_ent·p_j·(z_j − lse + entropy)] / τ,
-                       then dW_c = G_cᵀ H (written once, complete: each vocab row belongs to one chunk) and
-                       dH += G_c W_c (fp32 accumulator of N·d floats).
+Here the vocabulary is processed in column chunks of Vc entries (Vc ≈ 2²⁵/N, a multiple of 128, so
+a chunk is about 128 MB of fp32 whatever N and V; for N ≤ 262144):
+  forward, per chunk: Z_c = H @ W_cᵀ in fp32 (cuBLAS, bf16/fp16 inputs with fp32 output), then
+    the Triton kernel _logprob_fwd_chunk folds Z_c into four running per-token statistics, an
+    online log-sum-exp: max m, s = Σ e^{z−m}, t = Σ e^{z−m}(z − m) (entropy), and the target
+    logit z_y. logp = z_y − lse, entropy = log s − t/s, with lse = m + log s. Saved for the
+    backward: H, W, targets and two floats per token (lse, entropy); never the logits.
+  backward, per chunk: recompute Z_c (one extra GEMM), the Triton kernel _logprob_bwd_chunk turns
+    it in place into
+        G_c = ∂L/∂Z_c = [g_logp·(1[j=y] − p_j) − g_ent·p_j·(z_j − lse + entropy)] / τ,
+    then dW_c = G_cᵀ H (written once, complete: each vocab row belongs to one chunk) and
+    dH += G_c W_c (fp32 accumulator of N·d floats).
 Memory: one chunk (N·Vc fp32 + N·Vc in the input dtype) + N·d fp32, instead of ~3·N·V fp32. Traffic
 over the logits: forward writes and reads each element once (fp32); backward writes/reads it once in
 fp32 and once in bf16, against the naive ~8 fp32 passes. Compute: 4 GEMMs (logits, recomputed
@@ -29,18 +29,14 @@ logits, dH, dW) against the naive 3. Every element of every output is produced b
 GEMM in a fixed order, so forward and backward are deterministic. Vocab sizes that are not a
 multiple of the block (50257) are handled by masking the last chunk's tail.
 
-The KL terms PPO uses are O(N) elementwise, so they are plain PyTorch (kl_k1, kl_k3): a kernel would
-save nothing measurable (kernels-notes §3.5).
-
 Based on: the online softmax of Milakov & Gimelshein (2018); the chunked "selective log-prob" of
 Liger-Kernel and verl's fused log-prob + entropy (running max, sum and Σ e·z), reworked here to
-chunk the VOCABULARY instead of the tokens so that dW needs no cross-chunk accumulator; KL
-estimators from Schulman, "Approximating KL Divergence" (http://joschu.net/blog/kl-approx.html). See
-../shared/docs/kernels-notes.md §2-3.
+chunk the VOCABULARY instead of the tokens so that dW needs no cross-chunk accumulator.
 
-Use:  from kernels import token_logprobs;  logp, ent = token_logprobs(hidden,
-model.transformer.wte.weight, targets) Shape letters: N tokens, d hidden size, V vocab, Vc vocab
-columns per chunk.
+Use it through kernels.token_logprobs(hidden, weight, targets, temperature, use_kernels), which
+picks this kernel or the PyTorch path (kernels/pytorch.py); importing this module imports triton.
+
+Shape letters: N tokens, d hidden size, V vocab, Vc vocab columns per chunk.
 """
 
 import os
@@ -51,43 +47,17 @@ import triton.language as tl
 
 # logits elements per vocab chunk (128 MB in fp32): the whole extra memory of the forward
 CHUNK_ELEMENTS = 1 << 25
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-# --------------------------------------------------------------------------------------------------
-# Plain-PyTorch references
-
-
-def token_logprobs_reference(hidden, weight, targets, temperature=1.0):
-    """logp[i] = log softmax(hidden[i] · Wᵀ / τ)[targets[i]] and the entropy of that distribution,
-    in fp32.
-
-    hidden (N, d), weight (V, d), targets (N,) long in [0, V). Builds the full (N, V) logits: for
-    tests and small N. fp64 inputs are computed in fp64 (the tests' ground truth), everything else
-    in fp32.
-    """
-    dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    logits = hidden.to(dtype) @ weight.to(dtype).t() / temperature  # (N, V)
-    logp_all = torch.log_softmax(logits, dim=-1)  # (N, V)
-    logp = logp_all.gather(-1, targets[:, None].long()).squeeze(-1)  # (N,)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # (N,)
-    return logp, entropy
-
-
-def kl_k1(logprobs, ref_logprobs):
-    """Per-token k1 = log π(y) − log ρ(y): the unbiased KL estimator lm-human-preferences puts
-    into the reward."""
-    return logprobs - ref_logprobs
-
-
-def kl_k3(logprobs, ref_logprobs):
-    """Per-token k3 = e^δ − δ − 1 with δ = log ρ(y) − log π(y): unbiased for KL(π‖ρ) when y ~ π, and
-    always ≥ 0.
-
-    Written with expm1 so that δ near 0 (the common case: policy close to the reference) keeps full
-    precision.
-    """
-    delta = ref_logprobs - logprobs
-    return torch.expm1(delta) - delta
+def unsupported(hidden, weight):
+    """Why this kernel cannot run on hidden and weight (a dtype it does not cover), or None if it
+    can. kernels.token_logprobs falls back to PyTorch on these under use_kernels='auto'."""
+    if hidden.dtype not in KERNEL_DTYPES:
+        return f"hidden dtype {hidden.dtype} is not fp32, fp16 or bf16"
+    if not weight.dtype.is_floating_point:
+        return f"weight dtype {weight.dtype} is not a float type"
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -96,25 +66,28 @@ def kl_k3(logprobs, ref_logprobs):
 
 
 @triton.jit
-# (N, Vc) fp32 logits of this vocab chunk, row stride stride_zn, unit column stride
 def _logprob_fwd_chunk(
+    # (N, Vc) fp32 logits of this vocab chunk, row stride stride_zn, unit column stride
     Z,
-    TARGETS,  # (N,) int64 target token ids (global vocab index)
-    # (N,) fp32 running state, read and updated in place: max, Σe^{z−m},
-    # Σe^{z−m}(z−m), z_y
+    # (N,) int64 target token ids (global vocab index)
+    TARGETS,
+    # (N,) fp32 running state, read and updated in place: max, Σe^{z−m}, Σe^{z−m}(z−m), z_y
     M,
     S,
     TS,
     ZY,
-    stride_zn,  # row stride of Z
+    # row stride of Z
+    stride_zn,
     # number of tokens; columns in this chunk; global vocab index of column 0
     N,
     vc,
     v0,
-    inv_temp,  # 1 / temperature, applied to every logit
-    BLOCK_R: tl.constexpr,  # token rows per program
+    # 1 / temperature, applied to every logit
+    inv_temp,
+    # token rows per program; columns per inner step
+    BLOCK_R: tl.constexpr,
     BLOCK_V: tl.constexpr,
-):  # columns per inner step
+):
     pid = tl.program_id(0)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)  # (BLOCK_R,)
     row_ok = rows < N
@@ -158,25 +131,31 @@ def _logprob_fwd_chunk(
 
 @triton.jit
 def _logprob_bwd_chunk(
-    Z,  # (N, Vc) fp32 recomputed logits of this chunk (input)
-    # (N, Vc) output gradient w.r.t. the raw logits, in the GEMM dtype; may alias
-    # Z (fp32)
+    # (N, Vc) fp32 recomputed logits of this chunk (input)
+    Z,
+    # (N, Vc) output gradient w.r.t. the raw logits, in the GEMM dtype; may alias Z (fp32)
     G,
-    TARGETS,  # (N,) int64 target ids
+    # (N,) int64 target ids
+    TARGETS,
     # (N,) fp32 log-sum-exp of the tempered logits and entropy, from the forward
     LSE,
     ENT,
+    # (N,) fp32 upstream gradients of logp and entropy
     GLOGP,
-    GENT,  # (N,) fp32 upstream gradients of logp and entropy
+    GENT,
+    # row strides of Z and G
     stride_zn,
-    stride_gn,  # row strides of Z and G
+    stride_gn,
+    # tokens; columns in this chunk; global vocab index of column 0
     N,
     vc,
-    v0,  # tokens; columns in this chunk; global vocab index of column 0
-    inv_temp,  # 1 / temperature
-    BLOCK_R: tl.constexpr,  # rows per program
+    v0,
+    # 1 / temperature
+    inv_temp,
+    # rows per program; columns per program
+    BLOCK_R: tl.constexpr,
     BLOCK_V: tl.constexpr,
-):  # columns per program
+):
     pid_r = tl.program_id(0)
     pid_v = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -264,9 +243,8 @@ class _TokenLogprobs(torch.autograd.Function):
         zy = torch.zeros(N, dtype=torch.float32, device=dev)  # (N,) target logit / τ
         (BR, BV, warps), _ = _configs()
         for v0 in range(0, V, vocab_chunk):
-            z = _mm_f32(
-                hidden, w[v0 : v0 + vocab_chunk]
-            )  # (N, Vc) fp32, the only N×Vc tensor alive
+            # (N, Vc) fp32, the only N×Vc tensor alive
+            z = _mm_f32(hidden, w[v0 : v0 + vocab_chunk])
             _logprob_fwd_chunk[(triton.cdiv(N, BR),)](
                 z,
                 targets,
@@ -354,53 +332,51 @@ class _TokenLogprobs(torch.autograd.Function):
 
 
 def token_logprobs(hidden, weight, targets, temperature=1.0, vocab_chunk=None):
-    """Per-token log π(y) and entropy of softmax(hidden · Wᵀ / temperature), never building the (N,
-    V) logits.
+    """Per-token log π(y) and entropy of softmax(hidden · Wᵀ / temperature), never building the
+    (N, V) logits.
 
     hidden (N, d) fp32/fp16/bf16; weight (V, d) the LM head (GPT-2: the tied token embedding), any
     float dtype (the GEMMs run in hidden's dtype, dW comes back in weight's dtype); targets (N,)
-    integer ids in [0, V). Returns (logprobs (N,), entropy (N,)) in fp32, both differentiable w.r.t.
-    hidden and weight. vocab_chunk: columns per chunk (default: about 2²⁵ / N logits, a multiple of
-    128).
+    integer ids in [0, V). Returns (logprobs (N,), entropy (N,)) in fp32, both differentiable
+    w.r.t. hidden and weight. vocab_chunk: columns per chunk (default: about 2²⁵ / N logits, a
+    multiple of 128).
     """
+    where = "(kernels/triton_logprobs.py)"
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(
-            f"kernels.token_logprobs: hidden must be (N, d) and weight (V, d); got {tuple(hidden.shape)} "
-            f"and {tuple(weight.shape)} (kernels/logprobs.py)"
+            "kernels.token_logprobs: hidden must be (N, d) and weight (V, d); got "
+            f"{tuple(hidden.shape)} and {tuple(weight.shape)} {where}"
         )
     if targets.shape != (hidden.shape[0],):
         raise ValueError(
             f"kernels.token_logprobs: targets must be (N,) = ({hidden.shape[0]},); got "
-            f"{tuple(targets.shape)} (kernels/logprobs.py)"
+            f"{tuple(targets.shape)} {where}"
         )
-    if (
-        hidden.dtype not in (torch.float32, torch.float16, torch.bfloat16)
-        or not weight.dtype.is_floating_point
-    ):
+    if hidden.dtype not in KERNEL_DTYPES or not weight.dtype.is_floating_point:
         raise ValueError(
-            f"kernels.token_logprobs: hidden must be fp32/fp16/bf16, got {hidden.dtype} (kernels/logprobs.py)"
+            f"kernels.token_logprobs: hidden must be fp32/fp16/bf16, got {hidden.dtype} {where}"
         )
     if not (hidden.device == weight.device == targets.device):
         raise ValueError(
-            "kernels.token_logprobs: hidden, weight, targets are on different devices (kernels/logprobs.py)"
+            f"kernels.token_logprobs: hidden, weight, targets are on different devices {where}"
         )
     if not hidden.is_cuda and not _interpreting():
         raise RuntimeError(
-            "kernels.token_logprobs: CPU tensors need TRITON_INTERPRET=1 set before importing kernels; "
-            "use kernels.token_logprobs_reference on CPU instead (kernels/logprobs.py)"
+            "kernels.token_logprobs: CPU tensors need TRITON_INTERPRET=1 set before the kernels "
+            f"are imported; use use_kernels='auto' or 'off' on CPU instead {where}"
         )
     if not temperature > 0:
         raise ValueError(
-            f"kernels.token_logprobs: temperature must be > 0, got {temperature} (kernels/logprobs.py)"
+            f"kernels.token_logprobs: temperature must be > 0, got {temperature} {where}"
         )
     N, V = hidden.shape[0], weight.shape[0]
     if not targets.is_cuda and N > 0 and (targets.min() < 0 or targets.max() >= V):
-        # (on CUDA this check would cost a host sync per call; an out-of-range id there gives logp =
-        # −lse)
+        # (on CUDA this check would cost a host sync per call; an out-of-range id there gives
+        # logp = −lse)
         raise ValueError(
             f"kernels.token_logprobs: targets must lie in [0, {V}); got ids in "
             f"[{int(targets.min())}, {int(targets.max())}]: replace padding ids (e.g. 50259) first "
-            f"(kernels/logprobs.py)"
+            f"{where}"
         )
     vocab_chunk = vocab_chunk_size(N, V) if vocab_chunk is None else int(vocab_chunk)
     hidden = hidden if hidden.stride(-1) == 1 else hidden.contiguous()

@@ -3,8 +3,7 @@ style, in Triton).
 
 What is fused. The naive attention of one (batch, head)
     S = Q Kᵀ · sm_scale       # read Q, K (2·T·D), write S (T·T)
-    # read S, write P (T·T)       (plus a mask tensor, and fp32 upcasts in practice)
-    P = softmax(mask(S))
+    P = softmax(mask(S))      # read S, write P (T·T) (plus a mask tensor, and fp32 upcasts)
     O = P V                   # read P, V (T·T + T·D), write O (T·D)
 moves about 4·T² + 4·T·D elements through memory and keeps the T×T matrix P alive for the backward,
 which reads P, dO, V again and writes dP, dS (another ~6·T² elements). With T = 1024, B·H = 96 that
@@ -32,11 +31,14 @@ outputs of every real token before them are exactly those of the masked referenc
 Based on: FlashAttention-2 (Dao, 2023) and the Triton tutorial 06-fused-attention (exp2 domain,
 causal staging: unmasked off-diagonal blocks, masked diagonal blocks); the key-padding/seqlen
 handling follows Tri Dao's flash_attn_triton.py. Our own code, written for triton 3.6-3.9 (raw
-pointer arithmetic; no block pointers, no tensor descriptors), see ../shared/docs/kernels-notes.md.
+pointer arithmetic; no block pointers, no tensor descriptors).
 
-Use:  from kernels import attention;  o = attention(q, k, v, attention_mask)   # q, k, v (B, H, T,
-D) Run the checks: python -m pytest -q tests/test_kernels.py  (CPU, Triton interpreter) and
-tests/test_kernels_aot.py. Shape letters: B batch, H heads, T sequence length, D head dim.
+Use it through kernels.attention(q, k, v, attention_mask, use_kernels), which picks this kernel or
+the PyTorch path (kernels/pytorch.py); importing this module imports triton. Checks: python -m
+pytest -q tests/test_kernels.py (CPU, Triton interpreter) and tests/test_kernels_aot.py (compiles
+for sm_80 and sm_90 without a GPU).
+
+Shape letters: B batch, H heads, T sequence length, D head dim.
 """
 
 import math
@@ -47,29 +49,17 @@ import triton
 import triton.language as tl
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-# --------------------------------------------------------------------------------------------------
-# Plain-PyTorch reference (the trusted math the kernel is tested against; also the CPU path of the
-# model)
-
-
-def attention_reference(q, k, v, attention_mask=None):
-    """Causal softmax(Q Kᵀ/√D) V with a key-padding mask; rows that see no key return 0 (not NaN).
-
-    q, k, v: (B, H, T, D); attention_mask: (B, T), 1/True = real token, 0 = padding. Computed in
-    fp32, returned in q's dtype. Differentiable with autograd.
-    """
-    B, H, T, D = q.shape
-    scores = torch.einsum("bhid,bhjd->bhij", q.float(), k.float()) / math.sqrt(D)  # (B, H, T, T)
-    visible = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # (T, T) causal
-    if attention_mask is not None:
-        # (B, 1, T, T) keys must be real
-        visible = visible & attention_mask.bool()[:, None, None, :]
-    scores = scores.masked_fill(~visible, float("-inf"))
-    # a row of all -inf gives NaN: it sees nothing -> 0
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    return torch.einsum("bhij,bhjd->bhid", probs, v.float()).to(q.dtype)  # (B, H, T, D)
+def unsupported(q, k, v):
+    """Why this kernel cannot run q, k, v (a shape or dtype it does not cover), or None if it can.
+    kernels.attention falls back to PyTorch on these under use_kernels='auto'."""
+    if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        return f"head dim {q.shape[-1]} is not one of {SUPPORTED_HEAD_DIMS}"
+    if q.dtype not in KERNEL_DTYPES:
+        return f"dtype {q.dtype} is not fp32, fp16 or bf16"
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,26 +68,28 @@ def attention_reference(q, k, v, attention_mask=None):
 
 
 @triton.jit
-# running state (BLOCK_M, D), (BLOCK_M,), (BLOCK_M,); Q tile; K, V pointers of this (b, h)
 def _attn_fwd_inner(
+    # running state (BLOCK_M, D), (BLOCK_M,), (BLOCK_M,); the Q tile
     acc,
     l_i,
     m_i,
     q,
+    # K, V pointers of this (b, h), and their strides along T and D
     k_base,
     v_base,
     stride_kt,
     stride_kd,
     stride_vt,
-    stride_vd,  # K and V strides along T and D
+    stride_vd,
     # query rows of this tile; first real key; sequence length; sm_scale·log2 e
     offs_m,
     start,
     T,
     qk_scale,
+    # key range [lo, hi) visited by this call, multiples of BLOCK_N
     lo,
-    hi,  # key range [lo, hi) visited by this call, multiples of BLOCK_N
-    # True: apply causal + padding + bounds mask (diagonal/start blocks)
+    hi,
+    # True: apply the causal + padding + bounds mask (diagonal blocks, the block holding start)
     MASKED: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -146,38 +138,45 @@ def _attn_fwd_inner(
 
 @triton.jit
 def _attn_fwd(
+    # (B, H, T, D) inputs of any strides; O the output (B, H, T, D), contiguous
     Q,
     K,
     V,
-    O,  # (B, H, T, D) inputs of any strides; O output (B, H, T, D) contiguous
-    # (B·H, T) fp32 output: base-2 log-sum-exp of each query row (+inf for rows that see
-    # no key)
+    O,
+    # (B·H, T) fp32 output: base-2 log-sum-exp of each query row (+inf for rows that see no key)
     LSE,
-    START,  # (B,) int32: index of the first real token of each sequence
+    # (B,) int32: index of the first real token of each sequence
+    START,
+    # Q, K, V, O strides
     stride_qb,
     stride_qh,
     stride_qt,
-    stride_qd,  # Q strides
+    stride_qd,
     stride_kb,
     stride_kh,
     stride_kt,
-    stride_kd,  # K strides
+    stride_kd,
     stride_vb,
     stride_vh,
     stride_vt,
-    stride_vd,  # V strides
+    stride_vd,
     stride_ob,
     stride_oh,
     stride_ot,
-    stride_od,  # O strides
+    stride_od,
+    # number of heads; sequence length; sm_scale · log2(e)
     H,
-    T,  # number of heads; sequence length
-    qk_scale,  # sm_scale · log2(e)
-    BLOCK_M: tl.constexpr,  # query rows per program
-    BLOCK_N: tl.constexpr,  # keys per inner step (BLOCK_M must be a multiple of it)
-    HEAD_DIM: tl.constexpr,  # D, a power of two
+    T,
+    qk_scale,
+    # query rows per program
+    BLOCK_M: tl.constexpr,
+    # keys per inner step (BLOCK_M must be a multiple of it)
+    BLOCK_N: tl.constexpr,
+    # D, a power of two
+    HEAD_DIM: tl.constexpr,
+    # True for fp32 inputs: exact (ieee) dots instead of TF32
     FP32_DOT: tl.constexpr,
-):  # True for fp32 inputs: exact (ieee) dots instead of TF32
+):
     tl.static_assert(BLOCK_M % BLOCK_N == 0, "the unmasked stage must start on a key-tile boundary")
     pid_m = tl.program_id(0)  # which query block
     pid_bh = tl.program_id(1)  # which (batch, head)
@@ -293,24 +292,28 @@ def _attn_fwd(
 
 
 @triton.jit
-# (B, H, T, D) forward output (contiguous) and its gradient (any strides)
 def _attn_bwd_delta(
+    # (B, H, T, D) forward output (contiguous) and its gradient (any strides)
     O,
     DO,
-    DELTA,  # (B·H, T) fp32 output: rowsum(dO ⊙ O)
+    # (B·H, T) fp32 output: rowsum(dO ⊙ O)
+    DELTA,
+    # O and dO strides
     stride_ob,
     stride_oh,
     stride_ot,
-    stride_od,  # O strides
+    stride_od,
     stride_dob,
     stride_doh,
     stride_dot,
-    stride_dod,  # dO strides
+    stride_dod,
+    # number of heads; sequence length
     H,
-    T,  # number of heads; sequence length
+    T,
+    # rows per program; D
     BLOCK_M: tl.constexpr,
     HEAD_DIM: tl.constexpr,
-):  # rows per program; D
+):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -341,12 +344,13 @@ def _attn_bwd_delta(
 
 
 @triton.jit
-# accumulators (BLOCK_N, D); K, V tiles; row pointers of this (b, h)
 def _attn_bwd_dkdv_inner(
+    # accumulators (BLOCK_N, D); the K, V tiles
     dk,
     dv,
     k,
     v,
+    # row pointers of this (b, h): Q, dO, log-sum-exp, delta
     q_base,
     do_base,
     lse_base,
@@ -361,8 +365,9 @@ def _attn_bwd_dkdv_inner(
     start,
     T,
     qk_scale,
+    # query range [lo, hi), multiples of BLOCK_M
     lo,
-    hi,  # query range [lo, hi), multiples of BLOCK_M
+    hi,
     # True: causal + padding mask (diagonal blocks, or the block holding start)
     MASKED: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -414,45 +419,54 @@ def _attn_bwd_dkdv_inner(
 
 @triton.jit
 def _attn_bwd_dkdv(
+    # (B, H, T, D) inputs and output gradient, any strides
     Q,
     K,
     V,
-    DO,  # (B, H, T, D) inputs and output gradient, any strides
+    DO,
+    # (B, H, T, D) outputs, contiguous
     DK,
-    DV,  # (B, H, T, D) outputs, contiguous
+    DV,
+    # (B·H, T) fp32: forward log-sum-exp (base 2) and rowsum(dO ⊙ O)
     LSE,
-    DELTA,  # (B·H, T) fp32: forward log-sum-exp (base 2) and rowsum(dO ⊙ O)
-    START,  # (B,) int32 first real token
+    DELTA,
+    # (B,) int32 first real token
+    START,
+    # Q, K, V, dO strides
     stride_qb,
     stride_qh,
     stride_qt,
-    stride_qd,  # Q strides
+    stride_qd,
     stride_kb,
     stride_kh,
     stride_kt,
-    stride_kd,  # K strides
+    stride_kd,
     stride_vb,
     stride_vh,
     stride_vt,
-    stride_vd,  # V strides
+    stride_vd,
     stride_dob,
     stride_doh,
     stride_dot,
-    stride_dod,  # dO strides
+    stride_dod,
     # dK and dV strides (same contiguous layout)
     stride_gb,
     stride_gh,
     stride_gt,
     stride_gd,
+    # number of heads; sequence length; 1/√D; sm_scale · log2(e)
     H,
-    T,  # number of heads; sequence length
+    T,
     sm_scale,
-    qk_scale,  # 1/√D; sm_scale · log2(e)
-    BLOCK_M: tl.constexpr,  # query rows per inner step
-    BLOCK_N: tl.constexpr,  # keys owned by this program (a multiple of BLOCK_M)
+    qk_scale,
+    # query rows per inner step
+    BLOCK_M: tl.constexpr,
+    # keys owned by this program (a multiple of BLOCK_M)
+    BLOCK_N: tl.constexpr,
+    # D; exact fp32 dots
     HEAD_DIM: tl.constexpr,
     FP32_DOT: tl.constexpr,
-):  # D; exact fp32 dots
+):
     tl.static_assert(
         BLOCK_N % BLOCK_M == 0, "the unmasked stage must start on a query-tile boundary"
     )
@@ -562,26 +576,28 @@ def _attn_bwd_dkdv(
 
 
 @triton.jit
-# accumulator (BLOCK_M, D); Q, dO tiles; row lse, delta; K, V pointers
 def _attn_bwd_dq_inner(
+    # accumulator (BLOCK_M, D); the Q, dO tiles; row log-sum-exp and delta
     dq,
     q,
     do,
     lse,
     delta,
+    # K, V pointers of this (b, h), and their strides along T and D
     k_base,
     v_base,
     stride_kt,
     stride_kd,
     stride_vt,
-    stride_vd,  # K and V strides along T and D
+    stride_vd,
     # query positions; first real key; length; sm_scale·log2 e
     offs_m,
     start,
     T,
     qk_scale,
+    # key range [lo, hi), multiples of BLOCK_N
     lo,
-    hi,  # key range [lo, hi), multiples of BLOCK_N
+    hi,
     MASKED: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -625,43 +641,52 @@ def _attn_bwd_dq_inner(
 
 @triton.jit
 def _attn_bwd_dq(
+    # (B, H, T, D) inputs and output gradient, any strides
     Q,
     K,
     V,
-    DO,  # (B, H, T, D) inputs and output gradient, any strides
-    DQ,  # (B, H, T, D) output, contiguous
+    DO,
+    # (B, H, T, D) output, contiguous
+    DQ,
+    # (B·H, T) fp32: forward log-sum-exp (base 2) and rowsum(dO ⊙ O)
     LSE,
-    DELTA,  # (B·H, T) fp32: forward log-sum-exp (base 2) and rowsum(dO ⊙ O)
-    START,  # (B,) int32 first real token
+    DELTA,
+    # (B,) int32 first real token
+    START,
+    # Q, K, V, dO, dQ strides
     stride_qb,
     stride_qh,
     stride_qt,
-    stride_qd,  # Q strides
+    stride_qd,
     stride_kb,
     stride_kh,
     stride_kt,
-    stride_kd,  # K strides
+    stride_kd,
     stride_vb,
     stride_vh,
     stride_vt,
-    stride_vd,  # V strides
+    stride_vd,
     stride_dob,
     stride_doh,
     stride_dot,
-    stride_dod,  # dO strides
+    stride_dod,
     stride_gb,
     stride_gh,
     stride_gt,
-    stride_gd,  # dQ strides
+    stride_gd,
+    # number of heads; sequence length; 1/√D; sm_scale · log2(e)
     H,
-    T,  # number of heads; sequence length
+    T,
     sm_scale,
-    qk_scale,  # 1/√D; sm_scale · log2(e)
-    BLOCK_M: tl.constexpr,  # query rows owned by this program (a multiple of BLOCK_N)
-    BLOCK_N: tl.constexpr,  # keys per inner step
+    qk_scale,
+    # query rows owned by this program (a multiple of BLOCK_N)
+    BLOCK_M: tl.constexpr,
+    # keys per inner step
+    BLOCK_N: tl.constexpr,
+    # D; exact fp32 dots
     HEAD_DIM: tl.constexpr,
     FP32_DOT: tl.constexpr,
-):  # D; exact fp32 dots
+):
     tl.static_assert(BLOCK_M % BLOCK_N == 0, "the unmasked stage must start on a key-tile boundary")
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -825,39 +850,34 @@ def _interpreting():
 
 
 def _check_inputs(q, k, v, attention_mask):
+    where = "(kernels/triton_attention.py)"
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(
             f"kernels.attention: q, k, v must all be (B, H, T, D); got {tuple(q.shape)}, "
-            f"{tuple(k.shape)}, {tuple(v.shape)} (kernels/attention.py)"
+            f"{tuple(k.shape)}, {tuple(v.shape)} {where}"
         )
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (
-        torch.float32,
-        torch.float16,
-        torch.bfloat16,
-    ):
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in KERNEL_DTYPES:
         raise ValueError(
-            f"kernels.attention: q, k, v must share one dtype among fp32/fp16/bf16; got {q.dtype}, "
-            f"{k.dtype}, {v.dtype} (kernels/attention.py)"
+            "kernels.attention: q, k, v must share one dtype among fp32/fp16/bf16; got "
+            f"{q.dtype}, {k.dtype}, {v.dtype} {where}"
         )
     if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
         raise ValueError(
-            f"kernels.attention: head dim D={q.shape[-1]} unsupported; use one of {SUPPORTED_HEAD_DIMS} "
-            f"or attention_reference (kernels/attention.py)"
+            f"kernels.attention: head dim D={q.shape[-1]} unsupported; use one of "
+            f"{SUPPORTED_HEAD_DIMS}, or use_kernels='auto' or 'off' for the PyTorch path {where}"
         )
     if not (q.device == k.device == v.device):
-        raise ValueError(
-            "kernels.attention: q, k, v are on different devices (kernels/attention.py)"
-        )
+        raise ValueError(f"kernels.attention: q, k, v are on different devices {where}")
     if not q.is_cuda and not _interpreting():
         raise RuntimeError(
-            "kernels.attention: CPU tensors need TRITON_INTERPRET=1 set before importing kernels; "
-            "use kernels.attention_reference on CPU instead (kernels/attention.py)"
+            "kernels.attention: CPU tensors need TRITON_INTERPRET=1 set before the kernels are "
+            f"imported; use use_kernels='auto' or 'off' on CPU instead {where}"
         )
     B, H, T, D = q.shape
     if attention_mask is not None and tuple(attention_mask.shape) != (B, T):
         raise ValueError(
             f"kernels.attention: attention_mask must be (B, T) = ({B}, {T}); got "
-            f"{tuple(attention_mask.shape)} (kernels/attention.py)"
+            f"{tuple(attention_mask.shape)} {where}"
         )
 
 
@@ -876,8 +896,9 @@ def padding_starts(attention_mask, B, T, device):
         real_later = real.flip(1).long().cummax(dim=1).values.flip(1).bool()
         if (after_first & real_later).any():
             raise ValueError(
-                "kernels.attention: attention_mask has a padding hole between real tokens; only left "
-                "padding (and trailing right padding) is supported (kernels/attention.py)"
+                "kernels.attention: attention_mask has a padding hole between real tokens; only "
+                "left padding (and trailing right padding) is supported "
+                "(kernels/triton_attention.py)"
             )
     leading_pad = (real.long().cumsum(dim=1) == 0).sum(dim=1)  # (B,) zeros before the first 1
     return leading_pad.to(torch.int32)
