@@ -27,7 +27,6 @@ H), V = vocabulary (50257), R = response length (new tokens), N = flattened toke
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -39,6 +38,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import cli
 
 # OpenAI's padding id in label files (n_vocab + 2, "for historical reasons"); never fed to the model
 PAD_ID = 50259
@@ -454,7 +455,7 @@ def get_tokenizer():
     except Exception as e:
         raise RuntimeError(
             f"could not load tiktoken's gpt2 encoding ({e}). Offline, point TIKTOKEN_CACHE_DIR at a folder holding "
-            f"its cache files (this repo's CI uses ../shared/tiktoken_cache)."
+            f"its cache files (e.g. one filled by tiktoken on a machine with internet access)."
         ) from None
 
 
@@ -716,63 +717,9 @@ class SampleArgs:
     """Triton kernels: 'auto' (on CUDA), 'on', 'off'"""
 
 
-def field_docs(cls) -> dict[str, str]:
-    """Each dataclass field's docstring: the string literal right after it in the class source
-    (dataclasses drop them, so read them from the source)."""
-    import ast
-    import inspect
-
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    return {
-        a.target.id: " ".join(b.value.value.split())
-        for a, b in zip(body, body[1:])
-        if isinstance(a, ast.AnnAssign)
-        and isinstance(b, ast.Expr)
-        and isinstance(b.value, ast.Constant)
-    }
-
-
-def parse_dataclass_args(cls, argv=None, description=None):
-    """A --help with each field's docstring, from a dataclass: argparse over dataclasses.fields."""
-    docs = field_docs(cls)
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        flag, helptext = "--" + f.name.replace("_", "-"), docs.get(f.name, "")
-        if f.type in ("bool", bool):
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=helptext
-            )
-        elif isinstance(default, list):
-            parser.add_argument(
-                flag, action="append", default=None, help=helptext + f" (default: {default})"
-            )
-        else:
-            typ = type(default) if default is not None else str
-            parser.add_argument(flag, type=typ, default=default, help=helptext)
-    ns = parser.parse_args(argv)
-    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)}
-    for f in dataclasses.fields(cls):
-        if values[f.name] is None and f.default is dataclasses.MISSING:
-            values[f.name] = f.default_factory()
-    return cls(**values)
-
-
-def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu")
-    return name
-
-
 def main(argv=None):
-    args = parse_dataclass_args(
-        SampleArgs, argv, description="Sample continuations of prompts from GPT-2."
-    )
-    device = pick_device(args.device)
+    args = cli.parse(SampleArgs, argv, description="Sample continuations of prompts from GPT-2.")
+    device = cli.pick_device(args.device)
     enc = get_tokenizer()
     try:
         model = GPT2.from_pretrained(args.model, device=device, use_kernels=args.kernels)

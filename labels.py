@@ -39,6 +39,8 @@ import json
 import os
 import sys
 
+import cli
+
 VOCAB_SIZE = 50257
 # OpenAI's padding id in their label files, outside the vocab (same as gpt2.PAD_ID)
 OPENAI_PAD_ID = 50259
@@ -92,15 +94,7 @@ def append_jsonl(path, obj) -> None:
     finally:
         os.close(fd)
     if is_new:
-        _fsync_dir(path)
-
-
-def _fsync_dir(path) -> None:
-    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        cli.fsync_dir(path)
 
 
 def write_comparisons(path, rows) -> None:
@@ -109,16 +103,12 @@ def write_comparisons(path, rows) -> None:
     _validate_comparisons(
         [(i + 1, r) for i, r in enumerate(rows)], f"<rows for {path}>", VOCAB_SIZE
     )
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for r in rows:
-            # the format's fields first, then any extra ones
-            first = {k: r[k] for k in COMPARISON_FIELDS}
-            f.write(json.dumps({**first, **r}, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path)
+    # the format's fields first, then any extra ones
+    lines = [
+        json.dumps({**{k: r[k] for k in COMPARISON_FIELDS}, **r}, ensure_ascii=False) + "\n"
+        for r in rows
+    ]
+    cli.atomic_write(path, "".join(lines))
 
 
 def now_iso() -> str:
