@@ -198,9 +198,7 @@ def parse(
 # Atomic writes
 
 
-def atomic_write(
-    path, data: bytes | str | Callable[[Any], None], encoding: str = "utf-8"
-) -> None:
+def atomic_write(path, data: bytes | str | Callable[[Any], None], encoding: str = "utf-8") -> None:
     """Replace `path` with new contents, all or nothing: write a temporary file in the same folder,
     flush and fsync it, rename it over `path` (atomic on POSIX), fsync the folder. A crash or an
     exception mid-write leaves the old file as it was (the temporary file is removed).

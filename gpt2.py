@@ -18,7 +18,8 @@ weights stored (in, out) as their Conv1D does), so loading is a plain copy loop.
 dropout: lm-human-preferences turns it off in every call (do_dropout=False), and so do we.
 
 Run it:
-    python gpt2.py --model gpt2 --prompt "Hello, my name is" --prompt "The meaning of life" --max-new-tokens 40
+    python gpt2.py --model gpt2 --prompt "Hello, my name is" --prompt "The meaning of life" \
+        --max-new-tokens 40
     python gpt2.py --model ./my-hf-checkpoint-dir --greedy
 
 Shape letters: B = batch, T = sequence length, C = channels (n_embd), H = heads, D = head size (C /
@@ -339,12 +340,15 @@ def resolve_checkpoint(name_or_dir: str) -> Path:
     )
     if repo is None and name_or_dir in PRESETS:
         raise ValueError(
-            f"{name_or_dir!r} is a preset with no released weights: use GPT2.from_config({name_or_dir!r}) for random "
-            f"weights, or tasks.load_base_model({name_or_dir!r}) for the tiny model fitted to the shipped passages"
+            f"{name_or_dir!r} is a preset with no released weights: use "
+            f"GPT2.from_config({name_or_dir!r}) for random "
+            f"weights, or tasks.load_base_model({name_or_dir!r}) for the tiny model fitted to the "
+            "shipped passages"
         )
     if repo is None:
         raise ValueError(
-            f"no such model {name_or_dir!r}: give a directory holding config.json and model.safetensors (or "
+            f"no such model {name_or_dir!r}: give a directory holding config.json and "
+            "model.safetensors (or "
             f"pytorch_model.bin), or one of {', '.join(HUB_REPOS)} (or 'openai-community/<name>')"
         )
     # the standard cache: users who have GPT-2 don't download it again
@@ -360,7 +364,8 @@ def resolve_checkpoint(name_or_dir: str) -> Path:
         return Path(snapshot_download(repo, allow_patterns=files))
     except Exception as e:
         raise RuntimeError(
-            f"could not download {repo!r} ({type(e).__name__}: {e}). Without network access, copy a checkpoint "
+            f"could not download {repo!r} ({type(e).__name__}: {e}). Without network access, copy "
+            "a checkpoint "
             f"directory (config.json + model.safetensors) here and pass its path to --model."
         ) from None
 
@@ -428,12 +433,14 @@ def checkpoint_to_state_dict(state: dict, model: GPT2, folder: Path) -> dict:
         key = name.removeprefix("transformer.")
         if key not in state:
             raise ValueError(
-                f"{folder}: tensor {key!r} is missing from the checkpoint; is it a GPT-2 checkpoint?"
+                f"{folder}: tensor {key!r} is missing from the checkpoint; is it a GPT-2 "
+                "checkpoint?"
             )
         t = state.pop(key)
         if tuple(t.shape) != tuple(param.shape):
             raise ValueError(
-                f"{folder}: tensor {key!r} has shape {tuple(t.shape)}, expected {tuple(param.shape)} for this config"
+                f"{folder}: tensor {key!r} has shape {tuple(t.shape)}, expected "
+                f"{tuple(param.shape)} for this config"
             )
         out[name] = t.contiguous()
     state.pop("lm_head.weight", None)  # tied to wte
@@ -454,7 +461,8 @@ def get_tokenizer():
         return tiktoken.get_encoding("gpt2")
     except Exception as e:
         raise RuntimeError(
-            f"could not load tiktoken's gpt2 encoding ({e}). Offline, point TIKTOKEN_CACHE_DIR at a folder holding "
+            f"could not load tiktoken's gpt2 encoding ({e}). Offline, point TIKTOKEN_CACHE_DIR at "
+            "a folder holding "
             f"its cache files (e.g. one filled by tiktoken on a machine with internet access)."
         ) from None
 

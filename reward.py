@@ -17,7 +17,8 @@ in docs/) and says where it differs. In short:
     to 0, Adam with TF1's epsilon (1e-5), no dropout, no clipping.
 
 Four subcommands; each has a real --help:
-    python reward.py sample --task sentiment --model gpt2 --num-comparisons 1000 --out comparisons.jsonl
+    python reward.py sample --task sentiment --model gpt2 --num-comparisons 1000 \
+                            --out comparisons.jsonl
     python reward.py label  --labeler sentiment --comparisons comparisons.jsonl --out labels.jsonl
     python reward.py train  --labels labels.jsonl --model gpt2 --out rm.pt
     python reward.py eval   --reward-model rm.pt --labels test.jsonl
@@ -313,8 +314,10 @@ def sample_comparisons(
             bar.update(1)
     bar.close()
     print(
-        f"sample: {len(rows)} comparisons x {n_samples} responses; {n_valid}/{n_drawn} draws had the stop token "
-        f"({n_valid / max(n_drawn, 1):.0%}); {n_dropped} queries dropped (no {n_samples} valid responses in "
+        f"sample: {len(rows)} comparisons x {n_samples} responses; {n_valid}/{n_drawn} draws had "
+        "the stop token "
+        f"({n_valid / max(n_drawn, 1):.0%}); {n_dropped} queries dropped (no {n_samples} valid "
+        "responses in "
         f"{max_rounds} rounds); {src.n_skipped} texts skipped (no query)"
     )
     return rows
@@ -476,7 +479,8 @@ def normalize(
 
 def split_rows(rows: list[dict], num_train: int, test_fraction: float):
     """First num_train rows train, the rest test (as OpenAI uses the file's first num_train
-    labels, and lm-human-preference-details tests on the rows after them). num_train 0: hold out the last test_fraction."""
+    labels, and lm-human-preference-details tests on the rows after them). num_train 0: hold out
+    the last test_fraction."""
     if num_train <= 0:
         num_train = (
             len(rows) - max(1, round(test_fraction * len(rows))) if test_fraction > 0 else len(rows)
@@ -505,7 +509,8 @@ def check_rows_fit(rows: list[dict], config: GPT2Config, path: str = "labels"):
         n = len(r["query_tokens"]) + max(len(s) for s in r["sample_tokens"])
         if n > config.n_positions:
             raise ValueError(
-                f"{path}: label {r.get('id', i)} has {n} query+response tokens, more than the model's "
+                f"{path}: label {r.get('id', i)} has {n} query+response tokens, more than the "
+                "model's "
                 f"n_positions={config.n_positions}"
             )
         ids = r["query_tokens"] + [t for s in r["sample_tokens"] for t in s]
@@ -555,8 +560,10 @@ def train_reward_model(
     n_seen = len(train_rows) * cfg.epochs
     n_steps = math.ceil(n_seen / cfg.batch_size)
     print(
-        f"train: task {task.name}, {len(train_rows)} train / {len(held_out)} held-out comparisons of N={N}, "
-        f"{cfg.epochs} epoch(s), {n_steps} steps of {cfg.batch_size}, lr {cfg.lr} -> 0, base model {model}"
+        f"train: task {task.name}, {len(train_rows)} train / {len(held_out)} held-out comparisons "
+        f"of N={N}, "
+        f"{cfg.epochs} epoch(s), {n_steps} steps of {cfg.batch_size}, lr {cfg.lr} -> 0, base model "
+        f"{model}"
     )
     metrics: dict = dict(num_train=len(train_rows), num_test=len(held_out), N=N)
 
@@ -577,7 +584,8 @@ def train_reward_model(
         metrics["test_before"] = evaluate(rm, held_out, cfg.eval_batch_size)
         print(
             f"train: held-out accuracy before training {metrics['test_before']['accuracy']:.3f} "
-            f"(chance {1 / N:.3f}), loss {metrics['test_before']['loss']:.4f} (uniform {math.log(N):.4f})"
+            f"(chance {1 / N:.3f}), loss {metrics['test_before']['loss']:.4f} (uniform "
+            f"{math.log(N):.4f})"
         )
 
     # 2. one epoch (OpenAI; more with --epochs) over seeded permutations, lr annealed linearly to 0
@@ -608,7 +616,8 @@ def train_reward_model(
         )
         if (step + 1) % cfg.log_interval == 0 or step + 1 == n_steps:
             tqdm.write(
-                f"step {step + 1}/{n_steps} | loss {np.mean(running_loss[-cfg.log_interval :]):.4f} | "
+                f"step {step + 1}/{n_steps} | loss "
+                f"{np.mean(running_loss[-cfg.log_interval :]):.4f} | "
                 f"acc {np.mean(running_acc[-cfg.log_interval :]):.3f} | lr {lr:.2e} | "
                 f"{(time.time() - t0) / (step + 1) * 1000:.0f} ms/step"
             )
@@ -637,7 +646,8 @@ def train_reward_model(
     if held_out:
         metrics["test"] = evaluate(rm, held_out, cfg.eval_batch_size)
         print(
-            f"train: held-out accuracy {metrics['test']['accuracy']:.3f} on {len(held_out)} comparisons "
+            f"train: held-out accuracy {metrics['test']['accuracy']:.3f} on {len(held_out)} "
+            "comparisons "
             f"(chance {1 / N:.3f}), loss {metrics['test']['loss']:.4f}"
         )
         print_example(rm, held_out[0])
@@ -658,8 +668,10 @@ def train_reward_model(
 
 def _norm_line(when: str, s: dict) -> str:
     return (
-        f"normalize {when}: raw rewards under rho {s['mean']:+.4f} +- {s['std']:.4f} -> gain {s['gain']:.4f}, "
-        f"bias {s['bias']:+.4f}; check on fresh samples {s['after_mean']:+.3f} +- {s['after_std']:.3f}"
+        f"normalize {when}: raw rewards under rho {s['mean']:+.4f} +- {s['std']:.4f} -> gain "
+        f"{s['gain']:.4f}, "
+        f"bias {s['bias']:+.4f}; check on fresh samples {s['after_mean']:+.3f} +- "
+        f"{s['after_std']:.3f}"
     )
 
 
@@ -710,7 +722,8 @@ def build_reward_model(
         labeler = labeler or (task if task in tasks.LABELERS else "")
         if not labeler:
             raise ValueError(
-                f"task {task or '(none given)'} has no scripted labeler to make labels with; give a "
+                f"task {task or '(none given)'} has no scripted labeler to make labels with; give "
+                "a "
                 f"labels file (`reward.py train --labels`, `ppo.py --rm.labels`; OpenAI's released "
                 f"labels: see `python reward.py --help`) or a trained reward model"
             )
@@ -721,7 +734,9 @@ def build_reward_model(
             f"reward model: sampling {cfg.num_comparisons} comparisons from ρ, labeling them with "
             f"the scripted '{labeler.name}' labeler, then training"
         )
-        comparisons = sample_comparisons(policy, task, cfg.num_comparisons, seed=seed, device=device)
+        comparisons = sample_comparisons(
+            policy, task, cfg.num_comparisons, seed=seed, device=device
+        )
         rows = label_comparisons(comparisons, labeler)
         labels_out = Path(labels_out or out.with_suffix(".labels.jsonl"))
         labels.write_comparisons(labels_out, rows)  # kept for `python reward.py eval`
@@ -768,7 +783,8 @@ def load_reward_model(path, device="cpu", expect_config: GPT2Config | None = Non
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(
-            f"{path}: not a reward model checkpoint written by reward.py (found {keys}); a policy or "
+            f"{path}: not a reward model checkpoint written by reward.py (found {keys}); a policy "
+            "or "
             f"GPT-2 checkpoint cannot be used as a reward model"
         )
     if ckpt.get("version") != CHECKPOINT_VERSION:
@@ -786,7 +802,8 @@ def load_reward_model(path, device="cpu", expect_config: GPT2Config | None = Non
         if got != want:
             raise ValueError(
                 f"{path}: reward model was trained from base model {ckpt.get('base_model')!r} with "
-                f"{got}, but the policy has {want}; train a reward model from the policy's base model "
+                f"{got}, but the policy has {want}; train a reward model from the policy's base "
+                "model "
                 f"(`python reward.py train --model ...`)"
             )
     if expect_config is not None:

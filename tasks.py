@@ -65,7 +65,8 @@ ASSETS = ROOT / "assets"
 OPENAI_BASE = "https://openaipublic.blob.core.windows.net/lm-human-preferences/"
 
 # --------------------------------------------------------------------------------------------------
-# Task definitions (the released code's launch.py books_task / summarize_*_task, lm_tasks.py::TaskHParams)
+# Task definitions (the released code's launch.py books_task / summarize_*_task,
+# lm_tasks.py::TaskHParams)
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ def get_task(name: str | TaskConfig) -> TaskConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# Queries (the released code's language/datasets.py::Dataset.tf_dataset, lm_tasks.py::query_formatter)
+# Queries (the released code's language/datasets.py::Dataset.tf_dataset,
+# lm_tasks.py::query_formatter)
 
 
 def single_token(text: str | None) -> int | None:
@@ -220,9 +222,10 @@ class QuerySource:
     """A deterministic, resumable, endless stream of queries for a task.
 
     Like OpenAI's dataset: the texts are shuffled once with a fixed seed (OpenAI's is always 0,
-    independent of the run's seed; lm-human-preference-details calls that a probable bug, so `seed` is exposed, default
-    0) and repeated in that same order. Texts whose query cannot be built are skipped and counted in
-    `n_skipped`. Texts are tokenized on demand, so a large query set (TL;DR) starts at once.
+    independent of the run's seed; lm-human-preference-details calls that a probable bug, so
+    `seed` is exposed, default 0) and repeated in that same order. Texts whose query cannot be
+    built are skipped and counted in `n_skipped`. Texts are tokenized on demand, so a large query
+    set (TL;DR) starts at once.
     """
 
     def __init__(self, task: str | TaskConfig, split: str = "train", seed: int = 0):
@@ -283,7 +286,8 @@ class QuerySource:
             self.seed,
         ):
             raise ValueError(
-                f"query state is for task={state['task']} split={state['split']} seed={state['seed']}, "
+                f"query state is for task={state['task']} split={state['split']} "
+                f"seed={state['seed']}, "
                 f"not task={self.task.name} split={self.split} seed={self.seed}"
             )
         self.pos, self.epoch, self.n_skipped = state["pos"], state["epoch"], state["n_skipped"]
@@ -426,8 +430,8 @@ def clean_tldr(text: str) -> str:
 
 
 def clean_cnndm(text: str) -> str:
-    """As the released code's datasets/cnndm.py: drop bylines and "(CNN) --" openers, ftfy, collapse newlines, cut
-    at @highlight."""
+    """As the released code's datasets/cnndm.py: drop bylines and "(CNN) --" openers, ftfy,
+    collapse newlines, cut at @highlight."""
     if text[:2] == "By":
         text = "\n".join(text.split("\n")[2:])
     text = re.split(r"\(CNN\) +--", text)[-1]
@@ -447,7 +451,8 @@ def cnndm_story_path(url: str, split: str) -> str:
         if any(s in url for s in ("dailymail.co.uk", "mailonsunday.ie", "lib.store.yahoo.net"))
         else "cnn"
     )
-    return f"datasets/cnndm/cache_{split}/{site}/stories/{hashlib.sha1(url.encode()).hexdigest()}.story"
+    digest = hashlib.sha1(url.encode()).hexdigest()
+    return f"datasets/cnndm/cache_{split}/{site}/stories/{digest}.story"
 
 
 def query_items(dataset: str, split: str):
@@ -724,7 +729,9 @@ class ShowArgs:
 
 
 def main(argv=None):
-    args = cli.parse(ShowArgs, argv, description="Show a task's queries and scripted-labeler scores.")
+    args = cli.parse(
+        ShowArgs, argv, description="Show a task's queries and scripted-labeler scores."
+    )
     task = get_task(args.task)
     print(json.dumps(dataclasses.asdict(task), indent=1))
     src = QuerySource(task, args.split)
@@ -745,8 +752,10 @@ def main(argv=None):
     for q, r, v in zip(queries, truncated, valid.tolist()):
         text = enc.decode(strip_pad(r))
         print(
-            f"--- query: {enc.decode(q)}\n    response{'' if v else ' (no stop token: penalty)'}: {text!r}\n"
-            f"    sentiment {sentiment_score(text):+.2f}  descriptiveness {descriptiveness_score(text):.2f}"
+            f"--- query: {enc.decode(q)}\n    response{'' if v else ' (no stop token: penalty)'}: "
+            f"{text!r}\n"
+            f"    sentiment {sentiment_score(text):+.2f}  descriptiveness "
+            f"{descriptiveness_score(text):.2f}"
         )
 
 
