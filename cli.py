@@ -139,23 +139,25 @@ def flatten(values: dict, prefix: str = "") -> dict:
     return out
 
 
-def from_flat(cls, values: dict, where: str = "config"):
+def from_flat(cls, values: dict, where: str = "config", flat: tuple[str, ...] = ()):
     """The dataclass `cls` from dotted keys (missing keys keep their defaults, None for a list
-    means its default). An unknown key is an error that names it."""
+    means its default; `flat` as for add_dataclass_args). An unknown key is an error that names
+    it."""
     values = dict(values)
-    out = _build(cls, values, "")
+    out = _build(cls, values, "", flat)
     if values:
         raise ValueError(f"{where}: unknown option(s) {', '.join(sorted(values))}")
     return out
 
 
-def _build(cls, values: dict, prefix: str):
+def _build(cls, values: dict, prefix: str, flat: tuple[str, ...] = ()):
     kwargs = {}
     for f in dataclasses.fields(cls):
         default = _default(f)
         key = prefix + f.name
         if dataclasses.is_dataclass(default):
-            kwargs[f.name] = _build(type(default), values, key + ".")
+            sub_prefix = prefix if f.name in flat else key + "."
+            kwargs[f.name] = _build(type(default), values, sub_prefix)
         elif key in values:
             v = values.pop(key)
             kwargs[f.name] = default if v is None and isinstance(default, list) else v
@@ -191,7 +193,7 @@ def parse(
 ):
     """Parse argv (default: sys.argv[1:]) into a `cls` instance; --help lists every field."""
     parser = make_parser(cls, description, epilog, positional, flat=flat)
-    return from_flat(cls, vars(parser.parse_args(argv)))
+    return from_flat(cls, vars(parser.parse_args(argv)), flat=flat)
 
 
 # --------------------------------------------------------------------------------------------------
