@@ -12,14 +12,31 @@ no top-k/top-p and never stops early, in both.
 This is a benchmark script, not a test: it prints figures.
 """
 
-import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 
 import torch
 
+import cli
 from gpt2 import GPT2, PRESETS, generate
+
+
+@dataclass
+class BenchArgs:
+    preset: str = "gpt2"
+    """model shape (random weights): a gpt2.py preset (tiny, gpt2, gpt2-medium, ...)"""
+    batch: int = 8
+    """prompts per batch"""
+    prompt_len: int = 64
+    """tokens per prompt"""
+    new_tokens: int = 24
+    """tokens generated per prompt"""
+    repeats: int = 5
+    """timed runs per measurement (median reported)"""
+    device: str = "auto"
+    """'auto' (cuda when available), 'cpu' or 'cuda'"""
 
 
 def timeit(fn, repeats, sync):
@@ -35,20 +52,10 @@ def timeit(fn, repeats, sync):
 
 
 def main():
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--preset", default="gpt2", choices=list(PRESETS), help="model shape (random weights)"
-    )
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--prompt-len", type=int, default=64)
-    p.add_argument("--new-tokens", type=int, default=24)
-    p.add_argument(
-        "--repeats", type=int, default=5, help="timed runs per measurement (median reported)"
-    )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args()
+    args = cli.parse(BenchArgs, description=__doc__)
+    if args.preset not in PRESETS:
+        raise SystemExit(f"--preset {args.preset!r}: choose from {', '.join(PRESETS)}")
+    args.device = cli.pick_device(args.device)
     B, T, R, dev = args.batch, args.prompt_len, args.new_tokens, args.device
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     cfg = PRESETS[args.preset]
@@ -113,14 +120,16 @@ def main():
         torch.cuda.get_device_name() if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     )
     print(
-        f"{args.preset} shape, batch {B}, prompt {T}, {R} new tokens, fp32, {dev_name}, torch {torch.__version__}"
+        f"{args.preset} shape, batch {B}, prompt {T}, {R} new tokens, fp32, {dev_name}, torch "
+        f"{torch.__version__}"
     )
     print(f"{'implementation':<24} {'forward tok/s':>14} {'generate tok/s':>15}")
     for name, fwd, gen in rows:
         print(f"{name:<24} {fwd:>14.0f} {gen:>15.1f}")
     if len(rows) == 2:
         print(
-            f"{'ratio (ours / HF)':<24} {rows[0][1] / rows[1][1]:>14.2f} {rows[0][2] / rows[1][2]:>15.2f}"
+            f"{'ratio (ours / HF)':<24} {rows[0][1] / rows[1][1]:>14.2f} "
+            f"{rows[0][2] / rows[1][2]:>15.2f}"
         )
 
 

@@ -18,7 +18,8 @@ weights stored (in, out) as their Conv1D does), so loading is a plain copy loop.
 dropout: lm-human-preferences turns it off in every call (do_dropout=False), and so do we.
 
 Run it:
-    python gpt2.py --model gpt2 --prompt "Hello, my name is" --prompt "The meaning of life" --max-new-tokens 40
+    python gpt2.py --model gpt2 --prompt "Hello, my name is" --prompt "The meaning of life" \
+        --max-new-tokens 40
     python gpt2.py --model ./my-hf-checkpoint-dir --greedy
 
 Shape letters: B = batch, T = sequence length, C = channels (n_embd), H = heads, D = head size (C /
@@ -27,7 +28,6 @@ H), V = vocabulary (50257), R = response length (new tokens), N = flattened toke
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import cli
 import kernels  # attention and token log-probs: Triton kernels or PyTorch (imports no triton)
 
 # OpenAI's padding id in label files (n_vocab + 2, "for historical reasons"); never fed to the model
@@ -295,12 +296,15 @@ def resolve_checkpoint(name_or_dir: str) -> Path:
     )
     if repo is None and name_or_dir in PRESETS:
         raise ValueError(
-            f"{name_or_dir!r} is a preset with no released weights: use GPT2.from_config({name_or_dir!r}) for random "
-            f"weights, or tasks.load_base_model({name_or_dir!r}) for the tiny model fitted to the shipped passages"
+            f"{name_or_dir!r} is a preset with no released weights: use "
+            f"GPT2.from_config({name_or_dir!r}) for random "
+            f"weights, or tasks.load_base_model({name_or_dir!r}) for the tiny model fitted to the "
+            "shipped passages"
         )
     if repo is None:
         raise ValueError(
-            f"no such model {name_or_dir!r}: give a directory holding config.json and model.safetensors (or "
+            f"no such model {name_or_dir!r}: give a directory holding config.json and "
+            "model.safetensors (or "
             f"pytorch_model.bin), or one of {', '.join(HUB_REPOS)} (or 'openai-community/<name>')"
         )
     # the standard cache: users who have GPT-2 don't download it again
@@ -316,7 +320,8 @@ def resolve_checkpoint(name_or_dir: str) -> Path:
         return Path(snapshot_download(repo, allow_patterns=files))
     except Exception as e:
         raise RuntimeError(
-            f"could not download {repo!r} ({type(e).__name__}: {e}). Without network access, copy a checkpoint "
+            f"could not download {repo!r} ({type(e).__name__}: {e}). Without network access, copy "
+            "a checkpoint "
             f"directory (config.json + model.safetensors) here and pass its path to --model."
         ) from None
 
@@ -384,12 +389,14 @@ def checkpoint_to_state_dict(state: dict, model: GPT2, folder: Path) -> dict:
         key = name.removeprefix("transformer.")
         if key not in state:
             raise ValueError(
-                f"{folder}: tensor {key!r} is missing from the checkpoint; is it a GPT-2 checkpoint?"
+                f"{folder}: tensor {key!r} is missing from the checkpoint; is it a GPT-2 "
+                "checkpoint?"
             )
         t = state.pop(key)
         if tuple(t.shape) != tuple(param.shape):
             raise ValueError(
-                f"{folder}: tensor {key!r} has shape {tuple(t.shape)}, expected {tuple(param.shape)} for this config"
+                f"{folder}: tensor {key!r} has shape {tuple(t.shape)}, expected "
+                f"{tuple(param.shape)} for this config"
             )
         out[name] = t.contiguous()
     state.pop("lm_head.weight", None)  # tied to wte
@@ -410,8 +417,9 @@ def get_tokenizer():
         return tiktoken.get_encoding("gpt2")
     except Exception as e:
         raise RuntimeError(
-            f"could not load tiktoken's gpt2 encoding ({e}). Offline, point TIKTOKEN_CACHE_DIR at a folder holding "
-            f"its cache files (this repo's CI uses ../shared/tiktoken_cache)."
+            f"could not load tiktoken's gpt2 encoding ({e}). Offline, point TIKTOKEN_CACHE_DIR at "
+            "a folder holding "
+            f"its cache files (e.g. one filled by tiktoken on a machine with internet access)."
         ) from None
 
 
@@ -582,63 +590,9 @@ class SampleArgs:
     """Triton kernels: 'auto' (on CUDA), 'on', 'off'"""
 
 
-def field_docs(cls) -> dict[str, str]:
-    """Each dataclass field's docstring: the string literal right after it in the class source
-    (dataclasses drop them, so read them from the source)."""
-    import ast
-    import inspect
-
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    return {
-        a.target.id: " ".join(b.value.value.split())
-        for a, b in zip(body, body[1:])
-        if isinstance(a, ast.AnnAssign)
-        and isinstance(b, ast.Expr)
-        and isinstance(b.value, ast.Constant)
-    }
-
-
-def parse_dataclass_args(cls, argv=None, description=None):
-    """A --help with each field's docstring, from a dataclass: argparse over dataclasses.fields."""
-    docs = field_docs(cls)
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        flag, helptext = "--" + f.name.replace("_", "-"), docs.get(f.name, "")
-        if f.type in ("bool", bool):
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=helptext
-            )
-        elif isinstance(default, list):
-            parser.add_argument(
-                flag, action="append", default=None, help=helptext + f" (default: {default})"
-            )
-        else:
-            typ = type(default) if default is not None else str
-            parser.add_argument(flag, type=typ, default=default, help=helptext)
-    ns = parser.parse_args(argv)
-    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)}
-    for f in dataclasses.fields(cls):
-        if values[f.name] is None and f.default is dataclasses.MISSING:
-            values[f.name] = f.default_factory()
-    return cls(**values)
-
-
-def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu")
-    return name
-
-
 def main(argv=None):
-    args = parse_dataclass_args(
-        SampleArgs, argv, description="Sample continuations of prompts from GPT-2."
-    )
-    device = pick_device(args.device)
+    args = cli.parse(SampleArgs, argv, description="Sample continuations of prompts from GPT-2.")
+    device = cli.pick_device(args.device)
     enc = get_tokenizer()
     try:
         model = GPT2.from_pretrained(args.model, device=device, use_kernels=args.kernels)

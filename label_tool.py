@@ -31,10 +31,8 @@ Not done: no gold items, ties, flags or free-text comments; one labeler per term
 with their own --out).
 """
 
-import argparse
 import collections
 import curses
-import dataclasses
 import fcntl
 import getpass
 import json
@@ -49,6 +47,7 @@ import time
 import unicodedata
 from dataclasses import dataclass, field
 
+import cli
 import labels
 from labels import FormatError
 
@@ -76,23 +75,13 @@ class Config:
 
 
 def parse_args(argv=None) -> Config:
-    p = argparse.ArgumentParser(
+    p = cli.make_parser(
+        Config,
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawTextHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:4]),
+        positional=("comparisons",),
     )
-    for f in dataclasses.fields(Config):
-        doc = _field_docs()[f.name]
-        if f.name == "comparisons":
-            p.add_argument("comparisons", nargs="?", default="", help=doc)
-        elif f.name == "stats":
-            p.add_argument("--stats", nargs="+", default=[], metavar="LABELS", help=doc)
-        else:
-            default = f" (default: {f.default!r})" if f.default != "" else ""
-            p.add_argument(
-                f"--{f.name}", type=type(f.default), default=f.default, help=doc + default
-            )
-    cfg = Config(**vars(p.parse_args(argv)))
+    cfg = cli.from_flat(Config, vars(p.parse_args(argv)))
     # Derived / checked once, here.
     if not cfg.stats and not (cfg.comparisons and cfg.out):
         p.error("give a comparisons file and --out LABELS.jsonl (or --stats LABELS.jsonl ...)")
@@ -102,19 +91,6 @@ def parse_args(argv=None) -> Config:
         )
     cfg.labeler = cfg.labeler or _login_name()
     return cfg
-
-
-def _field_docs() -> dict[str, str]:
-    """The string under each Config field (dataclasses drop them, so read them from the source)."""
-    import ast
-    import inspect
-
-    body = ast.parse(inspect.getsource(Config)).body[0].body
-    return {
-        a.target.id: b.value.value
-        for a, b in zip(body, body[1:])
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr)
-    }
 
 
 def _login_name() -> str:
@@ -399,7 +375,8 @@ class Session:
             row = self.by_id.get(obj["id"])
             if row is None:
                 raise FormatError(
-                    f"{path}:{lineno}: id {obj['id']!r} is not in {comp}: this labels file was made for a different "
+                    f"{path}:{lineno}: id {obj['id']!r} is not in {comp}: this labels file was "
+                    "made for a different "
                     f"comparisons file. Pass the comparisons file it belongs to, or a new --out."
                 )
             if "best" in obj and (
@@ -407,8 +384,10 @@ class Session:
                 or obj.get("sample_tokens") != row["sample_tokens"]
             ):
                 raise FormatError(
-                    f"{path}:{lineno}: id {obj['id']!r} has different tokens than the comparison with that id in "
-                    f"{comp}: this labels file was made for a different comparisons file. Pass the comparisons file "
+                    f"{path}:{lineno}: id {obj['id']!r} has different tokens than the comparison "
+                    "with that id in "
+                    f"{comp}: this labels file was made for a different comparisons file. Pass the "
+                    "comparisons file "
                     f"it belongs to, or a new --out."
                 )
             if "best" in obj and not (type(obj["best"]) is int and 0 <= obj["best"] < self.n):
@@ -522,7 +501,8 @@ def load_session(cfg: Config) -> Session:
         unknown = sorted({r["task"] for r in comparisons} - set(labels.TASK_INSTRUCTIONS))
         if unknown:
             raise FormatError(
-                f"{cfg.comparisons}: no built-in instruction for task(s) {', '.join(unknown)}; pass "
+                f"{cfg.comparisons}: no built-in instruction for task(s) {', '.join(unknown)}; "
+                "pass "
                 f"--instructions FILE or --task ({', '.join(labels.TASK_INSTRUCTIONS)})"
             )
     return Session(cfg, comparisons, instructions)
@@ -746,8 +726,10 @@ def main(argv=None) -> int:
         print(f"note: {s.notice}", file=sys.stderr)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         print(
-            "error: label_tool.py needs an interactive terminal (stdin and stdout must be a tty), and this is not "
-            "one. Run it directly in a terminal, not through a pipe or redirection. For scripted labels use "
+            "error: label_tool.py needs an interactive terminal (stdin and stdout must be a tty), "
+            "and this is not "
+            "one. Run it directly in a terminal, not through a pipe or redirection. For scripted "
+            "labels use "
             "`python reward.py label`.",
             file=sys.stderr,
         )
@@ -760,7 +742,8 @@ def main(argv=None) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         print(
-            f"error: another label_tool.py session is writing to {cfg.out}. Finish that one first, or give each "
+            f"error: another label_tool.py session is writing to {cfg.out}. Finish that one first, "
+            "or give each "
             f"labeler their own --out (label_tool.py --stats compares them).",
             file=sys.stderr,
         )

@@ -13,11 +13,13 @@ comparisons.jsonl: one JSON object per line (UTF-8, lines end in "\\n"):
     query         str          the query text shown to the labeler
     query_tokens  list[int]    its GPT-2 token ids (no padding)
     samples       list[str]    the N candidate responses (N is the same for every line, 2 <= N)
-    sample_tokens list[list[int]]  their token ids, already truncated at the task's stop token (no padding)
+    sample_tokens list[list[int]]  their token ids, already truncated at the task's stop token
+                                   (no padding)
 
 labels.jsonl: an append-only log, one JSON object per line. A label line holds the comparison's
 fields plus
-    best          int          index into `samples` (the ORIGINAL order, whatever order the labeler saw)
+    best          int          index into `samples` (the ORIGINAL order, whatever order the
+                               labeler saw)
     labeler       str          who decided
     seconds       float        time the labeler took to decide
     created       str          ISO-8601 time of the decision
@@ -39,6 +41,8 @@ import json
 import os
 import sys
 
+import cli
+
 VOCAB_SIZE = 50257
 # OpenAI's padding id in their label files, outside the vocab (same as gpt2.PAD_ID)
 OPENAI_PAD_ID = 50259
@@ -51,8 +55,10 @@ TASK_INSTRUCTIONS: dict[str, str] = {
     "sentiment": "Pick the continuation with the most positive and happy sentiment.",
     "descriptiveness": "Pick the continuation that is the most vividly descriptive: "
     "physical detail of how things look, sound, smell, feel.",
-    "tldr": "Pick the best summary of the post: accurate first, then covering the main points, then concise.",
-    "cnndm": "Pick the best summary of the article: accurate first, then covering the main points, then concise.",
+    "tldr": "Pick the best summary of the post: accurate first, then covering the main points, "
+    "then concise.",
+    "cnndm": "Pick the best summary of the article: accurate first, then covering the main points, "
+    "then concise.",
 }
 
 COMPARISON_FIELDS = ("id", "task", "query", "query_tokens", "samples", "sample_tokens")
@@ -92,15 +98,7 @@ def append_jsonl(path, obj) -> None:
     finally:
         os.close(fd)
     if is_new:
-        _fsync_dir(path)
-
-
-def _fsync_dir(path) -> None:
-    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        cli.fsync_dir(path)
 
 
 def write_comparisons(path, rows) -> None:
@@ -109,16 +107,12 @@ def write_comparisons(path, rows) -> None:
     _validate_comparisons(
         [(i + 1, r) for i, r in enumerate(rows)], f"<rows for {path}>", VOCAB_SIZE
     )
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for r in rows:
-            # the format's fields first, then any extra ones
-            first = {k: r[k] for k in COMPARISON_FIELDS}
-            f.write(json.dumps({**first, **r}, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path)
+    # the format's fields first, then any extra ones
+    lines = [
+        json.dumps({**{k: r[k] for k in COMPARISON_FIELDS}, **r}, ensure_ascii=False) + "\n"
+        for r in rows
+    ]
+    cli.atomic_write(path, "".join(lines))
 
 
 def now_iso() -> str:
@@ -155,7 +149,8 @@ def read_jsonl(path) -> list[tuple[int, dict]]:
             hint = ""
             if i == len(lines) and not data.endswith(b"\n"):
                 hint = (
-                    " (the last line is incomplete: the writer was interrupted; `python label_tool.py` repairs "
+                    " (the last line is incomplete: the writer was interrupted; `python "
+                    "label_tool.py` repairs "
                     "it when it opens the file, or delete that line)"
                 )
             raise FormatError(
@@ -236,7 +231,8 @@ def _validate_comparisons(items, path, vocab_size) -> None:
             )
         if obj["id"] in seen:
             raise FormatError(
-                f"{where}: id {obj['id']!r} already used on line {seen[obj['id']]}; ids must be unique"
+                f"{where}: id {obj['id']!r} already used on line {seen[obj['id']]}; ids must be "
+                "unique"
             )
         seen[obj["id"]] = lineno
 
@@ -247,7 +243,8 @@ def read_comparisons(path, vocab_size=VOCAB_SIZE) -> list[dict]:
     items = read_jsonl(path)
     if not items:
         raise FormatError(
-            f"{path}: empty; expected one comparison per line (make one with `python reward.py sample`)"
+            f"{path}: empty; expected one comparison per line (make one with `python reward.py "
+            "sample`)"
         )
     _validate_comparisons(items, path, vocab_size)
     return [obj for _, obj in items]
@@ -314,7 +311,8 @@ def read_labels(path, vocab_size=VOCAB_SIZE, counts: dict | None = None) -> list
         n = _check_comparison(obj, where, vocab_size, need_text=False)
         if type(obj["best"]) is not int or not 0 <= obj["best"] < n:
             raise FormatError(
-                f"{where}: `best` = {obj['best']!r} must be an integer index 0..{n - 1} into `samples`"
+                f"{where}: `best` = {obj['best']!r} must be an integer index 0..{n - 1} into "
+                "`samples`"
             )
         if "seconds" in obj and (
             not isinstance(obj["seconds"], (int, float)) or obj["seconds"] < 0
@@ -324,7 +322,8 @@ def read_labels(path, vocab_size=VOCAB_SIZE, counts: dict | None = None) -> list
             n_first = (n, lineno)
         elif n != n_first[0]:
             raise FormatError(
-                f"{where}: {n} candidates, but line {n_first[1]} has {n_first[0]}; a labels file must "
+                f"{where}: {n} candidates, but line {n_first[1]} has {n_first[0]}; a labels file "
+                "must "
                 f"have the same N on every line"
             )
         rows.append(obj)
@@ -332,7 +331,8 @@ def read_labels(path, vocab_size=VOCAB_SIZE, counts: dict | None = None) -> list
     n_skipped = sum(1 for _, k, _ in final.values() if k == "skip")
     if not rows:
         raise FormatError(
-            f"{path}: no labels left ({len(items)} lines: {n_undone} ids undone, {n_skipped} skipped)"
+            f"{path}: no labels left ({len(items)} lines: {n_undone} ids undone, {n_skipped} "
+            "skipped)"
         )
     if counts is not None:
         counts.update(lines=len(items), labels=len(rows), undone=n_undone, skipped=n_skipped)
@@ -360,7 +360,8 @@ def _read_openai_json(path, vocab_size) -> list[dict]:
         ) from None
     if not data:
         raise FormatError(
-            f"{path}: an empty JSON list; expected OpenAI's [{{query, sample0..sampleN-1, best}}, ...]"
+            f"{path}: an empty JSON list; expected OpenAI's [{{query, sample0..sampleN-1, best}}, "
+            "...]"
         )
     task = os.path.basename(os.path.dirname(os.path.abspath(path)))  # labels/<task>/offline_5k.json
     rows, n = [], None
@@ -440,7 +441,8 @@ def repair_truncated_tail(path) -> str | None:
             lineno = data.count(b"\n") + 1
             preview = tail[:60].decode("utf-8", "replace")
             msg = (
-                f"{path}:{lineno}: removed an incomplete last line ({len(tail)} bytes: {preview!r}...), left by "
+                f"{path}:{lineno}: removed an incomplete last line ({len(tail)} bytes: "
+                f"{preview!r}...), left by "
                 f"a write that was cut off; all {lineno - 1} complete lines are kept"
             )
         f.flush()
@@ -468,7 +470,8 @@ def main(argv=None) -> int:
             c = {}
             rows = read_labels(path, counts=c)
             print(
-                f"{path}: {c['labels']} labels, N = {len(rows[0]['sample_tokens'])} ({c['lines']} lines, "
+                f"{path}: {c['labels']} labels, N = {len(rows[0]['sample_tokens'])} ({c['lines']} "
+                "lines, "
                 f"{c['undone']} undone, {c['skipped']} skipped)"
             )
     except (FormatError, OSError) as e:

@@ -1,6 +1,5 @@
 """
-PPO fine-tuning of GPT-2 against a learned reward model: stage 3 of RLHF, end to end from `python
-ppo.py`.
+PPO fine-tuning of GPT-2 against a learned reward model: stage 3 of RLHF.
 
 The policy π starts as a copy of the initial model ρ (gpt2.py); each update samples responses to
 task queries (tasks.py), scores them with the reward model (reward.py), subtracts a per-token KL
@@ -8,11 +7,21 @@ penalty against the frozen ρ and runs PPO on the result. It follows Ziegler et 
 "Fine-Tuning Language Models from Human Preferences", as released in openai/lm-human-preferences @
 cbfd210 (train_policy.py) and re-implemented in PyTorch by vwxyzjn/lm-human-preference-details @
 ccc1953 (train_policy_accelerate.py); where the paper and the released code differ we follow the
-code and say so (see ../shared/docs/paper-spec.md §3).
+code and say so (docs/ has the list).
 
-With no reward model given, `python ppo.py` runs the whole pipeline: it samples comparisons from ρ,
-labels them with the task's scripted labeler, trains the reward model with reward.py's functions,
-then runs PPO.
+One PPO update, the numbered steps used in the comments below, and the function doing each:
+    1. rollout: fixed-length responses from π to a batch of queries .......... rollout()
+    2. score: truncate at the stop token, reward-model score, -1 penalty ....... rollout()
+    3. KL-penalized rewards: -β·(log π - log ρ) per token, score at the end .... compute_rewards()
+    4. advantages: whitened rewards, GAE, whitened advantages .... ppo_update() with compute_gae()
+    5. PPO epochs: clipped policy + value loss, one Adam step per minibatch .... ppo_update() with
+       ppo_policy_loss() and value_loss()
+    6. KL controller and logging: β toward the target KL, metrics.jsonl ........ train() with
+       AdaptiveKLController.update()
+The run around them: setup() (models, optimizer, data, resume), train() (the loop, checkpoints),
+summarize() (summary.json). With no reward model given, setup() first makes one with ONE call,
+reward.build_reward_model (sample comparisons from ρ, label them with the task's scripted labeler or
+read --rm.labels, train, save); its options are the --rm.* flags, the same as `reward.py train`'s.
 
 Run it:
     # offline CPU demo, the whole pipeline in under 10 minutes
@@ -20,12 +29,12 @@ Run it:
     # the released setting: gpt2 (124M), sentiment, 1M episodes, 1 GPU
     python ppo.py
     # PPO against a reward model trained with `reward.py train`
-    python ppo.py --reward rm.pt
+    python ppo.py --reward-model rm.pt
     # train the reward model from (human) labels first, then PPO
-    python ppo.py --labels labels.jsonl
+    python ppo.py --rm.labels labels.jsonl
     python ppo.py --model gpt2-large              # the paper's model size
-    python ppo.py --resume runs/sentiment-tiny-s1 # continue an interrupted run exactly where it stopped
-    # time one PPO update of the 124M sentiment setting
+    python ppo.py --resume runs/sentiment-tiny-s1 # continue an interrupted run where it stopped
+    # time PPO updates of the 124M sentiment setting on random weights (bench_ppo.py)
     python ppo.py --bench
     python ppo.py --help                          # every option, with its default
 
@@ -33,23 +42,20 @@ What it does not do: multi-GPU / DeepSpeed, LoRA, online label collection (the s
 offline in the paper).
 
 Shape letters: B = episodes (batch), Q = query length, R = response length, T = Q + R, C = channels,
-M = minibatches per epoch, A = micro-batches per minibatch (gradient accumulation), E = PPO epochs.
+E = PPO epochs, M = minibatches per epoch, U = micro-batches per minibatch (gradient accumulation).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
-import dataclasses
 import json
 import math
-import os
 import pickle
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +63,220 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+import cli
 import gpt2
-import labels
 import reward
 import tasks
+from reward import AdamTF, make_adam  # noqa: F401 (AdamTF: the released code's Adam, for tests)
+
+# --------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class Config:
+    # what to train
+    task: str = "sentiment"
+    """task (tasks.py): sentiment, descriptiveness, tldr, cnndm"""
+    model: str = "gpt2"
+    """initial policy ρ: gpt2 (124M, the released code), gpt2-medium, gpt2-large (774M, the
+    paper), gpt2-xl, a Hugging Face checkpoint dir, or tiny (2 layers, fitted briefly on the
+    shipped passages; CPU demo and tests)"""
+    reward_model: str = ""
+    """reward model checkpoint from `reward.py train`; empty: make one first, into the run folder
+    (reward.build_reward_model with the --rm.* options)"""
+    labeler: str = ""
+    """scripted labeler for the reward model's labels and for the true score (empty: the task's
+    own, where tasks.py has one)"""
+    value_model: str = "shared"
+    """'shared': a zero-initialized scalar head on the policy's trunk (as the released code);
+    'reward': a separate value network initialized from the reward model (trunk and head, as
+    Stiennon et al. 2020)"""
+    rm: reward.TrainConfig = field(default_factory=reward.TrainConfig)
+    """how the reward model is made when --reward-model is empty: --rm.<flag> takes the same
+    options as `reward.py train --<flag>`"""
+
+    # PPO (defaults: lm-human-preferences launch.py, books tasks; per-task and tiny overrides in
+    # TASK_DEFAULTS, TINY_DEFAULTS)
+    total_episodes: int = 1_000_000
+    """episodes (query + response) over the whole run; updates = ceil(total_episodes /
+    batch_size)"""
+    batch_size: int = 512
+    """episodes per PPO update (rollout batch)"""
+    nminibatches: int = 1
+    """minibatches per epoch: one optimizer step each (the released code: 1)"""
+    noptepochs: int = 4
+    """PPO epochs over each rollout batch, reshuffled every epoch"""
+    micro_batch_size: int = 64
+    """episodes per forward/backward; gradients are accumulated over a minibatch (memory only,
+    not the math)"""
+    lr: float = 1e-5
+    """Adam learning rate, annealed linearly to 0 over the updates"""
+    adam: str = "tf"
+    """'tf': TF1 epsilon placement as the released code (AdamTF); 'torch': torch.optim.Adam"""
+    adam_eps: float = 1e-5
+    """Adam epsilon (TF1 AdamOptimizer(epsilon=1e-5) in the released code)"""
+    kl_coef: float = 0.15
+    """initial KL coefficient β"""
+    adaptive_kl: bool = True
+    """adapt β toward --kl-target (off: β stays fixed)"""
+    kl_target: float = 6.0
+    """target KL(π‖ρ) per episode, in nats"""
+    kl_horizon: int = 10_000
+    """adaptive controller horizon, in episodes"""
+    gamma: float = 1.0
+    """discount"""
+    lam: float = 0.95
+    """GAE λ"""
+    cliprange: float = 0.2
+    """PPO policy clip range"""
+    cliprange_value: float = 0.2
+    """value clip range"""
+    vf_coef: float = 0.1
+    """value loss coefficient (loss = policy loss + vf_coef · value loss; no entropy bonus)"""
+    whiten_rewards: bool = True
+    """whiten rewards per minibatch, without shifting their mean"""
+    temperature: float = 0.7
+    """sampling temperature; logits are divided by it wherever log-probs are computed (per task:
+    tasks.py)"""
+
+    # run
+    seed: int = 1
+    """random seed (the released code: 1)"""
+    name: str = ""
+    """run name (empty: <task>-<model>-s<seed>)"""
+    run_dir: str = ""
+    """run folder (empty: runs/<name>/): config, metrics.jsonl, curves.png, checkpoint.pt,
+    summary.json"""
+    resume: str = ""
+    """continue the run in this folder from its last checkpoint (its config.json; flags given
+    here override it)"""
+    stop_after: int = 0
+    """stop once this many updates are done (0: run to the end); a later --resume continues the
+    same run"""
+    save_every: int = 50
+    """checkpoint every N updates (and at the end)"""
+    sample_every: int = 10
+    """print a table of queries, responses and scores every N updates"""
+    eval_episodes: int = 256
+    """episodes on held-out queries for score_before / score_after in summary.json"""
+    device: str = "auto"
+    """'auto' (cuda when available), 'cpu' or 'cuda'"""
+    bench: bool = False
+    """time PPO updates on random weights at this config (default: the 124M sentiment setting;
+    bench_ppo.py) and exit"""
+    bench_updates: int = 3
+    """with --bench: timed updates after one warm-up"""
+
+
+# Per-task defaults from the released launch.py, as dotted flag names ("rm.lr" is --rm.lr)
+TASK_DEFAULTS = {
+    "sentiment": {},
+    "descriptiveness": {},
+    # launch.py binds `rewards.whiten` = False, a key that does not exist; we do what it intends.
+    "cnndm": dict(
+        lr=2e-6,
+        batch_size=32,
+        kl_coef=0.01,
+        adaptive_kl=False,
+        whiten_rewards=False,
+        micro_batch_size=16,
+    ),
+    "tldr": dict(
+        lr=2e-6,
+        batch_size=32,
+        kl_coef=0.03,
+        adaptive_kl=False,
+        whiten_rewards=False,
+        micro_batch_size=16,
+    ),
+}
+# `--model tiny`: CPU-sized budgets picked so that the demo learns within 10 minutes on 2 cores.
+TINY_DEFAULTS = {
+    # 60 updates of 32 episodes, 2 minibatches of 16 (8 Adam steps per update): about 5 minutes of
+    # PPO on 2 cores. The tiny model is 2 layers fitted on 600 passages, so it takes a larger step
+    # (lr) than GPT-2, and a shorter horizon lets the controller react within 60 updates (β0 = 0.15
+    # and the 6-nat target stay as released).
+    "total_episodes": 32 * 60,
+    "batch_size": 32,
+    "nminibatches": 2,
+    "micro_batch_size": 16,
+    "lr": 2e-4,
+    "kl_horizon": 300,
+    # 800 scripted comparisons (~1 minute to sample): one epoch of them leaves the tiny reward model
+    # near chance, eight at a lower lr reach ~50% held-out best-of-4 accuracy (chance 25%), enough
+    # for PPO to raise the true score.
+    "rm.num_comparisons": 800,
+    "rm.lr": 3e-4,
+    "rm.batch_size": 8,
+    "rm.epochs": 8,
+    "rm.normalize_samples": 128,
+    "eval_episodes": 128,
+    "sample_every": 10,
+    "save_every": 10,
+}
+
+PRECEDENCE = """\
+where each option's value comes from (later wins), decided in resolve_config():
+  1. the defaults listed above
+  2. the task's defaults (and its sampling temperature, tasks.py)
+  3. the tiny preset, with --model tiny
+  4. with --resume DIR: that run's config.json (without its --stop-after)
+  5. the flags given on this command line"""
+
+
+def resolve_config(given: dict, saved: dict | None = None) -> Config:
+    """The one place the configuration is decided (the layers are PRECEDENCE, shown in --help).
+    given: the flags on the command line; saved: a resumed run's config.json; both keyed like the
+    parser ("rm.lr"), saved may be nested. Derived fields (name, run_dir) are filled in here."""
+    saved = cli.flatten(saved or {})
+    if saved:
+        saved["stop_after"] = 0  # a resumed run goes to the end unless told otherwise now
+    chosen = {**saved, **given}  # the task and model the layers below depend on
+    task_name = chosen.get("task", Config.task)
+    if task_name not in TASK_DEFAULTS:
+        raise SystemExit(f"error: unknown --task {task_name!r}; tasks: {', '.join(TASK_DEFAULTS)}")
+    values = cli.flatten(asdict(Config()))  # 1
+    values["temperature"] = tasks.get_task(task_name).temperature  # 2
+    values.update(TASK_DEFAULTS[task_name])
+    if chosen.get("model", Config.model) == "tiny":  # 3
+        values.update(TINY_DEFAULTS)
+    values.update(saved)  # 4
+    values.update(given)  # 5
+    try:
+        cfg = cli.from_flat(Config, values, "config.json" if saved else "flags")
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    if cfg.resume:  # a resumed run stays in its folder
+        cfg.run_dir = cfg.resume
+    cfg.name = cfg.name or f"{cfg.task}-{Path(cfg.model).name}-s{cfg.seed}"
+    cfg.run_dir = cfg.run_dir or str(Path("runs") / cfg.name)
+    return cfg
+
+
+def parse_args(argv=None) -> Config:
+    """--help from the dataclass; only the flags actually given reach resolve_config."""
+    parser = cli.make_parser(
+        Config,
+        description=__doc__.split("\n\n")[1],
+        epilog=PRECEDENCE
+        + "\n\nper-task defaults: "
+        + "; ".join(f"{k}: {v}" for k, v in TASK_DEFAULTS.items() if v)
+        + f"\n--model tiny: {TINY_DEFAULTS}",
+        only_given=True,
+    )
+    given = vars(parser.parse_args(argv))
+    saved = None
+    if given.get("resume"):
+        saved_path = Path(given["resume"]) / "config.json"
+        if not saved_path.exists():
+            raise SystemExit(
+                f"error: --resume {given['resume']}: no config.json there (is it a ppo.py run "
+                f"folder?)"
+            )
+        saved = json.loads(saved_path.read_text())
+    return resolve_config(given, saved)
+
 
 # --------------------------------------------------------------------------------------------------
 # The math: small pure functions, imported by tests/test_ppo.py
@@ -182,220 +398,6 @@ class AdaptiveKLController(FixedKLController):
         self.value *= 1 + proportional_error * n_steps / self.horizon
 
 
-# Adam with TF1's epsilon placement (defined once, in reward.py, which trains with it first)
-AdamTF = reward.AdamTF
-
-
-# --------------------------------------------------------------------------------------------------
-# Config
-
-
-@dataclass
-class Config:
-    # what to train
-    task: str = "sentiment"
-    """task (tasks.py): sentiment, descriptiveness, tldr, cnndm"""
-    model: str = "gpt2"
-    """initial policy ρ: gpt2 (124M, the released code), gpt2-medium, gpt2-large (774M, the
-    paper), gpt2-xl, a Hugging Face checkpoint dir, or tiny (2 layers, fitted briefly on the
-    shipped passages; CPU demo and tests)"""
-    reward: str = ""
-    """reward model checkpoint from `reward.py train`; empty: train one first (from --labels, or
-    scripted labels)"""
-    labels: str = ""
-    """labels file (our labels.jsonl or OpenAI's released JSON) to train the reward model from
-    when --reward is empty; empty: sample comparisons from ρ and label them with the task's
-    scripted labeler"""
-    rm_comparisons: int = 4992
-    """comparisons to sample and label with the scripted labeler when neither --reward nor
-    --labels is given (4,992 = the released style-task label count)"""
-    rm_lr: float = 5e-5
-    """reward-model learning rate when this run trains one (the released books setting: 5e-5)"""
-    rm_batch_size: int = 32
-    """reward-model comparisons per step when this run trains one (the released books setting:
-    32)"""
-    rm_epochs: int = 1
-    """reward-model passes over its labels when this run trains one (the released code: 1)"""
-    rm_normalize_samples: int = 256
-    """responses from ρ used to normalize the reward model to mean 0, std 1 before and after its
-    training"""
-    labeler: str = ""
-    """scripted labeler for the labels and for the true score (empty: the task's own, where
-    tasks.py has one)"""
-    value_model: str = "shared"
-    """'shared': a zero-initialized scalar head on the policy's trunk (as the released code);
-    'reward': a separate value network initialized from the reward model (trunk and head, as
-    Stiennon et al. 2020)"""
-
-    # PPO (defaults: lm-human-preferences launch.py, books tasks; per-task and tiny overrides in
-    # TASK_DEFAULTS)
-    total_episodes: int = 1_000_000
-    """episodes (query + response) over the whole run; updates = ceil(total_episodes /
-    batch_size)"""
-    batch_size: int = 512
-    """episodes per PPO update (rollout batch)"""
-    nminibatches: int = 1
-    """minibatches per epoch: one optimizer step each (the released code: 1)"""
-    noptepochs: int = 4
-    """PPO epochs over each rollout batch, reshuffled every epoch"""
-    micro_batch_size: int = 64
-    """episodes per forward/backward; gradients are accumulated over a minibatch (memory only,
-    not the math)"""
-    lr: float = 1e-5
-    """Adam learning rate, annealed linearly to 0 over the updates"""
-    adam: str = "tf"
-    """'tf': TF1 epsilon placement as the released code (AdamTF); 'torch': torch.optim.Adam"""
-    adam_eps: float = 1e-5
-    """Adam epsilon (TF1 AdamOptimizer(epsilon=1e-5) in the released code)"""
-    kl_coef: float = 0.15
-    """initial KL coefficient β"""
-    adaptive_kl: bool = True
-    """adapt β toward --kl-target (off: β stays fixed)"""
-    kl_target: float = 6.0
-    """target KL(π‖ρ) per episode, in nats"""
-    kl_horizon: int = 10_000
-    """adaptive controller horizon, in episodes"""
-    gamma: float = 1.0
-    """discount"""
-    lam: float = 0.95
-    """GAE λ"""
-    cliprange: float = 0.2
-    """PPO policy clip range"""
-    cliprange_value: float = 0.2
-    """value clip range"""
-    vf_coef: float = 0.1
-    """value loss coefficient (loss = policy loss + vf_coef · value loss; no entropy bonus)"""
-    whiten_rewards: bool = True
-    """whiten rewards per minibatch, without shifting their mean"""
-    temperature: float = 0.7
-    """sampling temperature; logits are divided by it wherever log-probs are computed (per task:
-    tasks.py)"""
-
-    # run
-    seed: int = 1
-    """random seed (the released code: 1)"""
-    name: str = ""
-    """run name (empty: <task>-<model>-s<seed>)"""
-    run_dir: str = ""
-    """run folder (empty: runs/<name>/): config, metrics.jsonl, curves.png, checkpoint.pt,
-    summary.json"""
-    resume: str = ""
-    """continue the run in this folder from its last checkpoint (its config.json; flags given
-    here override it)"""
-    stop_after: int = 0
-    """stop once this many updates are done (0: run to the end); a later --resume continues the
-    same run"""
-    save_every: int = 50
-    """checkpoint every N updates (and at the end)"""
-    sample_every: int = 10
-    """print a table of queries, responses and scores every N updates"""
-    eval_episodes: int = 256
-    """episodes on held-out queries for score_before / score_after in summary.json"""
-    device: str = "auto"
-    """'auto' (cuda when available), 'cpu' or 'cuda'"""
-    bench: bool = False
-    """time PPO updates on random weights at this config (default: the 124M sentiment setting)
-    and exit"""
-
-
-# Per-task defaults from the released launch.py; `tiny` runs get CPU-sized budgets picked so that
-# the demo learns within 10 minutes on 2 cores. Order of precedence: Config defaults < task < tiny <
-# command line.
-TASK_DEFAULTS = {
-    "sentiment": {},
-    "descriptiveness": {},
-    # launch.py binds `rewards.whiten` = False, a key that does not exist (paper-spec §8.8); we do
-    # what it intends.
-    "cnndm": dict(
-        lr=2e-6,
-        batch_size=32,
-        kl_coef=0.01,
-        adaptive_kl=False,
-        whiten_rewards=False,
-        micro_batch_size=16,
-    ),
-    "tldr": dict(
-        lr=2e-6,
-        batch_size=32,
-        kl_coef=0.03,
-        adaptive_kl=False,
-        whiten_rewards=False,
-        micro_batch_size=16,
-    ),
-}
-TINY_DEFAULTS = dict(
-    # 60 updates of 32 episodes, 2 minibatches of 16 (8 Adam steps per update): about 5 minutes of
-    # PPO on 2 cores. The tiny model is 2 layers fitted on 600 passages, so it takes a larger step
-    # (lr) than GPT-2, and a shorter horizon lets the controller react within 60 updates (β0 = 0.15
-    # and the 6-nat target stay as released).
-    total_episodes=32 * 60,
-    batch_size=32,
-    nminibatches=2,
-    micro_batch_size=16,
-    lr=2e-4,
-    kl_horizon=300,
-    # 800 scripted comparisons (~1 minute to sample): one epoch of them leaves the tiny reward model
-    # near chance, eight at a lower lr reach ~50% held-out best-of-4 accuracy (chance 25%), enough
-    # for PPO to raise the true score.
-    rm_comparisons=800,
-    rm_lr=3e-4,
-    rm_batch_size=8,
-    rm_epochs=8,
-    rm_normalize_samples=128,
-    eval_episodes=128,
-    sample_every=10,
-    save_every=10,
-)
-
-
-def parse_args(argv=None) -> tuple[Config, dict]:
-    """--help from the dataclass. Returns the resolved config and the flags actually given (for
-    --resume)."""
-    docs = gpt2.field_docs(Config)
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="per-task defaults: "
-        + "; ".join(f"{k}: {v}" for k, v in TASK_DEFAULTS.items() if v)
-        + f"; --model tiny: {TINY_DEFAULTS}",
-    )
-    types = {"int": int, "float": float, "str": str}
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":  # SUPPRESS: only flags actually given reach the namespace
-            parser.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=docs[f.name],
-            )
-        else:
-            parser.add_argument(
-                flag,
-                type=types[f.type],
-                default=argparse.SUPPRESS,
-                help=docs[f.name] + f" (default: {f.default!r})",
-            )
-    given = vars(parser.parse_args(argv))
-    return resolve_config(given), given
-
-
-def resolve_config(given: dict) -> Config:
-    """Config defaults < task defaults < tiny defaults < the flags given. Derived fields are
-    filled in here."""
-    task_name = given.get("task", Config.task)
-    if task_name not in TASK_DEFAULTS:
-        raise SystemExit(f"error: unknown --task {task_name!r}; tasks: {', '.join(TASK_DEFAULTS)}")
-    values = dict(temperature=tasks.get_task(task_name).temperature, **TASK_DEFAULTS[task_name])
-    if given.get("model", Config.model) == "tiny":
-        values.update(TINY_DEFAULTS)
-    values.update(given)
-    cfg = Config(**values)
-    cfg.name = cfg.name or f"{cfg.task}-{Path(cfg.model).name}-s{cfg.seed}"
-    cfg.run_dir = cfg.run_dir or str(Path("runs") / cfg.name)
-    return cfg
-
-
 def exact_div(a: int, b: int, what: str) -> int:
     if b <= 0 or a % b:
         raise SystemExit(f"error: {what}: {a} is not a multiple of {b}")
@@ -435,6 +437,31 @@ class PolicyAndValue(nn.Module):
         # (B, R)
         values = self.value_head(hidden[:, T - n_response - 1 : T - 1]).squeeze(-1).float()
         return logprobs, entropy, values
+
+
+def policy_with_reward_value(ref, reward_model) -> PolicyAndValue:
+    """--value-model reward: π from ρ; V a separate network initialized from the reward model,
+    trunk and head, with the reward normalization folded into the head so V starts equal to the
+    normalized score (Stiennon et al. 2020)."""
+    policy = PolicyAndValue(
+        copy.deepcopy(ref).requires_grad_(True), copy.deepcopy(reward_model.lm).requires_grad_(True)
+    )
+    with torch.no_grad():
+        gain, bias = reward_model.reward_gain.float(), reward_model.reward_bias.float()
+        policy.value_head.weight.copy_(reward_model.head.weight * gain)
+        policy.value_head.bias.copy_(reward_model.head.bias * gain + bias)
+    return policy
+
+
+def make_policy(cfg: Config, ref, reward_model) -> PolicyAndValue:
+    """π starts as ρ; V per --value-model. Dropout off (eval mode), which does not stop
+    gradients: GPT-2 is trained with dropout, the released code fine-tunes without."""
+    policy = PolicyAndValue(copy.deepcopy(ref).requires_grad_(True))
+    if cfg.value_model == "reward":
+        policy = policy_with_reward_value(ref, reward_model)
+    elif cfg.value_model != "shared":
+        raise SystemExit(f"error: --value-model {cfg.value_model!r}: use 'shared' or 'reward'")
+    return policy.eval()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -489,11 +516,11 @@ def rollout(
     with autocast(device):
         chunk = cfg.micro_batch_size
         logprobs, _, values = forward_in_chunks(
-            lambda t, m: policy(t, m, R, cfg.temperature), chunk, tokens, mask
+            lambda tok, msk: policy(tok, msk, R, cfg.temperature), chunk, tokens, mask
         )
         ref_logprobs, _ = forward_in_chunks(
             # (B, R)
-            lambda t, m: gpt2.response_logprobs(ref, t, m, R, cfg.temperature)[:2],
+            lambda tok, msk: gpt2.response_logprobs(ref, tok, msk, R, cfg.temperature)[:2],
             chunk,
             tokens,
             mask,
@@ -502,11 +529,14 @@ def rollout(
         #    is missing
         # (B, R) PAD_ID after the stop token, (B,)
         truncated, valid = tasks.truncate_responses(responses, task)
-        # the reward model reads the RAW query + response, as the released code (paper-spec §1.2
-        # item 7)
+        # the reward model reads the RAW query + response, as the released code does
         raw_tokens, raw_mask = gpt2.left_pad(raw_queries, device=device)  # (B, Q')
         (scores,) = forward_in_chunks(
-            lambda q, m, r: (reward_model.score(q, m, r),), chunk, raw_tokens, raw_mask, truncated
+            lambda q, msk, r: (reward_model.score(q, msk, r),),
+            chunk,
+            raw_tokens,
+            raw_mask,
+            truncated,
         )
     scores = tasks.penalize(scores.float(), valid, task)  # (B,) replacement, not addition
     # 3. rewards: per-token KL penalty against ρ, the score at the last token
@@ -533,40 +563,40 @@ def ppo_update(
     policy, optimizer, batch: dict, cfg: Config, n_response: int, shuffle_gen, device
 ) -> dict:
     """Steps 4-5: noptepochs passes over shuffled minibatches, one optimizer step per minibatch,
-    gradients accumulated over micro-batches. Returns stats as (E, M, A) tensors (averaged for
+    gradients accumulated over micro-batches. Returns stats as (E, M, U) tensors (averaged for
     logging, so no minibatch is left out)."""
     B, E, M = cfg.batch_size, cfg.noptepochs, cfg.nminibatches
-    mb = exact_div(B, M, "--batch-size / --nminibatches")
-    micro = min(cfg.micro_batch_size, mb)
-    A = exact_div(mb, micro, "minibatch size / --micro-batch-size")
+    mb_size = exact_div(B, M, "--batch-size / --nminibatches")
+    micro_size = min(cfg.micro_batch_size, mb_size)
+    n_micro = exact_div(mb_size, micro_size, "minibatch size / --micro-batch-size")
     stats = {}
 
-    def record(e, m, a, name, value):
-        stats.setdefault(name, torch.zeros(E, M, A))[e, m, a] = (
+    def record(epoch, minibatch, micro, name, value):
+        stats.setdefault(name, torch.zeros(E, M, n_micro))[epoch, minibatch, micro] = (
             value.item() if torch.is_tensor(value) else value
         )
 
-    for e in range(E):
+    for epoch in range(E):
         perm = torch.randperm(B, generator=shuffle_gen).to(device)  # a fresh shuffle every epoch
-        for m in range(M):
-            idx = perm[m * mb : (m + 1) * mb]
+        for minibatch in range(M):
+            idx = perm[minibatch * mb_size : (minibatch + 1) * mb_size]
             # 4. advantages, per minibatch as the released code does (with nminibatches = 1: the
             #    whole batch): whiten rewards (scale only), GAE, whiten advantages (zero mean, unit
             #    variance)
-            rewards = batch["rewards"][idx]  # (mb, R)
+            rewards = batch["rewards"][idx]  # (mb_size, R)
             if cfg.whiten_rewards:
                 rewards = whiten(rewards, shift_mean=False)
-            old_values, old_logprobs = batch["values"][idx], batch["logprobs"][idx]  # (mb, R)
+            old_values, old_logprobs = batch["values"][idx], batch["logprobs"][idx]  # (mb_size, R)
             advantages, returns = compute_gae(rewards, old_values, cfg.gamma, cfg.lam)
             advantages = whiten(advantages)
             # 5. PPO: clipped policy loss + vf_coef · clipped value loss, summed over micro-batches
             optimizer.zero_grad(set_to_none=True)
             total = torch.zeros((), device=device)
-            for a in range(A):
-                j = slice(a * micro, (a + 1) * micro)
+            for micro in range(n_micro):
+                j = slice(micro * micro_size, (micro + 1) * micro_size)
                 with autocast(device):
                     new_logprobs, entropy, vpred = policy(
-                        # (micro, R)
+                        # (micro_size, R)
                         batch["tokens"][idx][j],
                         batch["mask"][idx][j],
                         n_response,
@@ -579,29 +609,30 @@ def ppo_update(
                     vpred, old_values[j], returns[j], cfg.cliprange_value
                 )
                 loss = pg_loss + cfg.vf_coef * vf_loss
-                # each micro-batch is a mean over micro·R tokens: rescale to the minibatch mean
-                (loss * (micro / mb)).backward()
-                total += loss.detach() * (micro / mb)
+                # each micro-batch is a mean over micro_size·R tokens: rescale to the minibatch mean
+                (loss * (micro_size / mb_size)).backward()
+                total += loss.detach() * (micro_size / mb_size)
+                at = (epoch, minibatch, micro)
                 for k, v in pg_stats.items():
-                    record(e, m, a, f"ppo/policy/{k}", v)
-                record(e, m, a, "ppo/policy/entropy", entropy.float().mean())
-                record(e, m, a, "ppo/loss/policy", pg_loss)
-                record(e, m, a, "ppo/loss/value", vf_loss)
-                record(e, m, a, "ppo/val/clipfrac", vf_stats["clipfrac"])
-                record(e, m, a, "ppo/val/error", vf_stats["error"])
-                record(e, m, a, "ppo/val/vpred", vpred.mean())
-                record(e, m, a, "ppo/returns/mean", returns[j].mean())
-                record(e, m, a, "ppo/returns/var", returns[j].var(unbiased=False))
+                    record(*at, f"ppo/policy/{k}", v)
+                record(*at, "ppo/policy/entropy", entropy.float().mean())
+                record(*at, "ppo/loss/policy", pg_loss)
+                record(*at, "ppo/loss/value", vf_loss)
+                record(*at, "ppo/val/clipfrac", vf_stats["clipfrac"])
+                record(*at, "ppo/val/error", vf_stats["error"])
+                record(*at, "ppo/val/vpred", vpred.mean())
+                record(*at, "ppo/returns/mean", returns[j].mean())
+                record(*at, "ppo/returns/var", returns[j].var(unbiased=False))
             if not torch.isfinite(total):  # before the step, so no NaN ever reaches the weights
                 raise FloatingPointError(
-                    f"the PPO loss is {total.item()} (epoch {e}, minibatch {m})"
+                    f"the PPO loss is {total.item()} (epoch {epoch}, minibatch {minibatch})"
                 )
             optimizer.step()
     return stats
 
 
 # --------------------------------------------------------------------------------------------------
-# Evaluation, logging, checkpoints
+# Evaluation and logging
 
 
 @torch.no_grad()
@@ -617,7 +648,7 @@ def evaluate(policy, ref, reward_model, task, labeler, queries, cfg: Config, dev
         for k, v in [
             ("score", b["scores"]),
             ("kl", b["kl"].sum(1)),
-            ("true_score", true_scores(labeler, b["truncated"])),
+            ("true_score", scripted_scores(labeler, b["truncated"])),
         ]:
             if v is not None:
                 stats.setdefault(k, []).append(v.float().cpu())
@@ -631,9 +662,9 @@ def decode(enc, row) -> str:
     return enc.decode([t for t in row if t < gpt2.EOT_ID])
 
 
-def true_scores(labeler, truncated):
+def scripted_scores(labeler, truncated):
     """The scripted labeler's score of each truncated response: the true reward when measuring
-    PPO offline."""
+    PPO offline (None without a labeler)."""
     if labeler is None:
         return None
     enc = gpt2.get_tokenizer()
@@ -642,7 +673,7 @@ def true_scores(labeler, truncated):
     )
 
 
-def rollout_stats(batch: dict, true: torch.Tensor | None, kl_coef: float) -> dict:
+def rollout_stats(batch: dict, true_scores: torch.Tensor | None, kl_coef: float) -> dict:
     """Per-update 'objective/...' metrics from a rollout batch (sums over tokens are per episode,
     then averaged)."""
     out = {
@@ -653,30 +684,73 @@ def rollout_stats(batch: dict, true: torch.Tensor | None, kl_coef: float) -> dic
         "objective/score_total": (batch["scores"] + batch["non_score_reward"].sum(1)).mean().item(),
         "objective/valid_fraction": batch["valid"].float().mean().item(),
     }
-    if true is not None:
-        out["objective/true_score"] = true.mean().item()
+    if true_scores is not None:
+        out["objective/true_score"] = true_scores.mean().item()
     return out
 
 
-def print_samples(enc, queries, batch, true, n: int = 4):
+def metric_line(update: int, n_updates: int, metrics: dict) -> str:
+    """The fixed-format console line of one update."""
+    true_part = (
+        f"true {metrics['objective/true_score']:6.3f} | "
+        if "objective/true_score" in metrics
+        else ""
+    )
+    return (
+        f"update {update:>5}/{n_updates} | score {metrics['objective/score']:6.3f} | {true_part}"
+        f"kl {metrics['objective/kl']:6.3f} | beta {metrics['objective/kl_coef']:.4f} | "
+        f"entropy {metrics['objective/entropy']:6.2f} | "
+        f"clipfrac {metrics['ppo/policy/clipfrac']:.3f} | "
+        f"approxkl {metrics['ppo/policy/approxkl']:.5f} | "
+        f"vf_err {metrics['ppo/val/error']:.4f} | "
+        f"{metrics['time/rollout_tokens_per_s']:7.0f} tok/s | "
+        f"rollout {metrics['time/rollout']:5.1f}s train {metrics['time/train']:5.1f}s"
+    )
+
+
+def print_samples(enc, queries, batch, true_scores, n: int = 4):
     """A plain-text table of a few queries, responses and scores (the lm-human-preference-details
     rich table)."""
     print(f"{'query (end)':<42} | {'response (truncated)':<60} | score  | true   | kl")
     for i in range(min(n, len(queries))):
         q = decode(enc, queries[i]).replace("\n", " ")[-40:]
         r = decode(enc, batch["truncated"][i].tolist()).replace("\n", " ")[:60]
-        t = f"{true[i].item():6.2f}" if true is not None else "   -  "
-        print(
-            f"{q:<42} | {r:<60} | {batch['scores'][i].item():6.2f} | {t} | {batch['kl'][i].sum().item():5.2f}"
-        )
+        t = f"{true_scores[i].item():6.2f}" if true_scores is not None else "   -  "
+        score, kl = batch["scores"][i].item(), batch["kl"][i].sum().item()
+        print(f"{q:<42} | {r:<60} | {score:6.2f} | {t} | {kl:5.2f}")
 
 
-def atomic_save(obj, path: Path):
-    """Write to a temporary file, then rename: a crash mid-write never destroys the last good
-    checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def plot_curves(metrics: list[dict], path: Path, kl_target: float | None):
+    """curves.png: score, true score, KL and β against episodes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [row["episodes"] for row in metrics]
+    keys = [
+        ("objective/score", "reward-model score"),
+        ("objective/true_score", "scripted labeler's true score"),
+        ("objective/kl", "KL(π‖ρ), nats"),
+        ("objective/kl_coef", "β"),
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
+    for ax, (key, title) in zip(axes.flat, keys):
+        if metrics and key in metrics[0]:
+            ax.plot(x, [row[key] for row in metrics])
+        if key == "objective/kl" and kl_target is not None:
+            ax.axhline(kl_target, color="gray", ls="--", lw=1, label="target")
+            ax.legend()
+        ax.set_title(title)
+        ax.set_xlabel("episodes")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints and the reward model
 
 
 def rng_state(sample_gen, shuffle_gen) -> dict:
@@ -702,40 +776,6 @@ def set_rng_state(state: dict, sample_gen, shuffle_gen):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def plot_curves(metrics: list[dict], path: Path, kl_target: float | None):
-    """curves.png: score, true score, KL and β against episodes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = [m["episodes"] for m in metrics]
-    keys = [
-        ("objective/score", "reward-model score"),
-        ("objective/true_score", "scripted labeler's true score"),
-        ("objective/kl", "KL(π‖ρ), nats"),
-        ("objective/kl_coef", "β"),
-    ]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
-    for ax, (key, title) in zip(axes.flat, keys):
-        if metrics and key in metrics[0]:
-            ax.plot(x, [m[key] for m in metrics])
-        if key == "objective/kl" and kl_target is not None:
-            ax.axhline(kl_target, color="gray", ls="--", lw=1, label="target")
-            ax.legend()
-        ax.set_title(title)
-        ax.set_xlabel("episodes")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-# --------------------------------------------------------------------------------------------------
-# The reward model: load a checkpoint, or build one (sample -> scripted label -> train) with
-# reward.py
-
-
 def load_reward(path: str, ref: gpt2.GPT2, device):
     """Load a reward checkpoint made from the same base model as the policy; any failure is one
     clear message."""
@@ -743,103 +783,64 @@ def load_reward(path: str, ref: gpt2.GPT2, device):
         rm = reward.load_reward_model(path, device=device, expect_config=ref.config)
     except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as e:
         raise SystemExit(
-            f"error: reward model {path}: {e}\n  (a reward model must be trained from the same base "
-            f"model as the policy: `python reward.py train --model <the --model given here> ...`)"
+            f"error: reward model {path}: {e}\n  (a reward model must be trained from the same "
+            f"base model as the policy: `python reward.py train --model <the --model given here> "
+            f"...`)"
         )
     return rm.eval().requires_grad_(False)
 
 
-def build_reward_model(cfg: Config, ref, task, labeler, device) -> str:
-    """No --reward given: train one into the run folder and return its path (a resumed run reuses
-    it). From --labels if given; otherwise sample comparisons from ρ and label them with the
-    scripted labeler."""
-    out = Path(cfg.run_dir) / "rm.pt"
-    if out.exists():
-        print(f"reward model: reusing {out}")
-        return str(out)
-    if cfg.labels:
-        # ours or OpenAI's released JSON; prints what it did not use
-        rows = reward.read_label_rows(cfg.labels)
-    elif labeler is None:
-        raise SystemExit(
-            f"error: task {cfg.task} has no scripted labeler to make labels with; pass --reward rm.pt "
-            f"or --labels labels.jsonl (OpenAI's released labels: see `python reward.py --help`)"
-        )
-    else:
-        print(
-            f"reward model: sampling {cfg.rm_comparisons} comparisons from ρ, labeling them with the scripted "
-            f"'{labeler.name}' labeler, then training"
-        )
-        comparisons = reward.sample_comparisons(
-            ref, task, cfg.rm_comparisons, seed=cfg.seed, device=device
-        )
-        rows = reward.label_comparisons(comparisons, labeler)
-        # kept for `python reward.py eval`
-        labels.write_comparisons(Path(cfg.run_dir) / "labels.jsonl", rows)
-    rm_cfg = reward.TrainConfig(
-        labels=cfg.labels or str(Path(cfg.run_dir) / "labels.jsonl"),
-        model=cfg.model,
-        out=str(out),
-        task=cfg.task,
-        lr=cfg.rm_lr,
-        seed=cfg.seed,
-        batch_size=cfg.rm_batch_size,
-        epochs=cfg.rm_epochs,
-        normalize_samples=cfg.rm_normalize_samples,
-    )
-    rm, metrics = reward.train_reward_model(rows, rm_cfg, policy=ref, device=device)
-    print(f"reward model: {json.dumps(metrics)}")
-    reward.save_reward_model(rm, out)
-    return str(out)
-
-
-def policy_with_reward_value(ref, reward_model) -> PolicyAndValue:
-    """--value-model reward: π from ρ; V a separate network initialized from the reward model,
-    trunk and head, with the reward normalization folded into the head so V starts equal to the
-    normalized score (Stiennon et al. 2020)."""
-    policy = PolicyAndValue(
-        copy.deepcopy(ref).requires_grad_(True), copy.deepcopy(reward_model.lm).requires_grad_(True)
-    )
-    with torch.no_grad():
-        gain, bias = reward_model.reward_gain.float(), reward_model.reward_bias.float()
-        policy.value_head.weight.copy_(reward_model.head.weight * gain)
-        policy.value_head.bias.copy_(reward_model.head.bias * gain + bias)
-    return policy
-
-
 # --------------------------------------------------------------------------------------------------
-# Main
+# The run: setup, the loop, the summary
 
 
-def metric_line(update: int, n_updates: int, m: dict) -> str:
-    """The fixed-format console line of one update."""
-    true = f"true {m['objective/true_score']:6.3f} | " if "objective/true_score" in m else ""
-    return (
-        f"update {update:>5}/{n_updates} | score {m['objective/score']:6.3f} | {true}kl {m['objective/kl']:6.3f} | "
-        f"beta {m['objective/kl_coef']:.4f} | entropy {m['objective/entropy']:6.2f} | "
-        f"clipfrac {m['ppo/policy/clipfrac']:.3f} | approxkl {m['ppo/policy/approxkl']:.5f} | "
-        f"vf_err {m['ppo/val/error']:.4f} | {m['time/rollout_tokens_per_s']:7.0f} tok/s | "
-        f"rollout {m['time/rollout']:5.1f}s train {m['time/train']:5.1f}s"
-    )
+@dataclass
+class Run:
+    """What setup() builds and the loop uses."""
+
+    cfg: Config
+    device: str
+    run_dir: Path
+    task: tasks.TaskConfig
+    labeler: tasks.ScriptedLabeler | None
+    ref: gpt2.GPT2  # ρ, frozen
+    reward_model: reward.RewardModel
+    policy: PolicyAndValue
+    optimizer: torch.optim.Optimizer
+    kl_ctl: FixedKLController
+    source: tasks.QuerySource  # training queries
+    eval_queries: list
+    sample_gen: torch.Generator  # sampling responses
+    shuffle_gen: torch.Generator  # minibatch shuffles
+    n_updates: int
+    start: int = 0  # updates already done (resumed runs)
+    before: dict | None = None  # the evaluation before training
+    seconds_before: float = 0.0  # time spent before a resume
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
 
 
-def train(cfg: Config) -> dict:
-    """The whole run: setup, optional reward-model building, the PPO loop, the summary. Returns
-    summary.json."""
-    # ---- setup (boilerplate: device, seeds, run folder, models) ----
-    device = gpt2.pick_device(cfg.device)
+def setup(cfg: Config) -> Run:
+    """Device, seeds, run folder, models (making the reward model first if none is given),
+    optimizer, KL controller, data; a resumed run's state is loaded back."""
+    device = cli.pick_device(cfg.device)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     task = tasks.get_task(cfg.task)
-    R = task.response_length
     labeler_name = cfg.labeler or (cfg.task if cfg.task in tasks.LABELERS else "")
     labeler = tasks.get_labeler(labeler_name) if labeler_name else None
-    ckpt_path = run_dir / "checkpoint.pt"
     ckpt = None
     if cfg.resume:
+        ckpt_path = run_dir / "checkpoint.pt"
         try:
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         except Exception as e:
@@ -847,24 +848,31 @@ def train(cfg: Config) -> dict:
 
     # ρ: frozen, never optimized
     ref = tasks.load_base_model(cfg.model, device=device).requires_grad_(False)
-    if not cfg.reward:
-        # the whole pipeline: sample, label, train
-        cfg.reward = build_reward_model(cfg, ref, task, labeler, device)
-    reward_model = load_reward(cfg.reward, ref, device)
-    # π starts as ρ; V: zero head on π's trunk
-    policy = PolicyAndValue(copy.deepcopy(ref).requires_grad_(True))
-    if cfg.value_model == "reward":
-        policy = policy_with_reward_value(ref, reward_model)
-    elif cfg.value_model != "shared":
-        raise SystemExit(f"error: --value-model {cfg.value_model!r}: use 'shared' or 'reward'")
-    policy.eval()  # dropout off ([BLOG] #13); eval mode does not stop gradients
+    if not cfg.reward_model:
+        # the whole pipeline, one call: sample, label, train, save (reused by a resumed run)
+        try:
+            path = reward.build_reward_model(
+                cfg.rm,
+                cfg.model,
+                cfg.task,
+                run_dir / "rm.pt",
+                cfg.seed,
+                labeler_name,
+                policy=ref,
+                device=device,
+                labels_out=run_dir / "labels.jsonl",
+                reuse=True,
+            )
+        except (ValueError, tasks.DownloadError) as e:
+            raise SystemExit(f"error: {e}")
+        cfg.reward_model = str(path)
+    reward_model = load_reward(cfg.reward_model, ref, device)
+    policy = make_policy(cfg, ref, reward_model)
     params = [p for p in policy.parameters() if p.requires_grad]
-    if cfg.adam == "tf":
-        optimizer = AdamTF(params, lr=cfg.lr, eps=cfg.adam_eps)
-    elif cfg.adam == "torch":
-        optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
-    else:
-        raise SystemExit(f"error: --adam {cfg.adam!r}: use 'tf' or 'torch'")
+    try:
+        optimizer = make_adam(params, cfg.adam, lr=cfg.lr, eps=cfg.adam_eps)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     kl_ctl = (
         AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         if cfg.adaptive_kl
@@ -876,57 +884,108 @@ def train(cfg: Config) -> dict:
     eval_queries = tasks.QuerySource(task, "test", seed=0).next_batch(
         cfg.eval_episodes, formatted=False
     )
-    sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)  # sampling responses
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)  # minibatch shuffles
-    n_updates = math.ceil(cfg.total_episodes / cfg.batch_size)
-    metrics_path = run_dir / "metrics.jsonl"
-    start, seconds_before = 0, 0.0
+    run = Run(
+        cfg=cfg,
+        device=device,
+        run_dir=run_dir,
+        task=task,
+        labeler=labeler,
+        ref=ref,
+        reward_model=reward_model,
+        policy=policy,
+        optimizer=optimizer,
+        kl_ctl=kl_ctl,
+        source=source,
+        eval_queries=eval_queries,
+        sample_gen=torch.Generator(device=device).manual_seed(cfg.seed),
+        shuffle_gen=torch.Generator().manual_seed(cfg.seed + 1),
+        n_updates=math.ceil(cfg.total_episodes / cfg.batch_size),
+    )
     if ckpt is not None:
         policy.load_state_dict(ckpt["policy"])
         optimizer.load_state_dict(ckpt["optimizer"])
         kl_ctl.load_state_dict(ckpt["kl_ctl"])
         source.load_state_dict(ckpt["data"])
-        set_rng_state(ckpt["rng"], sample_gen, shuffle_gen)
-        start, before, seconds_before = ckpt["update"], ckpt["before"], ckpt["seconds"]
+        set_rng_state(ckpt["rng"], run.sample_gen, run.shuffle_gen)
+        run.start, run.before, run.seconds_before = ckpt["update"], ckpt["before"], ckpt["seconds"]
         # metrics written after the checkpoint (the run died later) are dropped: the resumed run
         # writes them again
-        lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-        metrics_path.write_text(
-            "".join(l + "\n" for l in lines if json.loads(l)["update"] <= start)
-        )
-        print(f"resumed {run_dir} at update {start}/{n_updates}")
+        path = run.metrics_path
+        lines = path.read_text().splitlines() if path.exists() else []
+        kept = [line for line in lines if json.loads(line)["update"] <= run.start]
+        cli.atomic_write(path, "".join(line + "\n" for line in kept))
+        print(f"resumed {run_dir} at update {run.start}/{run.n_updates}")
     else:
-        metrics_path.write_text("")
-    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        run.metrics_path.write_text("")
+    cli.atomic_write(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+    return run
 
-    # ---- compute budget ----
+
+def print_budget(run: Run):
+    cfg, R = run.cfg, run.task.response_length
     Q = (
-        max(len(tasks.format_query(task, q)) for q in eval_queries[:8])
-        if eval_queries
-        else task.query_length
+        max(len(tasks.format_query(run.task, q)) for q in run.eval_queries[:8])
+        if run.eval_queries
+        else run.task.query_length
     )
-    M = cfg.nminibatches
+    M, n = cfg.nminibatches, run.n_updates
     print(
-        f"compute budget: {cfg.total_episodes:,} episodes / {cfg.batch_size} per update = {n_updates:,} updates "
-        f"({n_updates * cfg.noptepochs * M:,} Adam steps: {cfg.noptepochs} epochs x {M} minibatches)\n"
-        f"  per update: {cfg.batch_size} queries of ~{Q} tokens, {cfg.batch_size * R:,} tokens generated, "
-        f"{cfg.noptepochs} x {cfg.batch_size} x {Q + R} tokens trained; total {n_updates * cfg.batch_size * R:,} "
-        f"tokens generated | model {cfg.model} on {device} | run dir {run_dir}"
+        f"compute budget: {cfg.total_episodes:,} episodes / {cfg.batch_size} per update = "
+        f"{n:,} updates ({n * cfg.noptepochs * M:,} Adam steps: {cfg.noptepochs} epochs x {M} "
+        f"minibatches)\n"
+        f"  per update: {cfg.batch_size} queries of ~{Q} tokens, {cfg.batch_size * R:,} tokens "
+        f"generated, {cfg.noptepochs} x {cfg.batch_size} x {Q + R} tokens trained; total "
+        f"{n * cfg.batch_size * R:,} tokens generated | model {cfg.model} on {run.device} | "
+        f"run dir {run.run_dir}"
     )
-    if ckpt is None:
-        before = evaluate(policy, ref, reward_model, task, labeler, eval_queries, cfg, device)
-        print(f"before training (on {len(eval_queries)} held-out queries): {json.dumps(before)}")
 
-    # ---- the PPO loop ----
+
+def save_checkpoint(run: Run, update: int, seconds: float):
+    """checkpoint.pt (everything a resume needs, written atomically) and curves.png."""
+    ckpt = dict(
+        policy=run.policy.state_dict(),
+        optimizer=run.optimizer.state_dict(),
+        kl_ctl=run.kl_ctl.state_dict(),
+        data=run.source.state_dict(),
+        rng=rng_state(run.sample_gen, run.shuffle_gen),
+        update=update,
+        before=run.before,
+        seconds=seconds,
+        config=asdict(run.cfg),
+    )
+    cli.atomic_write(run.checkpoint_path, lambda f: torch.save(ckpt, f))
+    plot_curves(
+        [json.loads(line) for line in run.metrics_path.read_text().splitlines()],
+        run.run_dir / "curves.png",
+        run.cfg.kl_target if run.cfg.adaptive_kl else None,
+    )
+
+
+def train(cfg: Config) -> dict:
+    """The whole run: setup(), the PPO loop (steps 1-6 per update), summarize(). Returns
+    summary.json ({} when stopped early by --stop-after)."""
+    run = setup(cfg)
+    policy, optimizer, kl_ctl, device = run.policy, run.optimizer, run.kl_ctl, run.device
+    task, R, n_updates = run.task, run.task.response_length, run.n_updates
+    print_budget(run)
+    if run.before is None:
+        run.before = evaluate(
+            policy, run.ref, run.reward_model, task, run.labeler, run.eval_queries, cfg, device
+        )
+        print(
+            f"before training (on {len(run.eval_queries)} held-out queries): "
+            f"{json.dumps(run.before)}"
+        )
+
     enc = gpt2.get_tokenizer()
     t_start = time.time()
     last = {}
     stop = n_updates if not cfg.stop_after else min(n_updates, cfg.stop_after)
     bar = tqdm(
-        range(start, stop),
+        range(run.start, stop),
         desc="ppo",
         unit="update",
-        initial=start,
+        initial=run.start,
         total=n_updates,
         file=sys.stdout,
         dynamic_ncols=True,
@@ -938,30 +997,33 @@ def train(cfg: Config) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         # 1-3. rollout, score, rewards (see rollout())
-        raw_queries = source.next_batch(cfg.batch_size, formatted=False)
+        raw_queries = run.source.next_batch(cfg.batch_size, formatted=False)
         batch = rollout(
-            policy, ref, reward_model, task, raw_queries, cfg, kl_ctl.value, sample_gen, device
-        )
-        true = true_scores(labeler, batch["truncated"])
+            policy, run.ref, run.reward_model, task, raw_queries, cfg, kl_ctl.value,
+            run.sample_gen, device,
+        )  # fmt: skip
+        true_scores = scripted_scores(run.labeler, batch["truncated"])
         # 4-5. advantages and PPO epochs (see ppo_update())
         t0 = time.perf_counter()
         try:
-            stats = ppo_update(policy, optimizer, batch, cfg, R, shuffle_gen, device)
+            stats = ppo_update(policy, optimizer, batch, cfg, R, run.shuffle_gen, device)
         except FloatingPointError as e:
+            kept = run.checkpoint_path if run.checkpoint_path.exists() else "(none yet)"
             raise SystemExit(
                 f"error: update {update + 1}: {e}. Stopped; the last good checkpoint is kept at "
-                f"{ckpt_path if ckpt_path.exists() else '(none yet)'}. Try a lower --lr or check the "
-                f"reward model's scores (`python reward.py eval`)."
+                f"{kept}. Try a lower --lr or check the reward model's scores "
+                f"(`python reward.py eval`)."
             )
         t_train = time.perf_counter() - t0
         # 6. KL controller: adapt β toward the target with this batch's mean KL (released code:
-        #    after every update)
-        m = rollout_stats(batch, true, kl_ctl.value)
-        kl_ctl.update(m["objective/kl"], cfg.batch_size)
-        # ---- logging (boilerplate) ----
-        m.update({k: v.mean().item() for k, v in stats.items()})
-        m["ppo/val/var_explained"] = 1 - m["ppo/val/error"] / max(m["ppo/returns/var"], 1e-8)
-        m.update(
+        #    after every update), then log
+        metrics = rollout_stats(batch, true_scores, kl_ctl.value)
+        kl_ctl.update(metrics["objective/kl"], cfg.batch_size)
+        metrics.update({k: v.mean().item() for k, v in stats.items()})
+        metrics["ppo/val/var_explained"] = 1 - metrics["ppo/val/error"] / max(
+            metrics["ppo/returns/var"], 1e-8
+        )
+        metrics.update(
             {
                 "update": update + 1,
                 "episodes": (update + 1) * cfg.batch_size,
@@ -971,42 +1033,33 @@ def train(cfg: Config) -> dict:
                 "time/rollout_tokens_per_s": cfg.batch_size * R / max(batch["t_generate"], 1e-9),
             }
         )
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(m) + "\n")
-        tqdm.write(metric_line(update + 1, n_updates, m), file=sys.stdout)
+        with open(run.metrics_path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        tqdm.write(metric_line(update + 1, n_updates, metrics), file=sys.stdout)
         if cfg.sample_every and (update + 1) % cfg.sample_every == 0:
-            print_samples(enc, [tasks.format_query(task, q) for q in raw_queries], batch, true)
-        last = m
+            formatted = [tasks.format_query(task, q) for q in raw_queries]
+            print_samples(enc, formatted, batch, true_scores)
+        last = metrics
         if (update + 1) % cfg.save_every == 0 or update + 1 == stop:
-            seconds = seconds_before + time.time() - t_start
-            atomic_save(
-                dict(
-                    policy=policy.state_dict(),
-                    optimizer=optimizer.state_dict(),
-                    kl_ctl=kl_ctl.state_dict(),
-                    data=source.state_dict(),
-                    rng=rng_state(sample_gen, shuffle_gen),
-                    update=update + 1,
-                    before=before,
-                    seconds=seconds,
-                    config=asdict(cfg),
-                ),
-                ckpt_path,
-            )
-            plot_curves(
-                [json.loads(l) for l in metrics_path.read_text().splitlines()],
-                run_dir / "curves.png",
-                cfg.kl_target if cfg.adaptive_kl else None,
-            )
+            save_checkpoint(run, update + 1, run.seconds_before + time.time() - t_start)
     bar.close()
     if stop < n_updates:
         print(
-            f"stopped after {stop}/{n_updates} updates (--stop-after); continue with: python ppo.py --resume {run_dir}"
+            f"stopped after {stop}/{n_updates} updates (--stop-after); continue with: "
+            f"python ppo.py --resume {run.run_dir}"
         )
         return {}
+    return summarize(run, last, run.seconds_before + time.time() - t_start)
 
-    # ---- summary ----
-    after = evaluate(policy, ref, reward_model, task, labeler, eval_queries, cfg, device)
+
+def summarize(run: Run, last: dict, seconds: float) -> dict:
+    """Evaluate the trained policy on the held-out queries; write and return summary.json."""
+    cfg = run.cfg
+    after = evaluate(
+        run.policy, run.ref, run.reward_model, run.task, run.labeler, run.eval_queries, cfg,
+        run.device,
+    )  # fmt: skip
+    before = run.before
     summary = dict(
         score_before=before["score"],
         score_after=after["score"],
@@ -1015,97 +1068,28 @@ def train(cfg: Config) -> dict:
         true_score_std_before=before.get("true_score_std"),
         kl=after["kl"],
         kl_train_last=last.get("objective/kl"),
-        kl_coef=kl_ctl.value,
-        updates=n_updates,
-        episodes=n_updates * cfg.batch_size,
-        seconds=round(seconds_before + time.time() - t_start, 1),
-        eval_episodes=len(eval_queries),
-        device=device,
+        kl_coef=run.kl_ctl.value,
+        updates=run.n_updates,
+        episodes=run.n_updates * cfg.batch_size,
+        seconds=round(seconds, 1),
+        eval_episodes=len(run.eval_queries),
+        device=run.device,
         model=cfg.model,
         task=cfg.task,
-        reward=cfg.reward,
+        reward_model=cfg.reward_model,
     )
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(
-        f"after training: {json.dumps(after)}\nsummary: {run_dir / 'summary.json'}\n{json.dumps(summary, indent=2)}"
-    )
+    cli.atomic_write(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    print(f"after training: {json.dumps(after)}\nsummary: {run.run_dir / 'summary.json'}")
+    print(json.dumps(summary, indent=2))
     return summary
 
 
-def bench(cfg: Config, n_timed: int = 3) -> dict:
-    """Time PPO updates at this config on random weights (no download; the timing does not depend
-    on the weights): one warm-up update, then n_timed timed ones. Default config = the 124M
-    sentiment setting: batch 512, 64 + 24 tokens."""
-    device = gpt2.pick_device(cfg.device)
-    task = tasks.get_task(cfg.task)
-    torch.manual_seed(cfg.seed)
-    ref = gpt2.GPT2.from_config(cfg.model).to(device).eval().requires_grad_(False)
-    reward_model = reward.RewardModel(copy.deepcopy(ref)).to(device).eval().requires_grad_(False)
-    policy = PolicyAndValue(copy.deepcopy(ref).requires_grad_(True)).eval()
-    optimizer = AdamTF(policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
-    sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-    raw_queries = torch.randint(
-        0, 50000, (cfg.batch_size, task.query_length), generator=shuffle_gen
-    ).tolist()
-    print(
-        f"bench: {cfg.model} (random weights) on {device}, batch {cfg.batch_size}, {task.query_length} + "
-        f"{task.response_length} tokens, micro-batch {cfg.micro_batch_size}, {cfg.noptepochs} epochs"
-    )
-    rows = []
-    for i in range(1 + n_timed):
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        batch = rollout(
-            policy, ref, reward_model, task, raw_queries, cfg, cfg.kl_coef, sample_gen, device
-        )
-        t1 = time.perf_counter()
-        ppo_update(policy, optimizer, batch, cfg, task.response_length, shuffle_gen, device)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t2 = time.perf_counter()
-        row = dict(
-            update_s=t2 - t0,
-            rollout_s=t1 - t0,
-            generate_s=batch["t_generate"],
-            train_s=t2 - t1,
-            generate_tok_s=cfg.batch_size * task.response_length / batch["t_generate"],
-            peak_gib=torch.cuda.max_memory_allocated() / 2**30
-            if device == "cuda"
-            else float("nan"),
-        )
-        print(
-            ("warm-up " if i == 0 else f"update {i}  ")
-            + " | ".join(f"{k} {v:.3f}" for k, v in row.items())
-        )
-        if i:
-            rows.append(row)
-    mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-    print(
-        f"bench mean over {n_timed} updates ({device}): "
-        + " | ".join(f"{k} {v:.3f}" for k, v in mean.items())
-    )
-    return mean
-
-
 def main(argv=None):
-    cfg, given = parse_args(argv)
-    if cfg.resume:
-        # the run's own config, with the flags given now on top (e.g. --stop-after, --device); never
-        # its stop_after
-        saved_path = Path(cfg.resume) / "config.json"
-        if not saved_path.exists():
-            raise SystemExit(
-                f"error: --resume {cfg.resume}: no config.json there (is it a ppo.py run folder?)"
-            )
-        saved = json.loads(saved_path.read_text())
-        saved["stop_after"] = 0
-        saved.update({k: v for k, v in given.items() if k != "resume"})
-        cfg = Config(**{**saved, "resume": cfg.resume, "run_dir": cfg.resume})
+    cfg = parse_args(argv)
     if cfg.bench:
-        return bench(cfg)
+        import bench_ppo
+
+        return bench_ppo.bench(cfg)
     return train(cfg)
 
 

@@ -3,8 +3,8 @@ The reward model of Ziegler et al. 2019 ("Fine-Tuning Language Models from Human
 learned from best-of-N comparisons: collect them, label them (a person with label_tool.py, or a
 scripted labeler here), train.
 
-It follows openai/lm-human-preferences (train_reward.py, rewards.py, label_types.py::PickBest; see
-../shared/docs/paper-spec.md §2) and says where it differs. In short:
+It follows openai/lm-human-preferences (train_reward.py, rewards.py, label_types.py::PickBest; more
+in docs/) and says where it differs. In short:
   * the reward model is a GPT-2 initialized from the policy's checkpoint (rho) plus a scalar head
     (weight ~ N(0, 1/sqrt(n_embd + 1)), bias 0) read at the last real token of concat(query,
     response);
@@ -17,14 +17,17 @@ It follows openai/lm-human-preferences (train_reward.py, rewards.py, label_types
     to 0, Adam with TF1's epsilon (1e-5), no dropout, no clipping.
 
 Four subcommands; each has a real --help:
-    python reward.py sample --task sentiment --model gpt2 --n 1000 --out comparisons.jsonl
-    python reward.py label  --labeler sentiment --in comparisons.jsonl --out labels.jsonl
+    python reward.py sample --task sentiment --model gpt2 --num-comparisons 1000 \
+                            --out comparisons.jsonl
+    python reward.py label  --labeler sentiment --comparisons comparisons.jsonl --out labels.jsonl
     python reward.py train  --labels labels.jsonl --model gpt2 --out rm.pt
-    python reward.py eval   --rm rm.pt --labels test.jsonl
+    python reward.py eval   --reward-model rm.pt --labels test.jsonl
 On a CPU, use --model tiny (a 2-layer GPT-2 fitted on the shipped passages, see tasks.py).
 `--labels` also takes OpenAI's released JSON (e.g. tasks.download_labels("sentiment"), then --labels
-that path --task sentiment). ppo.py calls the same functions: sample_comparisons, label_comparisons,
-train_reward_model, load_reward_model.
+that path --task sentiment). `reward.py train` without --labels does all three steps at once
+(sample --num-comparisons from rho, label them with the task's scripted labeler, train); that is
+build_reward_model, the one function ppo.py calls when it is given no reward model (its --rm.*
+flags are the same options as `reward.py train`'s).
 
 Shape letters: B = batch (comparisons), N = candidates per comparison, T = sequence length, C =
 channels, Q = query length, R = response length.
@@ -34,11 +37,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,18 +51,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import cli
 import labels
 import tasks
-from gpt2 import (
-    GPT2,
-    PAD_ID,
-    GPT2Config,
-    generate,
-    get_tokenizer,
-    left_pad,
-    parse_dataclass_args,
-    pick_device,
-)
+from gpt2 import GPT2, PAD_ID, GPT2Config, generate, get_tokenizer, left_pad
 
 CHECKPOINT_FORMAT = "rlhf-gpt2 reward model"
 CHECKPOINT_VERSION = 1
@@ -84,8 +80,8 @@ def preference_accuracy(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tens
 
 
 def population_mean_std(x: torch.Tensor) -> tuple[float, float]:
-    """Mean and POPULATION std (divide by n, as OpenAI's stats(): sqrt(E[x^2] - E[x]^2); [VW]
-    uses unbiased std)."""
+    """Mean and POPULATION std (divide by n, as OpenAI's stats(): sqrt(E[x^2] - E[x]^2);
+    lm-human-preference-details uses the unbiased std)."""
     x = x.double()
     return x.mean().item(), x.std(unbiased=False).item()
 
@@ -126,6 +122,16 @@ class AdamTF(torch.optim.Adam):
             t = int(steps[0]) + 1 if steps else 1  # the step about to be taken
             group["eps"] = group["tf_eps"] / math.sqrt(1 - group["betas"][1] ** t)
         return super().step(closure)
+
+
+def make_adam(params, adam: str, lr: float, eps: float) -> torch.optim.Optimizer:
+    """--adam tf: AdamTF (the released code's epsilon placement); --adam torch: torch.optim.Adam.
+    The reward model and PPO both build their optimizer here."""
+    if adam == "tf":
+        return AdamTF(params, lr=lr, eps=eps)
+    if adam == "torch":
+        return torch.optim.Adam(params, lr=lr, eps=eps)
+    raise ValueError(f"--adam {adam!r}: use 'tf' or 'torch'")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,8 +314,10 @@ def sample_comparisons(
             bar.update(1)
     bar.close()
     print(
-        f"sample: {len(rows)} comparisons x {n_samples} responses; {n_valid}/{n_drawn} draws had the stop token "
-        f"({n_valid / max(n_drawn, 1):.0%}); {n_dropped} queries dropped (no {n_samples} valid responses in "
+        f"sample: {len(rows)} comparisons x {n_samples} responses; {n_valid}/{n_drawn} draws had "
+        "the stop token "
+        f"({n_valid / max(n_drawn, 1):.0%}); {n_dropped} queries dropped (no {n_samples} valid "
+        "responses in "
         f"{max_rounds} rounds); {src.n_skipped} texts skipped (no query)"
     )
     return rows
@@ -344,16 +352,15 @@ def label_comparisons(rows: list[dict], labeler: str | tasks.ScriptedLabeler) ->
 
 @dataclass
 class TrainConfig:
-    labels: str = "labels.jsonl"
+    """The reward model's own options: where its labels come from and how it trains. `reward.py
+    train` takes them as flags, ppo.py as --rm.<flag> (the same names)."""
+
+    labels: str = ""
     """labels file: our labels.jsonl or OpenAI's released JSON ({query, sample0..N-1, best}
-    lists)"""
-    model: str = "gpt2"
-    """rho, the initial policy the reward model starts from: tiny, gpt2, gpt2-medium, ... or a HF
-    directory"""
-    out: str = "rm.pt"
-    """where to write the reward model checkpoint"""
-    task: str = ""
-    """task (sentiment, descriptiveness, tldr, cnndm); empty: from the labels' `task` field"""
+    lists); empty: sample --num-comparisons from rho and label them with the scripted labeler"""
+    num_comparisons: int = 4992
+    """comparisons to sample and label with the scripted labeler when --labels is empty (4,992 =
+    the released style-task label count)"""
     num_train: int = 0
     """labels to train on, taken from the start of the file (OpenAI: 4,992); 0: all but the
     held-out part"""
@@ -367,10 +374,10 @@ class TrainConfig:
     epochs: int = 1
     """passes over the labels (OpenAI and the paper: 1; the tiny CPU demo has few labels and
     needs several)"""
+    adam: str = "tf"
+    """'tf': TF1's Adam epsilon placement, as OpenAI (AdamTF); 'torch': torch.optim.Adam"""
     adam_eps: float = 1e-5
     """Adam epsilon (OpenAI: 1e-5)"""
-    tf_adam: bool = True
-    """use TF1's Adam epsilon placement, as OpenAI (AdamTF); off: torch.optim.Adam"""
     normalize_before: bool = True
     """set gain/bias so rewards of rho's responses have mean 0, std 1 before training"""
     normalize_after: bool = True
@@ -384,10 +391,6 @@ class TrainConfig:
     """queries per sampling batch during normalization"""
     eval_batch_size: int = 64
     """comparisons per batch when measuring held-out accuracy"""
-    seed: int = 1
-    """seed of the head init, data order and normalization samples (OpenAI: run.seed 1)"""
-    device: str = "auto"
-    """auto (cuda if available), cpu or cuda"""
     log_interval: int = 10
     """print a line every this many steps"""
 
@@ -476,7 +479,8 @@ def normalize(
 
 def split_rows(rows: list[dict], num_train: int, test_fraction: float):
     """First num_train rows train, the rest test (as OpenAI uses the file's first num_train
-    labels, and [VW] tests on the rows after them). num_train 0: hold out the last test_fraction."""
+    labels, and lm-human-preference-details tests on the rows after them). num_train 0: hold out
+    the last test_fraction."""
     if num_train <= 0:
         num_train = (
             len(rows) - max(1, round(test_fraction * len(rows))) if test_fraction > 0 else len(rows)
@@ -505,7 +509,8 @@ def check_rows_fit(rows: list[dict], config: GPT2Config, path: str = "labels"):
         n = len(r["query_tokens"]) + max(len(s) for s in r["sample_tokens"])
         if n > config.n_positions:
             raise ValueError(
-                f"{path}: label {r.get('id', i)} has {n} query+response tokens, more than the model's "
+                f"{path}: label {r.get('id', i)} has {n} query+response tokens, more than the "
+                "model's "
                 f"n_positions={config.n_positions}"
             )
         ids = r["query_tokens"] + [t for s in r["sample_tokens"] for t in s]
@@ -519,6 +524,9 @@ def check_rows_fit(rows: list[dict], config: GPT2Config, path: str = "labels"):
 def train_reward_model(
     rows: list[dict],
     cfg: TrainConfig,
+    model: str,
+    task: str = "",
+    seed: int = 1,
     policy: GPT2 | None = None,
     device="cpu",
     test_rows: list[dict] | None = None,
@@ -526,24 +534,25 @@ def train_reward_model(
     """Train a reward model on label rows; returns (RewardModel, metrics).
 
     rows: labels (labels.read_labels); the first cfg.num_train train, the rest are held out (or pass
-    test_rows). policy: rho (the initial policy) if already loaded, else
-    tasks.load_base_model(cfg.model). It is used frozen, for the normalization samples; the reward
-    model gets its own copy of its weights.
+    test_rows). model: rho's name (tiny, gpt2, ...); task: empty to take it from the labels; seed:
+    head init, data order and normalization samples (OpenAI: run.seed 1). policy: rho if already
+    loaded, else tasks.load_base_model(model). It is used frozen, for the normalization samples;
+    the reward model gets its own copy of its weights.
     """
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    task = resolve_task(rows, cfg.task, cfg.labels)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    task = resolve_task(rows, task, cfg.labels)
     train_rows, held_out = (
         split_rows(rows, cfg.num_train, cfg.test_fraction)
         if test_rows is None
         else (rows, test_rows)
     )
     if policy is None:
-        policy = tasks.load_base_model(cfg.model, device)
+        policy = tasks.load_base_model(model, device)
     policy = policy.to(device).eval()
     check_rows_fit(rows + list(held_out), policy.config, cfg.labels)
     # rho's weights, a fresh random head
-    rm = RewardModel(copy.deepcopy(policy), base_model=cfg.model).to(device)
+    rm = RewardModel(copy.deepcopy(policy), base_model=model).to(device)
     rm.requires_grad_(True)  # every weight trains, even if the caller froze rho (ppo.py does)
     N = len(train_rows[0]["sample_tokens"])
     if cfg.epochs < 1:
@@ -551,8 +560,10 @@ def train_reward_model(
     n_seen = len(train_rows) * cfg.epochs
     n_steps = math.ceil(n_seen / cfg.batch_size)
     print(
-        f"train: task {task.name}, {len(train_rows)} train / {len(held_out)} held-out comparisons of N={N}, "
-        f"{cfg.epochs} epoch(s), {n_steps} steps of {cfg.batch_size}, lr {cfg.lr} -> 0, base model {cfg.model}"
+        f"train: task {task.name}, {len(train_rows)} train / {len(held_out)} held-out comparisons "
+        f"of N={N}, "
+        f"{cfg.epochs} epoch(s), {n_steps} steps of {cfg.batch_size}, lr {cfg.lr} -> 0, base model "
+        f"{model}"
     )
     metrics: dict = dict(num_train=len(train_rows), num_test=len(held_out), N=N)
 
@@ -564,7 +575,7 @@ def train_reward_model(
             task,
             cfg.normalize_samples,
             cfg.rollout_batch_size,
-            cfg.seed,
+            seed,
             cfg.normalize_truncated,
             device,
         )
@@ -573,18 +584,15 @@ def train_reward_model(
         metrics["test_before"] = evaluate(rm, held_out, cfg.eval_batch_size)
         print(
             f"train: held-out accuracy before training {metrics['test_before']['accuracy']:.3f} "
-            f"(chance {1 / N:.3f}), loss {metrics['test_before']['loss']:.4f} (uniform {math.log(N):.4f})"
+            f"(chance {1 / N:.3f}), loss {metrics['test_before']['loss']:.4f} (uniform "
+            f"{math.log(N):.4f})"
         )
 
     # 2. one epoch (OpenAI; more with --epochs) over seeded permutations, lr annealed linearly to 0
     #    over all of training (train_reward.py line 249)
     params = [p for p in rm.parameters() if p.requires_grad]  # includes reward_gain/bias, as OpenAI
-    opt = (
-        AdamTF(params, lr=cfg.lr, eps=cfg.adam_eps)
-        if cfg.tf_adam
-        else torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
-    )
-    rng = np.random.default_rng(cfg.seed)
+    opt = make_adam(params, cfg.adam, lr=cfg.lr, eps=cfg.adam_eps)
+    rng = np.random.default_rng(seed)
     # a fresh order per epoch
     order = np.concatenate([rng.permutation(len(train_rows)) for _ in range(cfg.epochs)])
     rm.train()  # no dropout anywhere; train() only for form
@@ -608,7 +616,8 @@ def train_reward_model(
         )
         if (step + 1) % cfg.log_interval == 0 or step + 1 == n_steps:
             tqdm.write(
-                f"step {step + 1}/{n_steps} | loss {np.mean(running_loss[-cfg.log_interval :]):.4f} | "
+                f"step {step + 1}/{n_steps} | loss "
+                f"{np.mean(running_loss[-cfg.log_interval :]):.4f} | "
                 f"acc {np.mean(running_acc[-cfg.log_interval :]):.3f} | lr {lr:.2e} | "
                 f"{(time.time() - t0) / (step + 1) * 1000:.0f} ms/step"
             )
@@ -627,7 +636,7 @@ def train_reward_model(
             task,
             cfg.normalize_samples,
             cfg.rollout_batch_size,
-            cfg.seed + 1000,
+            seed + 1000,
             cfg.normalize_truncated,
             device,
         )
@@ -637,14 +646,15 @@ def train_reward_model(
     if held_out:
         metrics["test"] = evaluate(rm, held_out, cfg.eval_batch_size)
         print(
-            f"train: held-out accuracy {metrics['test']['accuracy']:.3f} on {len(held_out)} comparisons "
+            f"train: held-out accuracy {metrics['test']['accuracy']:.3f} on {len(held_out)} "
+            "comparisons "
             f"(chance {1 / N:.3f}), loss {metrics['test']['loss']:.4f}"
         )
         print_example(rm, held_out[0])
     rm.meta.update(
         task=task.name,
-        seed=cfg.seed,
-        train_config=dataclasses.asdict(cfg),
+        seed=seed,
+        train_config=dict(model=model, task=task.name, seed=seed, **dataclasses.asdict(cfg)),
         metrics=metrics,
         normalization=dict(
             gain=rm.reward_gain.item(),
@@ -658,8 +668,10 @@ def train_reward_model(
 
 def _norm_line(when: str, s: dict) -> str:
     return (
-        f"normalize {when}: raw rewards under rho {s['mean']:+.4f} +- {s['std']:.4f} -> gain {s['gain']:.4f}, "
-        f"bias {s['bias']:+.4f}; check on fresh samples {s['after_mean']:+.3f} +- {s['after_std']:.3f}"
+        f"normalize {when}: raw rewards under rho {s['mean']:+.4f} +- {s['std']:.4f} -> gain "
+        f"{s['gain']:.4f}, "
+        f"bias {s['bias']:+.4f}; check on fresh samples {s['after_mean']:+.3f} +- "
+        f"{s['after_std']:.3f}"
     )
 
 
@@ -675,14 +687,73 @@ def print_example(rm: RewardModel, row: dict):
 
 
 # --------------------------------------------------------------------------------------------------
+# 4. The whole stage in one call: labels (read, or sampled and scripted) -> train -> save
+
+
+def build_reward_model(
+    cfg: TrainConfig,
+    model: str,
+    task: str,
+    out,
+    seed: int = 1,
+    labeler: str = "",
+    policy: GPT2 | None = None,
+    device="cpu",
+    labels_out=None,
+    reuse: bool = False,
+) -> Path:
+    """Make a reward model and save it to `out`; returns its path. `reward.py train` and ppo.py
+    (when it is given no reward model) both run this.
+
+    1. labels: cfg.labels if given (ours or OpenAI's released JSON); otherwise sample
+       cfg.num_comparisons comparisons from rho (`policy`, or tasks.load_base_model(model)) on the
+       task's train queries and label them with the scripted labeler (`labeler`, empty: the task's
+       own), keeping them in `labels_out` (default: next to `out`) for `reward.py eval`;
+    2. train_reward_model; 3. save_reward_model.
+    reuse: if `out` already exists, return it untouched (ppo.py's resumed runs)."""
+    out = Path(out)
+    if reuse and out.exists():
+        print(f"reward model: reusing {out}")
+        return out
+    if cfg.labels:
+        # ours or OpenAI's released JSON; prints what it did not use
+        rows = read_label_rows(cfg.labels)
+    else:
+        labeler = labeler or (task if task in tasks.LABELERS else "")
+        if not labeler:
+            raise ValueError(
+                f"task {task or '(none given)'} has no scripted labeler to make labels with; give "
+                "a "
+                f"labels file (`reward.py train --labels`, `ppo.py --rm.labels`; OpenAI's released "
+                f"labels: see `python reward.py --help`) or a trained reward model"
+            )
+        labeler = tasks.get_labeler(labeler)
+        if policy is None:
+            policy = tasks.load_base_model(model, device)
+        print(
+            f"reward model: sampling {cfg.num_comparisons} comparisons from ρ, labeling them with "
+            f"the scripted '{labeler.name}' labeler, then training"
+        )
+        comparisons = sample_comparisons(
+            policy, task, cfg.num_comparisons, seed=seed, device=device
+        )
+        rows = label_comparisons(comparisons, labeler)
+        labels_out = Path(labels_out or out.with_suffix(".labels.jsonl"))
+        labels.write_comparisons(labels_out, rows)  # kept for `python reward.py eval`
+        cfg = dataclasses.replace(cfg, labels=str(labels_out))
+    rm, metrics = train_reward_model(rows, cfg, model, task, seed, policy=policy, device=device)
+    print(f"reward model: {json.dumps(metrics)}")
+    save_reward_model(rm, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
 # Checkpoints
 
 
 def save_reward_model(rm: RewardModel, path) -> None:
     """rm.pt: weights plus everything needed to rebuild and trust it (config, base model, task,
     seed, normalization, metrics), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = dict(
         format=CHECKPOINT_FORMAT,
         version=CHECKPOINT_VERSION,
@@ -690,9 +761,7 @@ def save_reward_model(rm: RewardModel, path) -> None:
         state_dict={k: v.detach().cpu() for k, v in rm.state_dict().items()},
         **rm.meta,
     )
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    cli.atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def load_reward_model(path, device="cpu", expect_config: GPT2Config | None = None) -> RewardModel:
@@ -714,7 +783,8 @@ def load_reward_model(path, device="cpu", expect_config: GPT2Config | None = Non
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(
-            f"{path}: not a reward model checkpoint written by reward.py (found {keys}); a policy or "
+            f"{path}: not a reward model checkpoint written by reward.py (found {keys}); a policy "
+            "or "
             f"GPT-2 checkpoint cannot be used as a reward model"
         )
     if ckpt.get("version") != CHECKPOINT_VERSION:
@@ -732,7 +802,8 @@ def load_reward_model(path, device="cpu", expect_config: GPT2Config | None = Non
         if got != want:
             raise ValueError(
                 f"{path}: reward model was trained from base model {ckpt.get('base_model')!r} with "
-                f"{got}, but the policy has {want}; train a reward model from the policy's base model "
+                f"{got}, but the policy has {want}; train a reward model from the policy's base "
+                "model "
                 f"(`python reward.py train --model ...`)"
             )
     if expect_config is not None:
@@ -760,7 +831,7 @@ class SampleArgs:
     """task whose queries to use: sentiment, descriptiveness, tldr, cnndm"""
     model: str = "gpt2"
     """rho, the policy that writes the candidates: tiny, gpt2, ... or a Hugging Face directory"""
-    n: int = 1000
+    num_comparisons: int = 1000
     """number of comparisons"""
     n_samples: int = 4
     """candidates per comparison (the paper: 4)"""
@@ -782,15 +853,34 @@ class SampleArgs:
 class LabelArgs:
     labeler: str = "sentiment"
     """scripted labeler: sentiment or descriptiveness (tasks.py lexicons)"""
-    input: str = "comparisons.jsonl"
-    """comparisons file to label (alias: --in)"""
+    comparisons: str = "comparisons.jsonl"
+    """comparisons file to label (from `reward.py sample`)"""
     out: str = "labels.jsonl"
     """labels file to write"""
 
 
 @dataclass
+class TrainArgs:
+    model: str = "gpt2"
+    """rho, the initial policy the reward model starts from: tiny, gpt2, gpt2-medium, ... or a HF
+    directory"""
+    task: str = ""
+    """task (sentiment, descriptiveness, tldr, cnndm); empty: from the labels' `task` field"""
+    labeler: str = ""
+    """scripted labeler when --labels is empty (empty: the task's own)"""
+    out: str = "rm.pt"
+    """where to write the reward model checkpoint"""
+    seed: int = 1
+    """seed of the head init, data order and normalization samples (OpenAI: run.seed 1)"""
+    device: str = "auto"
+    """auto (cuda if available), cpu or cuda"""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """the reward model's own options (flags without a prefix here; --rm.<flag> in ppo.py)"""
+
+
+@dataclass
 class EvalArgs:
-    rm: str = "rm.pt"
+    reward_model: str = "rm.pt"
     """reward model checkpoint"""
     labels: str = "test.jsonl"
     """labels to evaluate on (our JSONL or OpenAI's JSON)"""
@@ -813,62 +903,67 @@ def read_label_rows(path: str) -> list[dict]:
 
 
 def cmd_sample(argv):
-    a = parse_dataclass_args(
+    a = cli.parse(
         SampleArgs, argv, description="Sample comparisons (a query and N responses) from rho."
     )
-    device = pick_device(a.device)
+    device = cli.pick_device(a.device)
     policy = tasks.load_base_model(a.model, device)
     rows = sample_comparisons(
-        policy, a.task, a.n, a.n_samples, a.batch_size, a.seed, a.split, a.max_rounds, device
+        policy,
+        a.task,
+        a.num_comparisons,
+        a.n_samples,
+        a.batch_size,
+        a.seed,
+        a.split,
+        a.max_rounds,
+        device,
     )
     labels.write_comparisons(a.out, rows)
     print(f"sample: wrote {len(rows)} comparisons to {a.out}")
 
 
 def cmd_label(argv):
-    argv = [
-        "--input" if x == "--in" else "--input=" + x[5:] if x.startswith("--in=") else x
-        for x in argv
-    ]
-    a = parse_dataclass_args(
-        LabelArgs, argv, description="Label comparisons with a scripted labeler."
-    )
-    rows = labels.read_comparisons(a.input)
+    a = cli.parse(LabelArgs, argv, description="Label comparisons with a scripted labeler.")
+    rows = labels.read_comparisons(a.comparisons)
     out = label_comparisons(rows, a.labeler)
     Path(a.out).unlink(missing_ok=True)  # a fresh file: scripted labels are not a log to append to
     for r in out:
         labels.append_jsonl(a.out, r)
     picks = np.bincount([r["best"] for r in out], minlength=len(out[0]["samples"]))
     print(
-        f"label: wrote {len(out)} labels to {a.out} (labeler {a.labeler}; picks per position {picks.tolist()})"
+        f"label: wrote {len(out)} labels to {a.out} (labeler {a.labeler}; picks per position "
+        f"{picks.tolist()})"
     )
 
 
 def cmd_train(argv):
-    cfg = parse_dataclass_args(
-        TrainConfig, argv, description="Train a reward model on best-of-N labels."
+    a = cli.parse(
+        TrainArgs,
+        argv,
+        description="Train a reward model on best-of-N labels (or, without --labels, on "
+        "comparisons sampled from rho and labeled by the task's scripted labeler).",
+        flat=("train",),
     )
-    device = pick_device(cfg.device)
-    rows = read_label_rows(cfg.labels)
-    rm, metrics = train_reward_model(rows, cfg, device=device)
-    save_reward_model(rm, cfg.out)
-    print(f"train: wrote {cfg.out}")
+    device = cli.pick_device(a.device)
+    out = build_reward_model(a.train, a.model, a.task, a.out, a.seed, a.labeler, device=device)
+    print(f"train: wrote {out}")
 
 
 def cmd_eval(argv):
-    a = parse_dataclass_args(
+    a = cli.parse(
         EvalArgs, argv, description="Accuracy and mean reward of a reward model on labels."
     )
-    device = pick_device(a.device)
-    rm = load_reward_model(a.rm, device)
+    device = cli.pick_device(a.device)
+    rm = load_reward_model(a.reward_model, device)
     rows = read_label_rows(a.labels)
     check_rows_fit(rows, rm.lm.config, a.labels)
-    m = evaluate(rm, rows, a.batch_size)
+    result = evaluate(rm, rows, a.batch_size)
     N = len(rows[0]["sample_tokens"])
     print(
-        f"eval: {a.rm} (task {rm.meta.get('task')}, base {rm.meta.get('base_model')}) on {m['n']} comparisons: "
-        f"accuracy {m['accuracy']:.3f} (chance {1 / N:.3f}) | loss {m['loss']:.4f} | mean reward "
-        f"{m['mean_reward']:+.3f}"
+        f"eval: {a.reward_model} (task {rm.meta.get('task')}, base {rm.meta.get('base_model')}) "
+        f"on {result['n']} comparisons: accuracy {result['accuracy']:.3f} (chance {1 / N:.3f}) | "
+        f"loss {result['loss']:.4f} | mean reward {result['mean_reward']:+.3f}"
     )
 
 

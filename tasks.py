@@ -4,8 +4,7 @@ query and a response are cut, the -1 penalty, the scripted ("mock") labelers, an
 model used on CPU.
 
 reward.py and ppo.py both import this file. It follows openai/lm-human-preferences (launch.py,
-lm_tasks.py, language/datasets.py, datasets/*.py; see ../shared/docs/paper-spec.md §1 and §5) and
-says where it differs:
+lm_tasks.py, language/datasets.py, datasets/*.py; more in docs/) and says where it differs:
 
   * Books. OpenAI's book passages are lost (openai/lm-human-preferences#17) and BookCorpus is not
     redistributable, so the style tasks (sentiment, descriptiveness) read a prompt set this repo
@@ -57,7 +56,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gpt2 import EOT_ID, GPT2, PAD_ID, PRESETS, get_tokenizer, parse_dataclass_args
+import cli
+from gpt2 import EOT_ID, GPT2, PAD_ID, PRESETS, get_tokenizer
 from labels import TASK_INSTRUCTIONS
 
 ROOT = Path(__file__).resolve().parent
@@ -65,7 +65,8 @@ ASSETS = ROOT / "assets"
 OPENAI_BASE = "https://openaipublic.blob.core.windows.net/lm-human-preferences/"
 
 # --------------------------------------------------------------------------------------------------
-# Task definitions ([OAI] launch.py books_task / summarize_*_task, lm_tasks.py::TaskHParams)
+# Task definitions (the released code's launch.py books_task / summarize_*_task,
+# lm_tasks.py::TaskHParams)
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ def get_task(name: str | TaskConfig) -> TaskConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# Queries ([OAI] language/datasets.py::Dataset.tf_dataset, lm_tasks.py::query_formatter)
+# Queries (the released code's language/datasets.py::Dataset.tf_dataset,
+# lm_tasks.py::query_formatter)
 
 
 def single_token(text: str | None) -> int | None:
@@ -220,9 +222,10 @@ class QuerySource:
     """A deterministic, resumable, endless stream of queries for a task.
 
     Like OpenAI's dataset: the texts are shuffled once with a fixed seed (OpenAI's is always 0,
-    independent of the run's seed; [BLOG] calls that a probable bug, so `seed` is exposed, default
-    0) and repeated in that same order. Texts whose query cannot be built are skipped and counted in
-    `n_skipped`. Texts are tokenized on demand, so a large query set (TL;DR) starts at once.
+    independent of the run's seed; lm-human-preference-details calls that a probable bug, so
+    `seed` is exposed, default 0) and repeated in that same order. Texts whose query cannot be
+    built are skipped and counted in `n_skipped`. Texts are tokenized on demand, so a large query
+    set (TL;DR) starts at once.
     """
 
     def __init__(self, task: str | TaskConfig, split: str = "train", seed: int = 0):
@@ -283,14 +286,15 @@ class QuerySource:
             self.seed,
         ):
             raise ValueError(
-                f"query state is for task={state['task']} split={state['split']} seed={state['seed']}, "
+                f"query state is for task={state['task']} split={state['split']} "
+                f"seed={state['seed']}, "
                 f"not task={self.task.name} split={self.split} seed={self.seed}"
             )
         self.pos, self.epoch, self.n_skipped = state["pos"], state["epoch"], state["n_skipped"]
 
 
 # --------------------------------------------------------------------------------------------------
-# Responses ([OAI] lm_tasks.py::postprocess_fn_from_hparams, filter_fn_from_hparams)
+# Responses (the released code's lm_tasks.py::postprocess_fn_from_hparams, filter_fn_from_hparams)
 
 
 def truncate_responses(responses: torch.Tensor, task: TaskConfig):
@@ -421,13 +425,13 @@ def _fix_text(text: str) -> str:
 
 
 def clean_tldr(text: str) -> str:
-    """[OAI] datasets/tldr.py: ftfy, collapse 3+ newlines to 2, strip."""
+    """As the released code's datasets/tldr.py: ftfy, collapse 3+ newlines to 2, strip."""
     return re.sub(r"\n{3,}", "\n\n", _fix_text(text)).strip()
 
 
 def clean_cnndm(text: str) -> str:
-    """[OAI] datasets/cnndm.py: drop bylines and "(CNN) --" openers, ftfy, collapse newlines, cut
-    at @highlight."""
+    """As the released code's datasets/cnndm.py: drop bylines and "(CNN) --" openers, ftfy,
+    collapse newlines, cut at @highlight."""
     if text[:2] == "By":
         text = "\n".join(text.split("\n")[2:])
     text = re.split(r"\(CNN\) +--", text)[-1]
@@ -441,13 +445,14 @@ def clean_cnndm(text: str) -> str:
 
 
 def cnndm_story_path(url: str, split: str) -> str:
-    """[OAI] cnndm.py::get_path_of_url: the cached story file of an article url."""
+    """As the released code's cnndm.py::get_path_of_url: the cached story file of an article url."""
     site = (
         "dailymail"
         if any(s in url for s in ("dailymail.co.uk", "mailonsunday.ie", "lib.store.yahoo.net"))
         else "cnn"
     )
-    return f"datasets/cnndm/cache_{split}/{site}/stories/{hashlib.sha1(url.encode()).hexdigest()}.story"
+    digest = hashlib.sha1(url.encode()).hexdigest()
+    return f"datasets/cnndm/cache_{split}/{site}/stories/{digest}.story"
 
 
 def query_items(dataset: str, split: str):
@@ -698,11 +703,8 @@ def load_base_model(name: str, device="cpu") -> GPT2:
     )
     t0 = time.time()
     model = fit_tiny()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # several processes may fit at once: rename is atomic
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
+    # several processes may fit at once: each writes its own temporary file, the rename is atomic
+    cli.atomic_write(path, lambda f: torch.save(model.state_dict(), f))
     print(f"tasks: tiny model fitted in {time.time() - t0:.0f} s", file=sys.stderr)
     return model.to(device).eval()
 
@@ -727,7 +729,7 @@ class ShowArgs:
 
 
 def main(argv=None):
-    args = parse_dataclass_args(
+    args = cli.parse(
         ShowArgs, argv, description="Show a task's queries and scripted-labeler scores."
     )
     task = get_task(args.task)
@@ -750,8 +752,10 @@ def main(argv=None):
     for q, r, v in zip(queries, truncated, valid.tolist()):
         text = enc.decode(strip_pad(r))
         print(
-            f"--- query: {enc.decode(q)}\n    response{'' if v else ' (no stop token: penalty)'}: {text!r}\n"
-            f"    sentiment {sentiment_score(text):+.2f}  descriptiveness {descriptiveness_score(text):.2f}"
+            f"--- query: {enc.decode(q)}\n    response{'' if v else ' (no stop token: penalty)'}: "
+            f"{text!r}\n"
+            f"    sentiment {sentiment_score(text):+.2f}  descriptiveness "
+            f"{descriptiveness_score(text):.2f}"
         )
 
 

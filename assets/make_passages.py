@@ -324,35 +324,42 @@ def passage(rng: random.Random) -> str:
         lambda: f"{rng.choice(TIMES)}, {name} walked into the {place}.",
         lambda: f"{rng.choice(LIGHTS)}.",
         lambda: (
-            f"The {place} smelled of {rng.choice(SMELLS)}, and {he} could hear {rng.choice(SOUNDS)}."
+            f"The {place} smelled of {rng.choice(SMELLS)}, and {he} could hear "
+            f"{rng.choice(SOUNDS)}."
         ),
         lambda: (
-            f"{name} felt {feeling()[0]} when {he} saw the {rng.choice(COLORS)} {rng.choice(OBJECTS)}."
+            f"{name} felt {feeling()[0]} when {he} saw the {rng.choice(COLORS)} "
+            f"{rng.choice(OBJECTS)}."
         ),
         lambda: (
-            f"A {rng.choice(SIZES)} {rng.choice(COLORS)} {rng.choice(ANIMALS)} sat by the {rng.choice(OBJECTS)}."
+            f"A {rng.choice(SIZES)} {rng.choice(COLORS)} {rng.choice(ANIMALS)} sat by the "
+            f"{rng.choice(OBJECTS)}."
         ),
         lambda: f"{his.capitalize()} {rng.choice(KIN)} had always been {adj()} and {adj()}.",
         lambda: (lambda f: f'"{f[3]}," said {other}, and {name} {f[2]}.')(feeling()),
         lambda: (
-            f"The {rng.choice(OBJECTS)} was {rng.choice(TEXTURES)} and {rng.choice(COLORS)} in {his} hands."
+            f"The {rng.choice(OBJECTS)} was {rng.choice(TEXTURES)} and {rng.choice(COLORS)} in "
+            f"{his} hands."
         ),
         lambda: (
             lambda f: f"{name} remembered the {f[0]} days at the {rng.choice(PLACES)} with {f[1]}."
         )(feeling()),
         lambda: (
-            f"{other} opened the {rng.choice(OBJECTS)} and found a {rng.choice(TEXTURES)} {rng.choice(OBJECTS)}."
+            f"{other} opened the {rng.choice(OBJECTS)} and found a {rng.choice(TEXTURES)} "
+            f"{rng.choice(OBJECTS)}."
         ),
         lambda: (lambda f: f"There was {f[1]} in {his} voice, and the room felt {f[0]}.")(
             feeling()
         ),
         lambda: (
-            f"It was a {adj()} {rng.choice(['day', 'night', 'week', 'year', 'moment'])} for everyone."
+            f"It was a {adj()} {rng.choice(['day', 'night', 'week', 'year', 'moment'])} for "
+            "everyone."
         ),
         negated,
         lambda: f"{name} and {other} sat together and said nothing for a long time.",
         lambda: (
-            f"Outside, the {rng.choice(['air', 'wind', 'water', 'grass'])} was {rng.choice(TEXTURES)} and "
+            f"Outside, the {rng.choice(['air', 'wind', 'water', 'grass'])} was "
+            f"{rng.choice(TEXTURES)} and "
             f"{rng.choice(['cold', 'warm', 'still', 'sweet'])}."
         ),
         lambda: (lambda f: f"{he.capitalize()} {f[2]} and thought about {his} {rng.choice(KIN)}.")(

@@ -22,8 +22,6 @@ interpreter (it re-executes itself with TRITON_INTERPRET=1), so it cannot rot; t
 nothing about GPU speed.
 """
 
-import argparse
-import dataclasses
 import os
 import statistics
 import sys
@@ -31,6 +29,8 @@ import time
 from dataclasses import dataclass
 
 import torch
+
+import cli
 
 
 @dataclass
@@ -46,27 +46,8 @@ class BenchConfig:
     """seed for the random inputs and padding lengths"""
 
 
-def parse_args() -> BenchConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(BenchConfig):
-        parser.add_argument(
-            f"--{f.name}",
-            type=f.type if isinstance(f.type, type) else eval(f.type),
-            default=f.default,
-            help=(f.metadata.get("help") or _field_doc(f.name)),
-        )
-    return BenchConfig(**vars(parser.parse_args()))
-
-
-def _field_doc(name):
-    """The docstring written under a dataclass field (parsed from this file's source)."""
-    import inspect
-
-    lines = inspect.getsource(BenchConfig).splitlines()
-    for i, line in enumerate(lines):
-        if line.strip().startswith(f"{name}:") and i + 1 < len(lines):
-            return lines[i + 1].strip().strip('"')
-    return ""
+def parse_args(argv=None) -> BenchConfig:
+    return cli.parse(BenchConfig, argv, description=__doc__.split("\n")[0])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -235,7 +235,10 @@ def test_task_instructions_cover_every_task():
 
 def test_labels_and_label_tool_import_no_torch():
     # label_tool.py must start fast: importing labels must not pull in torch (or numpy).
-    code = "import sys, labels, label_tool; bad = [m for m in ('torch', 'numpy') if m in sys.modules]; print(bad)"
+    code = (
+        "import sys, labels, label_tool; "
+        "bad = [m for m in ('torch', 'numpy') if m in sys.modules]; print(bad)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=Path(__file__).parent.parent,

@@ -191,14 +191,14 @@ def test_first_minibatch_ratio_exactly_one_and_penalty_in_rollout():
 
     opt = ppo.AdamTF(policy.parameters(), lr=1e-3)
     stats = ppo.ppo_update(policy, opt, batch, cfg, R, torch.Generator().manual_seed(0), "cpu")
-    E, M, A = stats["ppo/policy/approxkl"].shape
-    assert (E, M, A) == (4, 2, 2)
+    E, M, U = stats["ppo/policy/approxkl"].shape
+    assert (E, M, U) == (4, 2, 2)
     # every micro-batch of the first minibatch of the first epoch: no optimizer step yet, so π_new
     # == π_old exactly
-    assert torch.equal(stats["ppo/policy/ratio_max"][0, 0], torch.ones(A))
-    assert torch.equal(stats["ppo/policy/ratio_min"][0, 0], torch.ones(A))
-    assert torch.equal(stats["ppo/policy/approxkl"][0, 0], torch.zeros(A))
-    assert torch.equal(stats["ppo/policy/clipfrac"][0, 0], torch.zeros(A))
+    assert torch.equal(stats["ppo/policy/ratio_max"][0, 0], torch.ones(U))
+    assert torch.equal(stats["ppo/policy/ratio_min"][0, 0], torch.ones(U))
+    assert torch.equal(stats["ppo/policy/approxkl"][0, 0], torch.zeros(U))
+    assert torch.equal(stats["ppo/policy/clipfrac"][0, 0], torch.zeros(U))
     # ... and after the first optimizer step the policy has moved (so the check above can fail)
     assert (
         stats["ppo/policy/approxkl"][0, 1].min() > 0 and stats["ppo/policy/approxkl"][-1].min() > 0
@@ -261,9 +261,9 @@ def pipeline_run(tmp_path_factory):
     summary = ppo.main(
         TINY
         + [
-            "--rm-comparisons",
+            "--rm.num-comparisons",
             "16",
-            "--rm-normalize-samples",
+            "--rm.normalize-samples",
             "32",
             "--total-episodes",
             "16",
@@ -307,7 +307,7 @@ def test_pipeline_smoke(pipeline_run):
 
 def test_resume_gives_the_same_metrics(pipeline_run, tmp_path):
     rm = str(pipeline_run[0] / "rm.pt")
-    args = TINY + ["--reward", rm, "--total-episodes", "24"]
+    args = TINY + ["--reward-model", rm, "--total-episodes", "24"]
     ppo.main(args + ["--run-dir", str(tmp_path / "whole")])
     ppo.main(args + ["--run-dir", str(tmp_path / "parts"), "--stop-after", "2"])
     assert len(metrics_of(tmp_path / "parts")) == 2
@@ -325,13 +325,13 @@ def test_bad_reward_checkpoints(pipeline_run, tmp_path):
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"\x80\x02 this is not a checkpoint")
     with pytest.raises(SystemExit, match="not a reward model checkpoint"):
-        ppo.main(TINY + ["--reward", str(bad), "--run-dir", str(tmp_path / "a")])
+        ppo.main(TINY + ["--reward-model", str(bad), "--run-dir", str(tmp_path / "a")])
     other = tmp_path / "other-size.pt"
     reward.save_reward_model(
         reward.RewardModel(gpt2.GPT2(gpt2.GPT2Config(n_layer=1, n_head=2, n_embd=64))), other
     )
     with pytest.raises(SystemExit, match="policy has"):
-        ppo.main(TINY + ["--reward", str(other), "--run-dir", str(tmp_path / "b")])
+        ppo.main(TINY + ["--reward-model", str(other), "--run-dir", str(tmp_path / "b")])
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(pipeline_run, tmp_path, monkeypatch):
@@ -351,7 +351,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(pipeline_run, tmp_path, m
         ppo.main(
             TINY
             + [
-                "--reward",
+                "--reward-model",
                 str(pipeline_run[0] / "rm.pt"),
                 "--total-episodes",
                 "32",

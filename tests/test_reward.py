@@ -229,7 +229,7 @@ def test_end_to_end_tiny_sample_label_train_eval(tmp_path, capsys):
                 "descriptiveness",
                 "--model",
                 "tiny",
-                "--n",
+                "--num-comparisons",
                 "200",
                 "--out",
                 str(cmp_path),
@@ -249,7 +249,15 @@ def test_end_to_end_tiny_sample_label_train_eval(tmp_path, capsys):
     )
     assert (
         reward.main(
-            ["label", "--labeler", "descriptiveness", "--in", str(cmp_path), "--out", str(lab_path)]
+            [
+                "label",
+                "--labeler",
+                "descriptiveness",
+                "--comparisons",
+                str(cmp_path),
+                "--out",
+                str(lab_path),
+            ]
         )
         == 0
     )
@@ -299,7 +307,10 @@ def test_end_to_end_tiny_sample_label_train_eval(tmp_path, capsys):
     # eval on the held-out rows agrees with training's own measurement
     test_path = write_lines(tmp_path / "test.jsonl", lab_path.read_text().splitlines()[150:])
     assert (
-        reward.main(["eval", "--rm", str(rm_path), "--labels", test_path, "--device", "cpu"]) == 0
+        reward.main(
+            ["eval", "--reward-model", str(rm_path), "--labels", test_path, "--device", "cpu"]
+        )
+        == 0
     )
     assert f"accuracy {m['test']['accuracy']:.3f}" in capsys.readouterr().out
 
@@ -312,15 +323,12 @@ def test_training_moves_every_weight_even_from_a_frozen_policy():
     rows = [label_row(i, best=i % 2) for i in range(4)]
     cfg = reward.TrainConfig(
         labels="<rows>",
-        task="sentiment",
-        model="tiny",
         batch_size=2,
         lr=1e-3,
         normalize_before=False,
         normalize_after=False,
-        device="cpu",
     )
-    rm, m = reward.train_reward_model(rows, cfg, policy=policy, test_rows=[])
+    rm, m = reward.train_reward_model(rows, cfg, "tiny", "sentiment", policy=policy, test_rows=[])
     assert m["num_train"] == 4 and m["num_test"] == 0
     # the RM's own copy trained
     assert not torch.equal(rm.lm.transformer.h[0].mlp.c_fc.weight, before)
@@ -350,16 +358,13 @@ def test_epochs_see_each_label_once_per_epoch_and_anneal_lr_over_all_of_them(mon
     monkeypatch.setattr(reward, "AdamTF", RecordingAdam)
     cfg = reward.TrainConfig(
         labels="<rows>",
-        task="sentiment",
-        model="tiny",
         batch_size=2,
         lr=1e-3,
         epochs=3,
         normalize_before=False,
         normalize_after=False,
-        device="cpu",
     )
-    reward.train_reward_model(rows, cfg, policy=policy, test_rows=[])
+    reward.train_reward_model(rows, cfg, "tiny", "sentiment", policy=policy, test_rows=[])
     ids = sorted(r["id"] for r in rows)
     assert len(seen) == 18 and all(sorted(seen[e * 6 : (e + 1) * 6]) == ids for e in range(3))
     assert seen[:6] != seen[6:12] or seen[6:12] != seen[12:]  # reshuffled, not one order repeated

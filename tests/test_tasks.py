@@ -216,7 +216,10 @@ def test_cnndm_helpers():
         f"datasets/cnndm/cache_train/cnn/stories/{hashlib.sha1(url.encode()).hexdigest()}.story"
     )
     assert "/dailymail/" in tasks.cnndm_story_path("http://www.dailymail.co.uk/a.html", "val")
-    text = "By Jane Doe\nPUBLISHED: today\n(CNN) -- The river rose.\n\n\n\nPeople left.\n@highlight\nRiver rises"
+    text = (
+        "By Jane Doe\nPUBLISHED: today\n(CNN) -- The river rose.\n\n\n\nPeople left."
+        "\n@highlight\nRiver rises"
+    )
     assert tasks.clean_cnndm(text) == "The river rose.\n\nPeople left."
 
 

@@ -1,0 +1,256 @@
+"""What every command line here shares: dataclass configs -> argparse, atomic file writes, device
+choice. Standard library only (label_tool.py and labels.py must start without torch).
+
+A config is a dataclass whose fields each carry a docstring (the string right under the field);
+that string becomes the field's --help line:
+
+    @dataclass
+    class Args:
+        lr: float = 1e-5
+        \"\"\"learning rate\"\"\"
+
+    args = cli.parse(Args, description="...")          # --lr 3e-4
+
+A field whose default is itself a dataclass (field(default_factory=Sub)) is nested: its fields get
+flags under a prefix, `--<name>.<field>` (e.g. ppo.py's `--rm.lr`), or no prefix at all when the
+caller asks for it (reward.py train). Bool fields get --x / --no-x, list fields take one or more
+values (`--stats a.jsonl b.jsonl`, or the flag repeated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import os
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any, Callable
+
+# --------------------------------------------------------------------------------------------------
+# Dataclass -> argparse
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Each dataclass field's docstring: the string literal right after it in the class source
+    (dataclasses drop them, so read them from the source), whitespace collapsed to one line."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    return {
+        a.target.id: " ".join(b.value.value.split())
+        for a, b in zip(body, body[1:])
+        if isinstance(a, ast.AnnAssign)
+        and isinstance(a.target, ast.Name)
+        and isinstance(b, ast.Expr)
+        and isinstance(b.value, ast.Constant)
+        and isinstance(b.value.value, str)
+    }
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"field {f.name} needs a default to become a command-line flag")
+
+
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _scalar_type(f: dataclasses.Field, default):
+    """int / float / str from the annotation (a string under `from __future__ import
+    annotations`), else from the default."""
+    name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    return _TYPES.get(name) or (type(default) if default is not None else str)
+
+
+def add_dataclass_args(
+    parser: argparse.ArgumentParser,
+    cls,
+    prefix: str = "",
+    positional: tuple[str, ...] = (),
+    only_given: bool = False,
+    flat: tuple[str, ...] = (),
+) -> None:
+    """One flag per field of `cls` (recursing into nested dataclass fields), each with its
+    docstring and default as help. The namespace key of a field is its dotted path ("rm.lr").
+
+    positional: fields taken as optional positional arguments instead of flags.
+    only_given: flags not given stay out of the namespace (argparse.SUPPRESS), so a caller can
+      layer them over other defaults (ppo.py's resolve_config).
+    flat: nested fields whose own fields get flags without the `<name>.` prefix."""
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        default = _default(f)
+        dest = prefix + f.name
+        if dataclasses.is_dataclass(default):
+            sub_prefix = prefix if f.name in flat else dest + "."
+            add_dataclass_args(parser, type(default), sub_prefix, only_given=only_given)
+            continue
+        helptext = docs.get(f.name, "")
+        shown = f" (default: {default!r})" if default not in ("", []) else ""
+        unset = argparse.SUPPRESS if only_given else default
+        if f.name in positional:
+            parser.add_argument(dest, nargs="?", default=unset, help=helptext)
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(
+                flag,
+                dest=dest,
+                action=argparse.BooleanOptionalAction,
+                default=unset,
+                help=helptext + shown,
+            )
+        elif isinstance(default, list):
+            # `--x a b` and `--x a --x b` both give [a, b]; the default list is never mutated
+            parser.add_argument(
+                flag,
+                dest=dest,
+                nargs="+",
+                action="extend",
+                default=argparse.SUPPRESS if only_given else None,
+                metavar=f.name.upper(),
+                help=helptext + shown,
+            )
+        else:
+            parser.add_argument(
+                flag,
+                dest=dest,
+                type=_scalar_type(f, default),
+                default=unset,
+                metavar=f.name.upper(),
+                help=helptext + shown,
+            )
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    """{"rm": {"lr": 1}} -> {"rm.lr": 1}: nested config dicts (dataclasses.asdict, config.json) to
+    the dotted keys the parser uses."""
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def from_flat(cls, values: dict, where: str = "config", flat: tuple[str, ...] = ()):
+    """The dataclass `cls` from dotted keys (missing keys keep their defaults, None for a list
+    means its default; `flat` as for add_dataclass_args). An unknown key is an error that names
+    it."""
+    values = dict(values)
+    out = _build(cls, values, "", flat)
+    if values:
+        raise ValueError(f"{where}: unknown option(s) {', '.join(sorted(values))}")
+    return out
+
+
+def _build(cls, values: dict, prefix: str, flat: tuple[str, ...] = ()):
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        default = _default(f)
+        key = prefix + f.name
+        if dataclasses.is_dataclass(default):
+            sub_prefix = prefix if f.name in flat else key + "."
+            kwargs[f.name] = _build(type(default), values, sub_prefix)
+        elif key in values:
+            v = values.pop(key)
+            kwargs[f.name] = default if v is None and isinstance(default, list) else v
+    return cls(**kwargs)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Description and epilog as written (they hold examples), option help wrapped."""
+
+
+def make_parser(
+    cls,
+    description: str | None = None,
+    epilog: str | None = None,
+    positional: tuple[str, ...] = (),
+    only_given: bool = False,
+    flat: tuple[str, ...] = (),
+) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description, epilog=epilog, formatter_class=HelpFormatter
+    )
+    add_dataclass_args(parser, cls, positional=positional, only_given=only_given, flat=flat)
+    return parser
+
+
+def parse(
+    cls,
+    argv: list[str] | None = None,
+    description: str | None = None,
+    epilog: str | None = None,
+    positional: tuple[str, ...] = (),
+    flat: tuple[str, ...] = (),
+):
+    """Parse argv (default: sys.argv[1:]) into a `cls` instance; --help lists every field."""
+    parser = make_parser(cls, description, epilog, positional, flat=flat)
+    return from_flat(cls, vars(parser.parse_args(argv)), flat=flat)
+
+
+# --------------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def atomic_write(path, data: bytes | str | Callable[[Any], None], encoding: str = "utf-8") -> None:
+    """Replace `path` with new contents, all or nothing: write a temporary file in the same folder,
+    flush and fsync it, rename it over `path` (atomic on POSIX), fsync the folder. A crash or an
+    exception mid-write leaves the old file as it was (the temporary file is removed).
+
+    data: bytes, str (written with `encoding`, newlines as given), or a writer called with the
+    open binary file (e.g. `lambda f: torch.save(obj, f)`). Each call uses its own temporary name,
+    so several processes may write the same path at once: the last rename wins."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode(encoding) if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path)
+
+
+def fsync_dir(path) -> None:
+    """fsync the folder holding `path`, so a rename or a new file in it survives a power cut."""
+    try:
+        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+# --------------------------------------------------------------------------------------------------
+# Device
+
+
+def pick_device(name: str) -> str:
+    """'auto' -> 'cuda' when a CUDA device is visible, else 'cpu'; 'cuda' without one is a clear
+    error. (torch is imported here only, so this module stays importable without it.)"""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu")
+    return name

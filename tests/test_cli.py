@@ -1,0 +1,164 @@
+"""cli.py: --help from field docstrings, bool / list / nested flags, atomic writes; and ppo.py's
+configuration precedence (defaults < task < tiny < resumed config < flags) on a hand-made case."""
+
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import pytest
+
+import cli
+
+
+@dataclass
+class Inner:
+    lr: float = 5e-5
+    """inner learning rate"""
+    epochs: int = 1
+    """passes over the labels"""
+
+
+@dataclass
+class Outer:
+    name: str = "run"
+    """the run's name"""
+    steps: int = 3
+    """how many steps
+    to take (a docstring over two lines)"""
+    whiten: bool = True
+    """whiten the rewards"""
+    prompts: list = field(default_factory=lambda: ["a"])
+    """prompts to use"""
+    rm: Inner = field(default_factory=Inner)
+    """the inner options"""
+
+
+def test_field_docs_reads_each_docstring_on_one_line():
+    assert cli.field_docs(Outer) == {
+        "name": "the run's name",
+        "steps": "how many steps to take (a docstring over two lines)",
+        "whiten": "whiten the rewards",
+        "prompts": "prompts to use",
+        "rm": "the inner options",
+    }
+
+
+def test_help_lists_every_field_doc_and_default(capsys):
+    with pytest.raises(SystemExit):
+        cli.parse(Outer, ["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for text in [
+        "--name NAME the run's name (default: 'run')",
+        "how many steps to take (a docstring over two lines) (default: 3)",
+        "--whiten, --no-whiten whiten the rewards (default: True)",
+        "--rm.lr LR inner learning rate (default: 5e-05)",
+        "--rm.epochs EPOCHS passes over the labels (default: 1)",
+    ]:
+        assert text in out, text
+
+
+def test_defaults_bool_list_and_nested_flags():
+    assert cli.parse(Outer, []) == Outer()
+    got = cli.parse(
+        Outer,
+        ["--no-whiten", "--steps", "7", "--prompts", "x", "y", "--prompts", "z", "--rm.lr", "1e-3"],
+    )
+    assert got == Outer(steps=7, whiten=False, prompts=["x", "y", "z"], rm=Inner(lr=1e-3))
+    assert isinstance(got.rm.lr, float) and isinstance(got.steps, int)
+    assert Outer().prompts == ["a"]  # the default list was not extended in place
+    with pytest.raises(SystemExit):
+        cli.parse(Outer, ["--steps", "many"])  # argparse's own error for a bad int
+
+
+def test_flat_nested_fields_and_positionals():
+    got = cli.parse(Outer, ["--epochs", "4", "mine"], positional=("name",), flat=("rm",))
+    assert got == Outer(name="mine", rm=Inner(epochs=4))
+
+
+def test_only_given_and_from_flat_layering():
+    parser = cli.make_parser(Outer, only_given=True)
+    given = vars(parser.parse_args(["--rm.epochs", "2", "--no-whiten"]))
+    assert given == {"rm.epochs": 2, "whiten": False}  # nothing else: the caller layers them
+    assert cli.flatten({"a": 1, "rm": {"lr": 2}}) == {"a": 1, "rm.lr": 2}
+    assert cli.from_flat(Outer, given) == Outer(whiten=False, rm=Inner(epochs=2))
+    with pytest.raises(ValueError, match="config.json: unknown option.*rm.nope"):
+        cli.from_flat(Outer, {"rm.nope": 1}, "config.json")
+
+
+def test_atomic_write_text_bytes_and_writer(tmp_path):
+    p = tmp_path / "sub" / "f.txt"
+    cli.atomic_write(p, "héllo\n")
+    assert p.read_text(encoding="utf-8") == "héllo\n"
+    cli.atomic_write(p, b"\x00\x01")
+    assert p.read_bytes() == b"\x00\x01"
+    cli.atomic_write(p, lambda f: f.write(b"from a writer"))
+    assert p.read_bytes() == b"from a writer"
+    assert sorted(x.name for x in p.parent.iterdir()) == ["f.txt"]  # no temporary file left
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_raises(tmp_path):
+    p = tmp_path / "ckpt.pt"
+    p.write_bytes(b"the last good checkpoint")
+
+    def half_then_crash(f):
+        f.write(b"half a new checkpoint")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        cli.atomic_write(p, half_then_crash)
+    assert p.read_bytes() == b"the last good checkpoint"
+    assert [x.name for x in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_cli_is_standard_library_only():
+    code = "import sys, cli; print([m for m in ('torch', 'numpy') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------------------------------
+# ppo.py: the precedence block
+
+
+def test_ppo_precedence_task_tiny_resumed_flags():
+    import ppo
+
+    # 1 < 2: the task's defaults beat Config's (tldr: lr 2e-6, batch 32, fixed β 0.03)
+    cfg = ppo.resolve_config({"task": "tldr"})
+    assert (cfg.lr, cfg.batch_size, cfg.kl_coef, cfg.adaptive_kl) == (2e-6, 32, 0.03, False)
+    assert cfg.temperature == 0.7 and cfg.rm.lr == 5e-5 and cfg.rm.num_comparisons == 4992
+    # 2 < 3: tiny beats the task (lr 2e-4), and reaches into the nested reward-model options;
+    # what tiny leaves alone keeps the task's value (kl_coef)
+    cfg = ppo.resolve_config({"task": "tldr", "model": "tiny"})
+    assert (cfg.lr, cfg.kl_coef, cfg.rm.lr, cfg.rm.epochs) == (2e-4, 0.03, 3e-4, 8)
+    assert cfg.run_dir.endswith("tldr-tiny-s1") and cfg.name == "tldr-tiny-s1"
+    # 3 < 5: flags beat tiny, nested ones too
+    cfg = ppo.resolve_config({"model": "tiny", "lr": 1e-4, "rm.epochs": 2})
+    assert (cfg.lr, cfg.rm.epochs, cfg.rm.lr) == (1e-4, 2, 3e-4)
+    # 4 < 5: a resumed run's config.json beats defaults, task and tiny; its stop_after is dropped;
+    # the flags given now beat it; the run stays in its folder
+    saved = ppo.asdict(ppo.resolve_config({"model": "tiny", "lr": 1e-4, "stop_after": 2}))
+    saved["rm"]["lr"] = 7e-4
+    saved["kl_coef"] = 0.5
+    cfg = ppo.resolve_config({"resume": "/runs/r1", "kl_coef": 0.25, "seed": 3}, saved)
+    assert (cfg.lr, cfg.rm.lr, cfg.kl_coef, cfg.seed, cfg.stop_after) == (1e-4, 7e-4, 0.25, 3, 0)
+    assert cfg.run_dir == "/runs/r1" and cfg.name == "sentiment-tiny-s1"  # the saved name
+
+
+def test_ppo_help_shows_precedence_and_nested_reward_flags(capsys):
+    import ppo
+
+    with pytest.raises(SystemExit):
+        ppo.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "later wins" in out and "resolve_config" in out
+    for flag in [
+        "--rm.labels",
+        "--rm.lr",
+        "--rm.batch-size",
+        "--rm.epochs",
+        "--rm.num-comparisons",
+    ]:
+        assert flag in out, flag
+    with pytest.raises(SystemExit, match="unknown option.*rm_lr"):
+        ppo.resolve_config({"resume": "/runs/old"}, {"rm_lr": 1e-4})
