@@ -37,6 +37,7 @@ Run `python labels.py FILE` to validate a comparisons or labels file and print w
 """
 
 import datetime
+import hashlib
 import json
 import os
 import sys
@@ -139,29 +140,31 @@ def read_jsonl(path) -> list[tuple[int, dict]]:
     for i, raw in enumerate(lines, 1):
         if not raw.strip():
             continue  # blank lines hold nothing (a trailing "\n" makes the last one)
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise FormatError(
-                f"{path}:{i}: not UTF-8 ({e.reason} at byte {e.start}); save the file as UTF-8"
-            ) from None
-        except json.JSONDecodeError as e:
-            hint = ""
-            if i == len(lines) and not data.endswith(b"\n"):
-                hint = (
-                    " (the last line is incomplete: the writer was interrupted; `python "
-                    "label_tool.py` repairs "
-                    "it when it opens the file, or delete that line)"
-                )
-            raise FormatError(
-                f"{path}:{i}: not valid JSON: {e.msg} at column {e.colno}{hint}"
-            ) from None
-        if not isinstance(obj, dict):
-            raise FormatError(
-                f"{path}:{i}: expected a JSON object {{...}}, got {type(obj).__name__}"
-            )
-        out.append((i, obj))
+        cut = i == len(lines) and not data.endswith(b"\n")
+        out.append((i, parse_line(raw, f"{path}:{i}", cut)))
     return out
+
+
+def parse_line(raw: bytes, where: str, cut: bool = False) -> dict:
+    """One line of a JSONL file as a dict; FormatError names `where` (file:line). `cut`: this is a
+    last line without its newline, which the message then explains."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise FormatError(
+            f"{where}: not UTF-8 ({e.reason} at byte {e.start}); save the file as UTF-8"
+        ) from None
+    except json.JSONDecodeError as e:
+        hint = ""
+        if cut:
+            hint = (
+                " (the last line is incomplete: the writer was interrupted; `python "
+                "label_tool.py` repairs it when it opens the file, or delete that line)"
+            )
+        raise FormatError(f"{where}: not valid JSON: {e.msg} at column {e.colno}{hint}") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"{where}: expected a JSON object {{...}}, got {type(obj).__name__}")
+    return obj
 
 
 def _check_tokens(toks, where, what, vocab_size):
@@ -218,23 +221,36 @@ def _check_comparison(obj, where, vocab_size, need_text=True) -> int:
 
 
 def _validate_comparisons(items, path, vocab_size) -> None:
-    seen, n_first = {}, None
+    checker = _FileChecker(vocab_size)
     for lineno, obj in items:
+        checker.check(obj, path, lineno)
+        checker.add(obj, lineno)
+
+
+class _FileChecker:
+    """What holds across the lines of one comparisons file: the same N, unique ids."""
+
+    def __init__(self, vocab_size):
+        self.vocab_size, self.seen, self.n_first = vocab_size, {}, None
+
+    def check(self, obj, path, lineno) -> None:
+        """FormatError if line `lineno` does not fit the file; add() it once it is accepted."""
         where = f"{path}:{lineno}"
-        n = _check_comparison(obj, where, vocab_size)
-        if n_first is None:
-            n_first = (n, lineno)
-        elif n != n_first[0]:
+        n = _check_comparison(obj, where, self.vocab_size)
+        if self.n_first is not None and n != self.n_first[0]:
             raise FormatError(
-                f"{where}: {n} candidates, but line {n_first[1]} has {n_first[0]}; every line of a "
-                f"file must have the same N"
+                f"{where}: {n} candidates, but line {self.n_first[1]} has {self.n_first[0]}; "
+                f"every line of a file must have the same N"
             )
-        if obj["id"] in seen:
+        if obj["id"] in self.seen:
             raise FormatError(
-                f"{where}: id {obj['id']!r} already used on line {seen[obj['id']]}; ids must be "
-                "unique"
+                f"{where}: id {obj['id']!r} already used on line {self.seen[obj['id']]}; ids must "
+                "be unique"
             )
-        seen[obj["id"]] = lineno
+
+    def add(self, obj, lineno) -> None:
+        self.n_first = self.n_first or (len(obj["sample_tokens"]), lineno)
+        self.seen[obj["id"]] = lineno
 
 
 def read_comparisons(path, vocab_size=VOCAB_SIZE) -> list[dict]:
@@ -248,6 +264,69 @@ def read_comparisons(path, vocab_size=VOCAB_SIZE) -> list[dict]:
         )
     _validate_comparisons(items, path, vocab_size)
     return [obj for _, obj in items]
+
+
+class ComparisonsTail:
+    """A comparisons file that another process is still appending to (the queue of a `ppo.py
+    --online` run), read as it grows: `read()` returns the comparisons on the complete lines
+    that appeared since the last call.
+
+    - Each line is checked as read_comparisons checks a file (fields, token ids, the same N on
+      every line, unique ids), then by `check(obj, "file:line")` if given, which raises FormatError.
+    - A last line without its "\\n" is still being written: it is left for a later call.
+    - At a bad line, read() returns the good lines before it and sets `problem` (a FormatError
+      naming the line); later calls start again at that line, so once someone fixes or deletes it,
+      reading goes on. Nothing after it is skipped.
+    - The lines already read must stay as they were (the writer only appends): if they change or
+      vanish, read() raises FormatError.
+    read() costs one stat() while the file is unchanged, so it can be called a few times a second.
+    """
+
+    def __init__(self, path, check=None, vocab_size=VOCAB_SIZE):
+        self.path, self.check = str(path), check
+        self.lineno = 0  # complete lines read (blank ones included)
+        self.problem: FormatError | None = None
+        self._checker = _FileChecker(vocab_size)
+        self._offset = 0  # bytes of those lines
+        self._digest = hashlib.sha256()  # of those bytes: an edit before _offset is noticed
+        self._seen_stat = None
+
+    def read(self) -> list[dict]:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if self._offset == 0:
+                return []
+            raise FormatError(f"{self.path}: deleted after {self.lineno} lines were read") from None
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if key == self._seen_stat:
+            return []
+        with open(self.path, "rb") as f:
+            data = f.read()
+        self._seen_stat = key
+        if hashlib.sha256(data[: self._offset]).digest() != self._digest.digest():
+            raise FormatError(
+                f"{self.path}: lines 1-{self.lineno} changed since they were read (the file was "
+                "edited or replaced, but its writer only appends). Put them back as they were; if "
+                "the run was started again from scratch, start again too."
+            )
+        rows, self.problem = [], None
+        while (end := data.find(b"\n", self._offset)) >= 0:
+            raw, lineno = data[self._offset : end], self.lineno + 1
+            if raw.strip():
+                try:
+                    obj = parse_line(raw, f"{self.path}:{lineno}")
+                    self._checker.check(obj, self.path, lineno)
+                    if self.check is not None:
+                        self.check(obj, f"{self.path}:{lineno}")
+                except FormatError as e:
+                    self.problem = e
+                    break
+                self._checker.add(obj, lineno)
+                rows.append(obj)
+            self._digest.update(data[self._offset : end + 1])
+            self._offset, self.lineno = end + 1, lineno
+        return rows
 
 
 def classify_line(obj, where) -> str:
