@@ -8,6 +8,8 @@ equivalent. It reads comparisons.jsonl (from `reward.py sample`) and appends to 
 by `reward.py train`); both formats are defined in labels.py.
 
     python label_tool.py comparisons.jsonl --out labels.jsonl --labeler alice
+    # label a `ppo.py --online` run's queue while it trains (writes RUN/online/labels-alice.jsonl)
+    python label_tool.py --follow runs/sentiment-tiny-s1 --labeler alice
     # counts, time per label, agreement
     python label_tool.py --stats labels_alice.jsonl labels_bob.jsonl
 
@@ -27,8 +29,19 @@ Guarantees:
   across restarts (it appends {"id", "undo": true}; the last line about an id wins) and shows the
   undone item again.
 
+Following a run (--follow RUN_DIR): the run (`ppo.py --online --labeler human`) appends comparisons
+of its current policy to RUN_DIR/online/queue.jsonl; the tool reads the new complete lines as they
+come (a few stat() calls twice a second while nothing changes) and labels them into
+RUN_DIR/online/labels-<labeler>.jsonl, with every guarantee above. Each line carries the run's id
+(online/state.json), so labels of another run are refused. Validation items (samples of the initial
+and the current policy mixed) look like any other: provenance is never shown. New items join after
+the undecided ones, before the skipped ones, and never replace the item on screen. With nothing to
+label, the screen says what it waits for and how far the run is; a bad queue line is shown (the
+items before it stay labelable) until someone fixes it. Several people may follow one run at once,
+each under their own --labeler: each labels every item, and the run keeps every label.
+
 Not done: no gold items, ties, flags or free-text comments; one labeler per terminal (run several
-with their own --out).
+with their own --out, or their own --labeler with --follow).
 """
 
 import collections
@@ -40,12 +53,14 @@ import locale
 import math
 import os
 import random
+import re
 import signal
 import statistics
 import sys
 import time
 import unicodedata
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cli
 import labels
@@ -58,6 +73,9 @@ class Config:
     """comparisons.jsonl to label (made by `python reward.py sample`)"""
     out: str = ""
     """labels file to append to: created if missing, reopened to resume (required unless --stats)"""
+    follow: str = ""
+    """a `ppo.py --online` run folder: label its queue (online/queue.jsonl) as the run adds to it,
+    into online/labels-<labeler>.jsonl (instead of a comparisons file and --out)"""
     labeler: str = ""
     """your name, stored on every label (default: your login name)"""
     task: str = ""
@@ -83,13 +101,30 @@ def parse_args(argv=None) -> Config:
     )
     cfg = cli.from_flat(Config, vars(p.parse_args(argv)))
     # Derived / checked once, here.
-    if not cfg.stats and not (cfg.comparisons and cfg.out):
-        p.error("give a comparisons file and --out LABELS.jsonl (or --stats LABELS.jsonl ...)")
+    if cfg.follow and (cfg.comparisons or cfg.out):
+        p.error(
+            "--follow labels the run's own queue into RUN_DIR/online/labels-<labeler>.jsonl (the "
+            "file the run reads): drop --out and the comparisons file"
+        )
+    if not cfg.stats and not cfg.follow and not (cfg.comparisons and cfg.out):
+        p.error(
+            "give a comparisons file and --out LABELS.jsonl (or --follow RUN_DIR, or --stats "
+            "LABELS.jsonl ...)"
+        )
     if cfg.task and cfg.task not in labels.TASK_INSTRUCTIONS:
         p.error(
             f"--task {cfg.task!r} is unknown; choose from {', '.join(labels.TASK_INSTRUCTIONS)}"
         )
     cfg.labeler = cfg.labeler or _login_name()
+    if cfg.follow:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.labeler):
+            p.error(
+                f"--labeler {cfg.labeler!r}: with --follow the name becomes a file name "
+                "(online/labels-NAME.jsonl); use letters, digits and . _ - only"
+            )
+        online = Path(cfg.follow) / "online"
+        cfg.comparisons = str(online / "queue.jsonl")
+        cfg.out = str(online / f"labels-{cfg.labeler}.jsonl")
     return cfg
 
 
@@ -341,28 +376,50 @@ class Session:
     """Which items are decided, what comes next, and the append-only log on disk.
 
     queue[0] is the item on screen. Undecided items come in file order, then skipped ones. `history`
-    is the order of decisions (label or skip) still standing, for undo.
+    is the order of decisions (label or skip) still standing, for undo. With --follow, `follow`
+    is the run and items arrive later through add().
     """
 
     def __init__(self, cfg: Config, comparisons: list[dict], instructions: str | None):
-        self.cfg, self.rows = cfg, comparisons
-        self.by_id = {r["id"]: r for r in comparisons}
-        self.n = len(comparisons[0]["samples"])
+        self.cfg = cfg
+        self.rows, self.by_id, self.queue = [], {}, []
+        self.n: int | None = None  # candidates per item (the same for all), from the first one
         self.custom_instructions = instructions
-        self.notice = labels.repair_truncated_tail(cfg.out) if os.path.exists(cfg.out) else None
+        self.follow: Follow | None = None
+        # --follow: the run's id, written on every line and checked on every line read back
+        self.run_id: str | None = None
+        self.notice = None
         self.state: dict[str, str] = {}  # id -> "label" | "skip"
         # time per label, for the labels/hour shown in the status line
         self.recent_seconds: list[float] = []
         self.history: list[str] = []
-        if os.path.exists(cfg.out):
-            self._load_existing()
-        undecided = [r["id"] for r in comparisons if r["id"] not in self.state]
-        skipped = [r["id"] for r in comparisons if self.state.get(r["id"]) == "skip"]
-        self.queue = undecided + skipped
         self.session_labels = 0
+        self.add(comparisons)
+
+    def add(self, rows: list[dict]) -> None:
+        """More items (a followed run queued them): they go after the undecided items and before
+        the skipped ones, never in front of the item on screen."""
+        for r in rows:
+            self.rows.append(r)
+            self.by_id[r["id"]] = r
+        if rows and self.n is None:
+            self.n = len(rows[0]["samples"])
+        skipped = [k for k, id_ in enumerate(self.queue) if k > 0 and self.state.get(id_) == "skip"]
+        k = skipped[0] if skipped else len(self.queue)
+        self.queue[k:k] = [r["id"] for r in rows if r["id"] not in self.state]
+
+    def open_log(self) -> None:
+        """Repair a cut-off last line of the labels file, read it back (checked against the items)
+        and queue the undecided items in file order, then the skipped ones."""
+        if os.path.exists(self.cfg.out):
+            self.notice = labels.repair_truncated_tail(self.cfg.out)
+            self._load_existing()
+        ids = [r["id"] for r in self.rows]
+        self.queue = [i for i in ids if i not in self.state]
+        self.queue += [i for i in ids if self.state.get(i) == "skip"]
 
     def _load_existing(self) -> None:
-        """Read our own log back, checking that it belongs to this comparisons file."""
+        """Read our own log back, checking that it belongs to this comparisons file (this run)."""
         path, comp = self.cfg.out, self.cfg.comparisons
         if labels.is_json_list(path):
             raise FormatError(
@@ -371,24 +428,34 @@ class Session:
             )
         items = labels.read_jsonl(path)
         final, order, _ = labels.resolve(items, path)
+        if self.follow:
+            advice = (
+                "this labels file does not belong to this run's queue. Move it aside (nothing in "
+                "it is lost) and start again."
+            )
+        else:
+            advice = (
+                "this labels file was made for a different comparisons file. Pass the comparisons "
+                "file it belongs to, or a new --out."
+            )
         for lineno, obj in items:
+            if self.run_id is not None and obj.get("run_id") != self.run_id:
+                raise FormatError(
+                    f"{path}:{lineno}: run_id {obj.get('run_id')!r}, but the run in "
+                    f"{self.cfg.follow} is {self.run_id!r} (its online/state.json): this labels "
+                    "file belongs to another run. Move it aside (nothing in it is lost) and start "
+                    "again."
+                )
             row = self.by_id.get(obj["id"])
             if row is None:
-                raise FormatError(
-                    f"{path}:{lineno}: id {obj['id']!r} is not in {comp}: this labels file was "
-                    "made for a different "
-                    f"comparisons file. Pass the comparisons file it belongs to, or a new --out."
-                )
+                raise FormatError(f"{path}:{lineno}: id {obj['id']!r} is not in {comp}: {advice}")
             if "best" in obj and (
                 obj.get("query_tokens") != row["query_tokens"]
                 or obj.get("sample_tokens") != row["sample_tokens"]
             ):
                 raise FormatError(
                     f"{path}:{lineno}: id {obj['id']!r} has different tokens than the comparison "
-                    "with that id in "
-                    f"{comp}: this labels file was made for a different comparisons file. Pass the "
-                    "comparisons file "
-                    f"it belongs to, or a new --out."
+                    f"with that id in {comp}: {advice}"
                 )
             if "best" in obj and not (type(obj["best"]) is int and 0 <= obj["best"] < self.n):
                 raise FormatError(
@@ -413,8 +480,12 @@ class Session:
     def instruction(self, row: dict | None) -> str:
         if self.custom_instructions is not None:
             return next((ln for ln in self.custom_instructions.splitlines() if ln.strip()), "")
-        task = self.cfg.task or (row or self.rows[0])["task"]
-        return labels.TASK_INSTRUCTIONS[task]
+        row = row or (self.rows[0] if self.rows else {})  # a followed run may have queued nothing
+        return labels.TASK_INSTRUCTIONS.get(self.cfg.task or row.get("task"), "")
+
+    def name(self, id_: str) -> str:
+        """An item's id as shown: a followed run's ids are <run_id>-<n>, shown as n."""
+        return id_.removeprefix(f"{self.run_id}-") if self.run_id else id_
 
     def done(self) -> int:
         return sum(1 for v in self.state.values() if v == "label")
@@ -461,6 +532,7 @@ class Session:
                 "labeler": self.cfg.labeler,
                 "seconds": round(seconds, 3),
                 "created": labels.now_iso(),
+                **self._run_id(),
             },
         )
         self._decided(row["id"], "skip")
@@ -474,13 +546,23 @@ class Session:
         id_ = self.history.pop()
         labels.append_jsonl(
             self.cfg.out,
-            {"id": id_, "undo": True, "labeler": self.cfg.labeler, "created": labels.now_iso()},
+            {
+                "id": id_,
+                "undo": True,
+                "labeler": self.cfg.labeler,
+                "created": labels.now_iso(),
+                **self._run_id(),
+            },
         )
         self.state.pop(id_, None)
         if id_ in self.queue:
             self.queue.remove(id_)
         self.queue.insert(0, id_)
         return id_
+
+    def _run_id(self) -> dict:
+        """Label lines carry the run_id of their queue item; skip and undo lines carry it too."""
+        return {"run_id": self.run_id} if self.run_id else {}
 
     def _decided(self, id_: str, kind: str) -> None:
         self.state[id_] = kind
@@ -492,12 +574,17 @@ class Session:
 def load_session(cfg: Config) -> Session:
     """Read and check everything before the screen is taken over; FormatError / OSError say what
     is wrong."""
-    comparisons = labels.read_comparisons(cfg.comparisons)
     instructions = None
     if cfg.instructions:
         with open(cfg.instructions, encoding="utf-8") as f:
             instructions = f.read()
-    elif not cfg.task:
+    if cfg.follow:
+        s = Session(cfg, [], instructions)
+        s.follow = Follow(cfg)
+        s.follow.check_folder(s)
+        return s
+    comparisons = labels.read_comparisons(cfg.comparisons)
+    if not (cfg.task or cfg.instructions):
         unknown = sorted({r["task"] for r in comparisons} - set(labels.TASK_INSTRUCTIONS))
         if unknown:
             raise FormatError(
@@ -505,7 +592,226 @@ def load_session(cfg: Config) -> Session:
                 "pass "
                 f"--instructions FILE or --task ({', '.join(labels.TASK_INSTRUCTIONS)})"
             )
-    return Session(cfg, comparisons, instructions)
+    s = Session(cfg, comparisons, instructions)
+    s.open_log()
+    return s
+
+
+# --------------------------------------------------------------------------------------------------
+# Following a `ppo.py --online` run: its queue, read as it grows, and its progress (no curses)
+
+
+class Follow:
+    """A run as its labelers see it. Only files are shared: the run writes config.json,
+    metrics.jsonl (one line per update), summary.json (at the end), online/state.json (its run_id)
+    and online/queue.jsonl (append-only); the tool writes online/labels-<labeler>.jsonl.
+
+    poll() brings a Session up to date and costs a stat() per file while nothing changes. It raises
+    FormatError when going on would be wrong (the run was restarted as another run, lines already
+    read changed); a bad new queue line is only a `problem`, shown until it is fixed.
+    """
+
+    def __init__(self, cfg: Config):
+        self.dir = Path(cfg.follow)
+        self.queue_path = self.dir / "online" / "queue.jsonl"
+        self.state_path = self.dir / "online" / "state.json"
+        self.config: dict = {}  # config.json: the run's options (total updates, online or not)
+        self.state: dict = {}  # online/state.json: run_id, labels_total
+        self.metrics: dict = {}  # the last line of metrics.jsonl: update, labels received
+        self.finished = False  # summary.json exists: the run has ended
+        self.tail: labels.ComparisonsTail | None = None  # the queue, once the run has made it
+        self.lock = None  # the open labels file holding our flock, once taken
+        self._seen: dict[Path, tuple | None] = {}
+
+    # --- at startup, before the screen
+    def check_folder(self, s: Session) -> None:
+        """Refuse what cannot be followed; read the queue and the labels file if the run has made
+        the queue already (otherwise run_ui waits for it)."""
+        if not self.dir.is_dir():
+            what = "not a folder" if self.dir.exists() else "no such folder"
+            raise FormatError(
+                f"--follow {self.dir}: {what}. Start the run first (`python ppo.py --online "
+                "--labeler human` makes its folder), or check the path."
+            )
+        self._read_progress(s)
+        if not self.ready():
+            if self.config and not self.config.get("online"):
+                raise FormatError(
+                    f"--follow {self.dir}: this run is not online (its config.json does not say "
+                    '"online": true), so it queues nothing to label. Start one with `python ppo.py '
+                    "--online --labeler human`, or label a comparisons file with `python "
+                    "label_tool.py FILE --out LABELS.jsonl`."
+                )
+            if os.path.exists(s.cfg.out):
+                raise FormatError(
+                    f"{s.cfg.out} exists, but the run has no queue yet: that file is left from "
+                    "another run. Move it aside (nothing in it is lost) and start again."
+                )
+            return
+        self.start(s)
+
+    def ready(self) -> bool:
+        return self.queue_path.exists() and self.state_path.exists()
+
+    def start(self, s: Session) -> None:
+        """The run has made its queue: read it and our labels file, both checked against its id."""
+        self.state = _read_json(self.state_path)
+        run_id = self.state.get("run_id")
+        if not isinstance(run_id, str) or not run_id:
+            raise FormatError(f"{self.state_path}: no `run_id` (a string); is this ppo.py's file?")
+        s.run_id = run_id
+        self.tail = labels.ComparisonsTail(self.queue_path, check=self._line_checker(s))
+        rows = self.tail.read()
+        if self.tail.problem:
+            raise self.tail.problem
+        s.add(rows)
+        s.open_log()
+
+    def _line_checker(self, s: Session):
+        def check(obj: dict, where: str) -> None:
+            if obj.get("run_id") != s.run_id:
+                raise FormatError(
+                    f"{where}: run_id {obj.get('run_id')!r}, but this run's is {s.run_id!r} "
+                    f"({self.state_path}): the line belongs to another run"
+                )
+            if s.custom_instructions is None and not s.cfg.task:
+                if obj["task"] not in labels.TASK_INSTRUCTIONS:
+                    raise FormatError(
+                        f"{where}: no built-in instruction for task {obj['task']!r}; start again "
+                        "with --instructions FILE or --task "
+                        f"({', '.join(labels.TASK_INSTRUCTIONS)})"
+                    )
+
+        return check
+
+    # --- while the screen is up
+    def poll(self, s: Session) -> None:
+        """New queue lines become items of `s`; the run's progress is re-read."""
+        self._read_progress(s)
+        if self.tail is None:
+            if not self.ready():
+                return
+            self.lock = lock_labels_file(s.cfg.out)
+            if self.lock is None:
+                raise FormatError(busy_message(s.cfg))
+            self.start(s)
+            return
+        s.add(self.tail.read())
+
+    @property
+    def problem(self) -> str | None:
+        """A bad queue line, said with what to do about it."""
+        if self.tail is None or self.tail.problem is None:
+            return None
+        return (
+            f"Cannot read the queue past line {self.tail.lineno}: {self.tail.problem}. Fix or "
+            "delete that line: reading goes on from there once it parses (the run only appends, "
+            "so nothing after it is lost)."
+        )
+
+    def _changed(self, path: Path) -> bool:
+        try:
+            st = path.stat()
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            key = None
+        changed = path not in self._seen or self._seen[path] != key
+        self._seen[path] = key
+        return changed
+
+    def _read_progress(self, s: Session) -> None:
+        if self._changed(path := self.dir / "config.json"):
+            self.config = _read_json(path, missing_ok=True, quiet=True) or self.config
+        if self._changed(path := self.dir / "metrics.jsonl"):
+            self.metrics = _last_json_line(path)
+        if self._changed(path := self.dir / "summary.json"):
+            self.finished = path.exists()
+        if self._changed(self.state_path):
+            state = _read_json(self.state_path, missing_ok=True, quiet=True)
+            if s.run_id and state.get("run_id", s.run_id) != s.run_id:
+                raise FormatError(
+                    f"{self.state_path}: the run_id changed from {s.run_id!r} to "
+                    f"{state['run_id']!r}: {self.dir} was started again as a new run. Your labels "
+                    f"are saved in {s.cfg.out}; move that file aside and start label_tool.py "
+                    "again to label the new run."
+                )
+            self.state = state or self.state
+
+    def updates(self) -> str:
+        """'update 12/60': the last update in metrics.jsonl, of the total in config.json."""
+        done = self.metrics.get("update", 0)
+        episodes, batch = self.config.get("total_episodes"), self.config.get("batch_size")
+        if isinstance(episodes, int) and isinstance(batch, int) and batch > 0:
+            return f"update {done}/{math.ceil(episodes / batch)}"
+        return f"update {done}"
+
+    def progress(self) -> str:
+        """'update 12/60, 140 of 1000 labels so far' (labels the run has received, of its
+        budget)."""
+        received, total = self.metrics.get("online/labels_received"), self.state.get("labels_total")
+        if received is None:
+            return self.updates()
+        return f"{self.updates()}, {received}{f' of {total}' if total else ''} labels so far"
+
+    def waiting_text(self, s: Session) -> str:
+        """What the screen says when there is nothing to label."""
+        if self.tail is None:
+            return (
+                f"Waiting for the run to start its queue: {self.queue_path} does not exist yet "
+                "(`ppo.py --online` makes it). This screen changes by itself; q quits."
+            )
+        if s.rows:
+            head, more = f"All {len(s.rows)} queued comparisons are labeled.", "more comparisons"
+        else:
+            head, more = "Nothing is queued yet.", "comparisons"
+        if self.finished:
+            text = (
+                f"{head} The run has finished ({self.progress()}): nothing more will come; q quits."
+            )
+        else:
+            text = (
+                f"{head} Waiting for the run to queue {more} ({self.progress()}). They appear "
+                "here by themselves. q quits (every decision is saved), u undoes the last one."
+            )
+        return f"{self.problem}\n\n{text}" if self.problem else text
+
+
+def _read_json(path: Path, missing_ok=False, quiet=False) -> dict:
+    """A JSON object from `path`; {} if missing (missing_ok) or, with quiet, if it does not parse
+    (progress only: the next change is read again)."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if missing_ok:
+            return {}
+        raise FormatError(f"{path}: missing") from None
+    except (ValueError, OSError) as e:
+        if quiet:
+            return {}
+        raise FormatError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(obj, dict):
+        if quiet:
+            return {}
+        raise FormatError(f"{path}: expected a JSON object {{...}}")
+    return obj
+
+
+def _last_json_line(path: Path) -> dict:
+    """The last complete line of a JSONL file as a dict ({} if none); reads only its end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 65536))
+            lines = f.read().split(b"\n")[:-1]  # after the last "\n": not written yet
+    except OSError:
+        return {}
+    for raw in reversed(lines):
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            return obj
+    return {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -533,14 +839,16 @@ def item_lines(s: Session, width: int) -> list[tuple[str, int]]:
     shuffled order."""
     row = s.current()
     if row is None:
-        return [
-            (ln, curses.A_BOLD)
-            for ln in wrap(
-                f"All {len(s.rows)} items are labeled. Press q to quit (u undoes the last label).",
-                width,
-            )
-        ]
-    lines = [(ln, curses.A_BOLD) for ln in wrap(s.instruction(row), width)]
+        text = (
+            s.follow.waiting_text(s)
+            if s.follow
+            else f"All {len(s.rows)} items are labeled. Press q to quit (u undoes the last label)."
+        )
+        return [(ln, curses.A_BOLD) for ln in wrap(text, width)]
+    lines = []
+    if s.follow and s.follow.problem:  # the items before a bad queue line stay labelable
+        lines += [(ln, curses.A_BOLD) for ln in wrap(s.follow.problem, width)] + [("", 0)]
+    lines += [(ln, curses.A_BOLD) for ln in wrap(s.instruction(row), width)]
     lines.append(("", 0))
     lines += [(ln, 0) for ln in wrap(row["query"] or "(empty query)", width, "Query: ", 2)]
     for k, idx in enumerate(s.order(row)):
@@ -554,7 +862,9 @@ def item_lines(s: Session, width: int) -> list[tuple[str, int]]:
 
 
 def help_lines(s: Session, width: int) -> list[tuple[str, int]]:
-    text = HELP.format(n=s.n, out=s.cfg.out, labeler=s.cfg.labeler, comparisons=s.cfg.comparisons)
+    text = HELP.format(
+        n=s.n or "N", out=s.cfg.out, labeler=s.cfg.labeler, comparisons=s.cfg.comparisons
+    )
     text += (
         s.custom_instructions if s.custom_instructions is not None else s.instruction(s.current())
     )
@@ -566,11 +876,18 @@ def status_text(s: Session) -> str:
     remaining = len(s.rows) - s.done()
     rate = s.rate_per_hour()
     # Most important first: narrow terminals cut the end off.
-    parts = [f"{s.done()}/{len(s.rows)} done", f"item {row['id']}" if row else "finished"]
+    parts = [
+        f"{s.done()}/{len(s.rows)} done",
+        f"item {s.name(row['id'])}" if row else "waiting" if s.follow else "finished",
+    ]
     if s.skipped():
         parts.append(f"{s.skipped()} skipped")
+    if s.follow:  # the queue grows: the run's progress instead of an ETA
+        parts.append(s.follow.updates())
     parts.append(f"{rate:.0f} labels/h" if rate else "-- labels/h")
-    parts.append(f"ETA {fmt_duration(remaining * 3600 / rate)}" if rate and remaining else "ETA --")
+    if not s.follow:
+        eta = fmt_duration(remaining * 3600 / rate) if rate and remaining else "--"
+        parts.append(f"ETA {eta}")
     return " " + " | ".join(parts) + " "
 
 
@@ -617,6 +934,8 @@ def draw(win, lines, scroll: int, message: str, status: str) -> int:
     return scroll
 
 
+POLL_MS = 500  # following a run: how often the key loop wakes to read its files
+
 SCROLL_KEYS = {
     curses.KEY_UP,
     curses.KEY_DOWN,
@@ -641,17 +960,32 @@ def scrolled(key: int, scroll: int, page: int) -> int:
 
 def run_ui(win, s: Session, notice: str | None) -> None:
     """The key loop. Returns on q; KeyboardInterrupt (Ctrl-C) propagates after curses.wrapper
-    restores the terminal."""
+    restores the terminal. Following a run, it wakes twice a second without a key to read the
+    run's files (FormatError propagates too: the run changed under us)."""
     try:
         curses.curs_set(0)
     except curses.error:
         pass  # terminals without an invisible cursor
-    keys_hint = f"1-{s.n} pick  s skip  u undo  ? help  q quit"
+    if s.follow:
+        win.timeout(POLL_MS)
+    keys_hint = f"1-{s.n or 'N'} pick  s skip  u undo  ? help  q quit"
     mode, scroll, message = "item", 0, keys_hint
     # shown until a key
     banner = [(ln, curses.A_BOLD) for ln in wrap(f"Note: {notice}", 10**6)] if notice else []
     shown_id, shown_at = None, time.monotonic()
+    problem = problem_line = None
     while True:
+        if s.follow:
+            s.follow.poll(s)
+            keys_hint = f"1-{s.n or 'N'} pick  s skip  u undo  ? help  q quit"
+            if s.follow.problem != problem:  # a bad queue line: say so at once, and after each key
+                problem = s.follow.problem
+                problem_line = problem and (
+                    f"{s.follow.tail.problem} (fix or delete that line)".replace(
+                        str(s.follow.dir) + os.sep, ""
+                    )
+                )
+                message = problem_line or keys_hint
         row = s.current()
         if (row and row["id"]) != shown_id:  # a new item: its timer starts now, at the top
             shown_id, shown_at, scroll = (row and row["id"]), time.monotonic(), 0
@@ -662,9 +996,9 @@ def run_ui(win, s: Session, notice: str | None) -> None:
         scroll = draw(win, lines, scroll, message, status_text(s))
         try:
             key = win.get_wch()
-        except curses.error:  # no key after all (a signal interrupted the read): just redraw
+        except curses.error:  # no key (the poll timed out, or a signal): poll again, redraw
             continue
-        message = keys_hint
+        message = problem_line or keys_hint
         if key != curses.KEY_RESIZE:
             banner = []
         if key == curses.KEY_RESIZE:
@@ -684,19 +1018,25 @@ def run_ui(win, s: Session, notice: str | None) -> None:
         elif key == "u":
             id_ = s.undo()
             message = (
-                f"undid the decision on item {id_}: decide again" if id_ else "nothing to undo"
+                f"undid the decision on item {s.name(id_)}: decide again"
+                if id_
+                else "nothing to undo"
             )
         elif row is None and key in ("s",) + tuple(str(k) for k in range(1, 10)):
-            message = "all items are labeled: u undoes the last label, q quits"
+            message = (
+                "nothing to label until the run queues more: u undoes the last label, q quits"
+                if s.follow
+                else "all items are labeled: u undoes the last label, q quits"
+            )
         elif key == "s":
             s.skip(time.monotonic() - shown_at)
-            message = f"skipped item {row['id']}: it comes back after the others"
+            message = f"skipped item {s.name(row['id'])}: it comes back after the others"
         elif isinstance(key, str) and key in "123456789" and len(key) == 1:
             if int(key) > s.n:
                 message = f"there are only {s.n} candidates: press 1-{s.n}"
             else:
                 s.choose(int(key) - 1, time.monotonic() - shown_at)
-                message = f"saved: item {row['id']} -> [{key}]"
+                message = f"saved: item {s.name(row['id'])} -> [{key}]"
         else:
             name = (
                 repr(key) if isinstance(key, str) else curses.keyname(key).decode(errors="replace")
@@ -706,6 +1046,27 @@ def run_ui(win, s: Session, notice: str | None) -> None:
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def lock_labels_file(path):
+    """One writer per labels file: two sessions would show the same items and interleave their
+    lines. Returns the open file that holds the lock, or None if another session holds it. The
+    lock dies with the process (kill -9 included), so a crash never leaves a stale lock behind."""
+    lock = open(path, "ab")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
+
+def busy_message(cfg: Config) -> str:
+    own = "--labeler name" if cfg.follow else "--out (label_tool.py --stats compares them)"
+    return (
+        f"another label_tool.py session is writing to {cfg.out}. Finish that one first, or give "
+        f"each labeler their own {own}."
+    )
 
 
 def main(argv=None) -> int:
@@ -734,39 +1095,44 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
-    # One writer per labels file: two sessions would show the same items and interleave their lines.
-    # The lock dies with the process (kill -9 included), so a crash never leaves a stale lock
-    # behind.
-    lock = open(cfg.out, "ab")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(
-            f"error: another label_tool.py session is writing to {cfg.out}. Finish that one first, "
-            "or give each "
-            f"labeler their own --out (label_tool.py --stats compares them).",
-            file=sys.stderr,
-        )
-        return 2
+    # A followed run that has no queue yet: the lock is taken when the queue appears (Follow.poll),
+    # so that nothing is written into the run's folder before the run has made it.
+    lock = None  # held until the process exits
+    if not (s.follow and s.follow.tail is None):
+        lock = lock_labels_file(cfg.out)
+        if lock is None:
+            print(f"error: {busy_message(cfg)}", file=sys.stderr)
+            return 2
     locale.setlocale(locale.LC_ALL, "")  # curses writes UTF-8 only under a UTF-8 locale
     os.environ.setdefault("ESCDELAY", "25")  # a lone Esc should not freeze the screen for a second
     # kill / closing the terminal: leave the screen clean too
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
-    code = 0
+    code, error = 0, None
     try:
         curses.wrapper(run_ui, s, s.notice)
     except KeyboardInterrupt:
         code = 130
-    print(
-        f"{cfg.out}: {s.session_labels} labels this session; {s.done()}/{len(s.rows)} items labeled"
-        + (f", {s.skipped()} skipped" if s.skipped() else "")
-        + (
-            ". Every decision is saved; run the same command to resume."
-            if s.done() < len(s.rows)
-            else ". All done."
+    except (FormatError, OSError) as e:  # following: the run changed under us
+        code, error = 1, e
+    if s.follow:
+        print(
+            f"{cfg.out}: {s.session_labels} labels this session; {s.done()}/{len(s.rows)} queued "
+            "items labeled. Every decision is saved; run the same command to go on."
         )
-    )
+    else:
+        print(
+            f"{cfg.out}: {s.session_labels} labels this session; {s.done()}/{len(s.rows)} items "
+            "labeled"
+            + (f", {s.skipped()} skipped" if s.skipped() else "")
+            + (
+                ". Every decision is saved; run the same command to resume."
+                if s.done() < len(s.rows)
+                else ". All done."
+            )
+        )
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
     return code
 
 
