@@ -12,19 +12,24 @@ lm_tasks.py, language/datasets.py, datasets/*.py; more in docs/) and says where 
     assets/book_passages/{train,test}.jsonl, the same one JSON string per line as OpenAI's files).
     Everything runs offline with them.
   * TL;DR and CNN/DM queries, and OpenAI's released human labels, download on demand (progress bar,
-    cached under $RLHF_CACHE or ~/.cache/rlhf-gpt2). ftfy.fix_text, which OpenAI ran on those texts,
-    is used only if installed.
+    resume, size/MD5/format checks; cached under $RLHF_CACHE or ~/.cache/rlhf-gpt2; the base URL
+    can be replaced with $RLHF_DATA_URL), or come from local copies in the upstream format given by
+    path (`query_data`, the --query-data option; layouts in LAYOUTS). ftfy.fix_text, which OpenAI
+    ran on those texts, is used only if installed. Each query carries its reference summary (TL;DR:
+    the post's `summary` field, the author's own TL;DR; CNN/DM: the @highlight lines).
   * Padding. OpenAI right-pads each query to query_length with token 50259 and then adds the
-    prefix/suffix, so pads can sit in the middle of a context. We keep queries as unpadded token
-    lists and gpt2.left_pad pads the whole context on the left. The two are the same computation:
-    pads are masked out of attention and position ids are the exclusive cumsum of the mask
-    (gpt2.GPT2.hidden_states, as OpenAI's model.py), so every real token sees the same tokens at the
-    same positions and the last position is the last real token. Left padding only makes that last
-    position the same column for every row, which batched sampling needs.
+    prefix/suffix, so for summarization the pads sit in the middle, between the article and
+    "TL;DR:". format_query builds exactly that layout for the summarization tasks; the model masks
+    pad ids wherever they are and numbers real tokens by the exclusive cumsum of the mask
+    (gpt2.GPT2.hidden_states, as OpenAI's model.py), so it computes what the context without pads
+    would. The style tasks' queries are not padded (OpenAI's pads would only trail them):
+    gpt2.left_pad pads the whole context on the left, which makes the last position the same
+    column for every row, as batched sampling needs.
   * Scripted labelers. The paper's "mock sentiment" labeler was a sentiment classifier trained on
-    review data. Ours are lexicons written for this project (assets/lexicon/), transparent and
-    instant: `sentiment` counts positive minus negative words (a negator within 3 words before flips
-    a word), `descriptiveness` counts sensory words.
+    review data. Ours use published scorers where one exists: `sentiment` is VADER's compound
+    score (vaderSentiment, a lexicon rated by people), `rouge` (the summarization tasks) is ROUGE
+    against the reference summary (Google's rouge-score). `descriptiveness` counts sensory words of
+    a lexicon written for this project (assets/lexicon/descriptive.txt).
   * Model "tiny". A 2-layer GPT-2 (gpt2.PRESETS["tiny"]) fitted for about half a minute on the
     shipped passages so that it writes words (and sentiment words) on a CPU; cached on disk by a
     hash of data + config (see fit_tiny).
@@ -39,8 +44,11 @@ Shape letters: B = batch, Q = query length, R = response length.
 
 from __future__ import annotations
 
+import base64
+import codecs
 import dataclasses
 import hashlib
+import http.client
 import json
 import os
 import random
@@ -57,6 +65,7 @@ import torch
 from tqdm import tqdm
 
 import cli
+import summarization
 from gpt2 import EOT_ID, GPT2, PAD_ID, PRESETS, get_tokenizer
 from labels import TASK_INSTRUCTIONS
 
@@ -101,6 +110,13 @@ class TaskConfig:
     comparisons)"""
     penalty_reward_value: float = -1.0
     """the score a response without its stop token gets instead of the reward model's score"""
+    pad_query: bool = False
+    """right-pad the raw query with PAD_ID to query_length before adding prefix and suffix, as
+    OpenAI's code does, so the pads sit between the article and "TL;DR:" (on for summarization;
+    for the style tasks, which have no suffix, OpenAI's pads would only trail the query and we
+    leave them out)"""
+    labeler: str = ""
+    """the scripted labeler that stands in for people on this task (a key of LABELERS)"""
     instruction: str = ""
     """one line shown to labelers"""
 
@@ -116,9 +132,14 @@ _BOOKS = dict(
     temperature=0.7,
 )
 TASKS: dict[str, TaskConfig] = {
-    "sentiment": TaskConfig(name="sentiment", **_BOOKS, instruction=TASK_INSTRUCTIONS["sentiment"]),
+    "sentiment": TaskConfig(
+        name="sentiment", **_BOOKS, labeler="sentiment", instruction=TASK_INSTRUCTIONS["sentiment"]
+    ),
     "descriptiveness": TaskConfig(
-        name="descriptiveness", **_BOOKS, instruction=TASK_INSTRUCTIONS["descriptiveness"]
+        name="descriptiveness",
+        **_BOOKS,
+        labeler="descriptiveness",
+        instruction=TASK_INSTRUCTIONS["descriptiveness"],
     ),
     "tldr": TaskConfig(
         name="tldr",
@@ -131,6 +152,8 @@ TASKS: dict[str, TaskConfig] = {
         truncate_token=198,
         truncate_after=55,
         temperature=0.7,
+        pad_query=True,
+        labeler="rouge",
         instruction=TASK_INSTRUCTIONS["tldr"],
     ),
     "cnndm": TaskConfig(
@@ -145,6 +168,8 @@ TASKS: dict[str, TaskConfig] = {
         truncate_token=198,
         truncate_after=55,
         temperature=0.5,
+        pad_query=True,
+        labeler="rouge",
         instruction=TASK_INSTRUCTIONS["cnndm"],
     ),
 }
@@ -202,20 +227,35 @@ def build_query(
 
 
 def format_query(task: TaskConfig, raw: list[int]) -> list[int]:
-    """What the policy reads: prefix + raw query + suffix. The reward model reads the raw query
-    (OpenAI's rewards.py concatenates the raw query with the response; paper-spec §1.2 item 7).
-    For the style tasks prefix and suffix are empty, so the two are the same."""
+    """What the policy reads: prefix + raw query (+ PAD_ID up to query_length when
+    task.pad_query) + suffix, OpenAI's query_formatter applied to its right-padded query.
+
+    For TL;DR that is [post tokens, 50259 x (500 - len(post)), "\n\nTL;DR:"]: the pads sit in the
+    middle. The model masks them and numbers real tokens by the exclusive cumsum of the mask
+    (gpt2.GPT2.hidden_states), so this computes exactly what the context without the pads would.
+    The reward model reads the raw query instead (OpenAI's rewards.py concatenates the raw query
+    with the response): it never sees "Article:" or "TL;DR:". For the
+    style tasks prefix and suffix are empty and nothing is padded, so the two are the same.
+    """
     enc = get_tokenizer()
-    return enc.encode(task.query_prefix) + list(raw) + enc.encode(task.query_suffix)
+    pads = [PAD_ID] * (task.query_length - len(raw)) if task.pad_query else []
+    return enc.encode(task.query_prefix) + list(raw) + pads + enc.encode(task.query_suffix)
 
 
 def shipped_passages(split: str) -> list[str]:
     """The repo's own story passages (assets/book_passages/{train,test}.jsonl)."""
     if split not in ("train", "test"):
         raise ValueError(f"split {split!r}: the shipped passages have 'train' and 'test'")
-    path = ASSETS / "book_passages" / f"{split}.jsonl"
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_passages(ASSETS / "book_passages" / f"{split}.jsonl")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One query: its raw tokens (no prefix, suffix or padding) and, where the dataset has one,
+    the reference summary of its text (TL;DR: the author's own TL;DR; CNN/DM: the highlights)."""
+
+    tokens: list[int]
+    reference: str | None = None
 
 
 class QuerySource:
@@ -226,12 +266,20 @@ class QuerySource:
     `seed` is exposed, default 0) and repeated in that same order. Texts whose query cannot be
     built are skipped and counted in `n_skipped`. Texts are tokenized on demand, so a large query
     set (TL;DR) starts at once.
+    `query_data` reads the texts from a local file or folder in the upstream format instead of
+    the default (see query_items).
     """
 
-    def __init__(self, task: str | TaskConfig, split: str = "train", seed: int = 0):
+    def __init__(
+        self,
+        task: str | TaskConfig,
+        split: str = "train",
+        seed: int = 0,
+        query_data: str | None = None,
+    ):
         self.task = get_task(task)
-        self.split, self.seed = split, seed
-        self.items, self.text_of = query_items(self.task.query_dataset, split)
+        self.split, self.seed, self.query_data = split, seed, query_data or None
+        self.items, self.read = query_items(self.task.query_dataset, split, self.query_data)
         if not self.items:
             raise ValueError(f"task {self.task.name}, split {split}: no query texts")
         self.order = list(range(len(self.items)))
@@ -242,31 +290,33 @@ class QuerySource:
         )
         self.pos, self.epoch, self.n_skipped = 0, 0, 0
 
-    def _next_raw(self) -> list[int]:
+    def _next(self) -> Query:
         enc = get_tokenizer()
         for _ in range(len(self.items)):  # at most one full pass looking for a usable text
             item = self.items[self.order[self.pos]]
             self.pos += 1
             if self.pos == len(self.items):
                 self.pos, self.epoch = 0, self.epoch + 1
+            text, reference = self.read(item)
             q = build_query(
-                enc.encode(self.text_of(item)),
-                self.task.query_length,
-                self.start_token,
-                self.end_token,
+                enc.encode(text), self.task.query_length, self.start_token, self.end_token
             )
             if q is not None:
-                return q
+                return Query(q, reference)
             self.n_skipped += 1
         raise ValueError(
             f"task {self.task.name}: no text in split {self.split} gives a query "
             f"(start_text={self.task.start_text!r}, end_text={self.task.end_text!r})"
         )
 
+    def next_queries(self, B: int) -> list[Query]:
+        """The next B queries, each with its reference summary (None where the data has none)."""
+        return [self._next() for _ in range(B)]
+
     def next_batch(self, B: int, formatted: bool = True) -> list[list[int]]:
         """B queries as token lists: with prefix/suffix (formatted=True, what the policy reads)
         or raw (what the reward model and the comparison files hold)."""
-        raw = [self._next_raw() for _ in range(B)]
+        raw = [q.tokens for q in self.next_queries(B)]
         return [format_query(self.task, q) for q in raw] if formatted else raw
 
     def state_dict(self) -> dict:
@@ -274,21 +324,20 @@ class QuerySource:
             task=self.task.name,
             split=self.split,
             seed=self.seed,
+            query_data=self.query_data,
             pos=self.pos,
             epoch=self.epoch,
             n_skipped=self.n_skipped,
         )
 
     def load_state_dict(self, state: dict) -> None:
-        if (state["task"], state["split"], state["seed"]) != (
-            self.task.name,
-            self.split,
-            self.seed,
-        ):
+        ours = (self.task.name, self.split, self.seed, self.query_data)
+        theirs = (state["task"], state["split"], state["seed"], state.get("query_data"))
+        if theirs != ours:
             raise ValueError(
-                f"query state is for task={state['task']} split={state['split']} "
-                f"seed={state['seed']}, "
-                f"not task={self.task.name} split={self.split} seed={self.seed}"
+                f"query state is for task={theirs[0]} split={theirs[1]} seed={theirs[2]} "
+                f"query_data={theirs[3]}, not task={ours[0]} split={ours[1]} seed={ours[2]} "
+                f"query_data={ours[3]}"
             )
         self.pos, self.epoch, self.n_skipped = state["pos"], state["epoch"], state["n_skipped"]
 
@@ -329,7 +378,8 @@ def strip_pad(tokens) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Downloads: OpenAI's released labels and the summarization query sets (paper-spec §5)
+# Query data and OpenAI's released labels: local copies in the upstream layout, or downloads
+# (paper-spec §5)
 
 OPENAI_LABELS = {
     "sentiment": "labels/sentiment/offline_5k.json",
@@ -337,10 +387,19 @@ OPENAI_LABELS = {
     "tldr": "labels/tldr/online_45k.json",
     "cnndm": "labels/cnndm/online_45k.json",
 }
+# Where a file can be fetched by hand when OpenAI's bucket fails (a public mirror of the labels and
+# the TL;DR subsets).
+MIRROR_HINT = "the Hugging Face dataset vwxyzjn/lm-human-preferences mirrors the labels and TL;DR"
 
 
 class DownloadError(RuntimeError):
-    pass
+    """A download failed; the message names the url, says what happened and how to get the file by
+    hand. Nothing incomplete or unchecked is ever left at the destination."""
+
+
+class DataError(ValueError):
+    """Query data given by path holds the wrong thing; the message names the path and the layout
+    expected."""
 
 
 def cache_dir() -> Path:
@@ -348,36 +407,134 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RLHF_CACHE", "~/.cache/rlhf-gpt2")).expanduser()
 
 
-def download(url: str, dest: Path) -> Path:
-    """Fetch url to dest once (a progress bar while it runs; written to dest.part, then renamed,
-    so an interrupted download never looks finished). Raises DownloadError naming the url and how
-    to fetch it by hand."""
+def openai_base() -> str:
+    """Base URL of OpenAI's public bucket; $RLHF_DATA_URL replaces it (a mirror, a local copy
+    served over HTTP, the tests' server on 127.0.0.1)."""
+    return os.environ.get("RLHF_DATA_URL") or OPENAI_BASE
+
+
+def _md5_base64(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return base64.b64encode(h.digest()).decode()
+
+
+def download(url: str, dest: Path, check=None, hint: str = "") -> Path:
+    """Fetch url to dest once, resumably, and only ever put a complete, checked file at dest.
+
+    1. dest exists: it is the cache, returned as is.
+    2. The bytes go to dest.part, with a progress bar. A .part left by an interrupted try is
+       resumed: we ask for the rest (HTTP Range); a server that sends the whole file instead (200)
+       starts it over.
+    3. The size must be what the server announced (Content-Length, or Content-Range's total), and
+       the MD5 must match where the server gives one (Azure blob storage, OpenAI's bucket, sends
+       the blob's MD5). A short file stays as .part for the next call to resume; a wrong one is
+       deleted.
+    4. check(part) (e.g. "parses as a JSON list") must not raise; if it does, the .part is deleted.
+    5. An atomic rename makes it dest.
+    Raises DownloadError naming the url, the destination and how to fetch the file by hand (hint
+    adds where else it can come from).
+    """
     dest = Path(dest)
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    by_hand = f"fetch it elsewhere and put it at {dest}, e.g. `curl -L -o {dest} {url}`" + (
+        f"; {hint}" if hint else ""
+    )
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        with urllib.request.urlopen(url, timeout=30) as r, open(part, "wb") as f:
-            total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
-                while chunk := r.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
+        response = urllib.request.urlopen(request, timeout=30)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # nothing left to send from `have`: the .part is not a prefix
+            part.unlink()
+            return download(url, dest, check, hint)
+        if e.code == 404:
+            raise DownloadError(
+                f"{url} does not exist on the server (HTTP 404). Put the data there by hand: "
+                f"{by_hand}"
+            ) from None
+        raise DownloadError(f"could not download {url} (HTTP {e.code} {e.reason}): {by_hand}")
     except (urllib.error.URLError, OSError) as e:
-        part.unlink(missing_ok=True)
         raise DownloadError(
             f"could not download {url} ({getattr(e, 'reason', e)}). This machine may be offline: "
-            f"fetch it elsewhere and put it at {dest}, e.g. `curl -L -o {dest} {url}`"
+            f"{by_hand}"
         ) from None
-    part.rename(dest)
+    with response:
+        start, total = 0, int(response.headers.get("Content-Length") or 0) or None
+        if response.status == 206:  # Content-Range: bytes START-END/TOTAL
+            m = re.fullmatch(r"bytes (\d+)-\d+/(\d+)", response.headers.get("Content-Range", ""))
+            if not m or int(m[1]) != have:
+                part.unlink()  # a range we did not ask for: start over
+                return download(url, dest, check, hint)
+            start, total = have, int(m[2])
+        md5 = response.headers.get("x-ms-blob-content-md5") or (
+            response.headers.get("Content-MD5") if response.status == 200 else None
+        )
+        desc = f"download {dest.name}"
+        try:
+            with (
+                open(part, "ab" if start else "wb") as f,
+                tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=desc) as bar,
+            ):
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        except (http.client.HTTPException, urllib.error.URLError, OSError):
+            pass  # cut off: what arrived stays in .part, and the size check below reports it
+    got = part.stat().st_size
+    if total is not None and got < total:
+        raise DownloadError(
+            f"the download of {url} was cut off at {got:,} of {total:,} bytes. Run again to resume "
+            f"(the partial file {part} is kept, and never used as {dest}), or {by_hand}"
+        )
+    bad = None
+    if total is not None and got > total:
+        bad = f"{got:,} bytes where the server announced {total:,}"
+    elif md5 and _md5_base64(part) != md5:
+        bad = f"its MD5 does not match the server's ({md5})"
+    elif check is not None:
+        try:
+            check(part)
+        except (ValueError, UnicodeDecodeError) as e:
+            bad = f"it is not a valid {dest.suffix} file ({e})"
+    if bad:
+        part.unlink()
+        raise DownloadError(
+            f"the download of {url} is corrupt: {bad}. It was deleted and nothing was cached; run "
+            f"again, or {by_hand}"
+        )
+    os.replace(part, dest)  # atomic: dest is either absent or the whole checked file
     return dest
 
 
+def check_json_list(path: Path) -> None:
+    """Raise ValueError unless the file is one whole JSON list (streamed: TL;DR's is 4.5 GB)."""
+    for _ in iter_json_list(path):
+        pass
+
+
+def check_utf8(path: Path) -> None:
+    """Raise UnicodeDecodeError unless the file is UTF-8 text (url lists, .story files)."""
+    dec = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            dec.decode(chunk)
+    dec.decode(b"", final=True)
+
+
 def download_openai(relpath: str) -> Path:
-    """A file of OpenAI's public bucket
-    (https://openaipublic.blob.core.windows.net/lm-human-preferences/...)."""
-    return download(OPENAI_BASE + relpath, cache_dir() / "openai" / relpath)
+    """A file of OpenAI's public bucket (openai_base() + relpath), downloaded once into the cache
+    and checked: JSON files must parse as a JSON list, text files must be UTF-8."""
+    check = check_json_list if relpath.endswith(".json") else check_utf8
+    hint = MIRROR_HINT if relpath.startswith(("labels/", "tldr/")) else ""
+    if not relpath.startswith("labels/"):
+        hint += ("; " if hint else "") + "or give a local copy of the data with --query-data PATH"
+    return download(openai_base() + relpath, cache_dir() / "openai" / relpath, check, hint)
 
 
 def download_labels(task: str) -> Path:
@@ -390,29 +547,67 @@ def download_labels(task: str) -> Path:
     return download_openai(OPENAI_LABELS[task])
 
 
+_NUMBER_TAIL = re.compile(r"[0-9.eE+-]*")
+
+
 def iter_json_list(path: Path, chunk: int = 1 << 20):
     """The elements of a JSON list file, one at a time, so TL;DR's 4.5 GB train-subset.json never
-    sits in memory."""
+    sits in memory. Raises ValueError (json.JSONDecodeError) for a file that is not one whole JSON
+    list."""
     dec = json.JSONDecoder()
     with open(path, encoding="utf-8") as f:
-        buf = f.read(chunk).lstrip()
-        if not buf.startswith("["):
-            raise ValueError(f"{path}: expected a JSON list")
-        buf, eof = buf[1:], False
-        while True:
-            buf = buf.lstrip().removeprefix(",").lstrip()
-            if buf.startswith("]"):
-                return
-            try:
-                obj, end = dec.raw_decode(buf)  # elements are objects: a cut-off one never decodes
-            except json.JSONDecodeError:
-                if eof:
-                    raise
-                more = f.read(chunk)
-                eof, buf = not more, buf + more
-                continue
+        buf, i, eof = "", 0, False
+
+        def fill() -> bool:  # keep buf[i:], append the next chunk; False at the end of the file
+            nonlocal buf, i, eof
+            more = f.read(chunk)
+            buf, i, eof = buf[i:] + more, 0, not more
+            return bool(more)
+
+        def skip_space():
+            nonlocal i
+            while True:
+                while i < len(buf) and buf[i].isspace():
+                    i += 1
+                if i < len(buf) or not fill():
+                    return
+
+        skip_space()
+        if not buf[i:].startswith("["):
+            raise ValueError(f"{path}: expected a JSON list [...], found {buf[i : i + 20]!r}")
+        i += 1
+        skip_space()
+        closed = buf[i:].startswith("]")
+        i += closed
+        while not closed:
+            # 1. one element, followed by a comma or the closing bracket. When the chunk ends
+            # inside the element, or before that delimiter shows (a number may go on: "7." of
+            # "7.5"), read more and decode the element again.
+            while True:
+                try:
+                    obj, end = dec.raw_decode(buf, i)
+                except json.JSONDecodeError:
+                    if not fill():
+                        raise
+                    continue
+                j = end
+                while j < len(buf) and buf[j].isspace():
+                    j += 1
+                if j < len(buf) and buf[j] in ",]":
+                    break
+                cut_number = isinstance(obj, (int, float)) and _NUMBER_TAIL.fullmatch(buf[end:])
+                if not ((j == len(buf) or cut_number) and fill()):
+                    raise json.JSONDecodeError(
+                        "expected ',' or ']' after a list element (is the file cut off?)", buf, j
+                    )
             yield obj
-            buf = buf[end:]
+            # 2. past the delimiter
+            closed, i = buf[j] == "]", j + 1
+            if not closed:
+                skip_space()
+        skip_space()
+        if i < len(buf):
+            raise ValueError(f"{path}: text after the end of the JSON list")
 
 
 def _fix_text(text: str) -> str:
@@ -444,62 +639,182 @@ def clean_cnndm(text: str) -> str:
     return text.split("@highlight")[0].strip()
 
 
-def cnndm_story_path(url: str, split: str) -> str:
-    """As the released code's cnndm.py::get_path_of_url: the cached story file of an article url."""
+def cnndm_highlights(story: str) -> str | None:
+    """The reference summary of a .story file: the line after each "@highlight" marker, joined
+    with newlines (None if the story has none)."""
+    parts = story.split("@highlight")[1:]
+    lines = [p.strip().split("\n")[0].strip() for p in parts]
+    lines = [_fix_text(x) for x in lines if x]
+    return "\n".join(lines) or None
+
+
+def cnndm_story_name(url: str) -> str:
+    """As the released code's cnndm.py::get_path_of_url: the story file of an article url,
+    {cnn|dailymail}/stories/{sha1(url)}.story."""
     site = (
         "dailymail"
         if any(s in url for s in ("dailymail.co.uk", "mailonsunday.ie", "lib.store.yahoo.net"))
         else "cnn"
     )
-    digest = hashlib.sha1(url.encode()).hexdigest()
-    return f"datasets/cnndm/cache_{split}/{site}/stories/{digest}.story"
+    return f"{site}/stories/{hashlib.sha1(url.encode()).hexdigest()}.story"
 
 
-def query_items(dataset: str, split: str):
-    """(items, text_of) for a query dataset: text_of(item) gives the text, fetched lazily where
-    that is costly."""
+def cnndm_story_path(url: str, split: str) -> str:
+    """Where OpenAI's bucket keeps the story of an article url."""
+    return f"datasets/cnndm/cache_{split}/{cnndm_story_name(url)}"
+
+
+# The upstream layouts a --query-data path may hold, for the error messages.
+LAYOUTS = {
+    "books": "a .jsonl file with one JSON string (a passage) per line, or a folder holding "
+    "{train,test}.jsonl",
+    "tldr": 'a JSON list of posts [{"content": "...", "summary": "..."}, ...] (OpenAI\'s '
+    "tldr/{train,valid}-subset.json; `summary` is the author's TL;DR, the reference), or a "
+    "folder holding train-subset.json and valid-subset.json",
+    "cnndm": "a folder with url_lists/all_{train,val,test}.txt (one article url per line) and "
+    "the stories as {cnn,dailymail}/stories/<sha1 of the url>.story, either under "
+    "cache_{train,val,test}/ (OpenAI's datasets/cnndm/ folder) or directly (the unpacked CNN and "
+    "Daily Mail story archives)",
+}
+
+
+def read_passages(path: Path) -> list[str]:
+    """A .jsonl file of passages, one JSON string per line (OpenAI's book_passages format)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{path}:{i}: not valid JSON ({e.msg}); expected {LAYOUTS['books']}"
+                ) from None
+            if not isinstance(text, str):
+                raise DataError(
+                    f"{path}:{i}: a {type(text).__name__}, not a string; expected "
+                    f"{LAYOUTS['books']}"
+                )
+            out.append(text)
+    return out
+
+
+def read_tldr(path: Path) -> list[tuple[str, str | None]]:
+    """(post, reference) pairs of a TL;DR file, cleaned as OpenAI's tldr.py (the reference is the
+    post's `summary` field, None where absent). Only the first 8 characters per query token are
+    kept: far more than 500 tokens of text, and a few GB less memory for the 4.5 GB train set."""
+    keep = 8 * 500
+    out = []
+    try:
+        for i, d in enumerate(tqdm(iter_json_list(path), desc="read TL;DR", unit=" posts")):
+            if not isinstance(d, dict) or not isinstance(d.get("content"), str):
+                raise DataError(
+                    f"{path}: entry {i} is not an object with a string `content`; expected "
+                    f"{LAYOUTS['tldr']}"
+                )
+            summary = d.get("summary")
+            out.append(
+                (
+                    clean_tldr(d["content"])[:keep],
+                    clean_tldr(summary) if isinstance(summary, str) else None,
+                )
+            )
+    except DataError:
+        raise
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a TL;DR file ({e}); expected {LAYOUTS['tldr']}") from None
+    return out
+
+
+def cnndm_local(folder: Path, mode: str):
+    """(urls, read) for CNN/DM data in a local folder (LAYOUTS['cnndm']); every story is checked
+    to exist up front, so a missing one fails now rather than hours into a run."""
+    lists = folder / "url_lists" / f"all_{mode}.txt"
+    if not lists.is_file():
+        raise DataError(f"{folder}: no url list {lists}; expected {LAYOUTS['cnndm']}")
+    try:
+        urls = [
+            line.strip() for line in lists.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{lists}: not UTF-8 text ({e.reason}); expected one url per line"
+        ) from None
+
+    def where(url: str) -> list[Path]:
+        return [folder / f"cache_{mode}" / cnndm_story_name(url), folder / cnndm_story_name(url)]
+
+    path_of, missing = {}, []
+    for url in urls:
+        found = [p for p in where(url) if p.is_file()]
+        if found:
+            path_of[url] = found[0]
+        else:
+            missing.append(url)
+    if missing:
+        raise DataError(
+            f"{folder}: {len(missing)} of the {len(urls)} stories of {lists} are missing, e.g. "
+            f"{missing[0]} should be at {where(missing[0])[0]} or {where(missing[0])[1]}; "
+            f"expected {LAYOUTS['cnndm']}"
+        )
+
+    def read(url: str):
+        try:
+            story = path_of[url].read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path_of[url]}: not UTF-8 text ({e.reason})") from None
+        return clean_cnndm(story), cnndm_highlights(story)
+
+    return urls, read
+
+
+def query_items(dataset: str, split: str, query_data: str | Path | None = None):
+    """(items, read) for a query dataset: read(item) gives (text, reference or None), fetched
+    lazily where that is costly. query_data: a local file or folder in the upstream format
+    (LAYOUTS) instead of the default (the shipped passages for books, downloads otherwise)."""
+    if dataset not in LAYOUTS:
+        raise ValueError(f"unknown query dataset {dataset!r}")
+    path = Path(query_data).expanduser() if query_data else None
+    if path is not None and not path.exists():
+        raise DataError(f"--query-data {path}: no such file or folder; expected {LAYOUTS[dataset]}")
     if dataset == "books":
-        return shipped_passages(split), lambda t: t
+        if path is None:
+            return shipped_passages(split), lambda t: (t, None)
+        if path.is_dir():
+            path = path / f"{split}.jsonl"
+            if not path.is_file():
+                raise DataError(f"{path}: missing; expected {LAYOUTS['books']}")
+        return read_passages(path), lambda t: (t, None)
     if dataset == "tldr":
         # OpenAI has no TL;DR test set: "validation set serves as training set" (tldr.py maps test
         # -> valid).
         mode = {"train": "train", "test": "valid", "valid": "valid"}[split]
-        path = download_openai(f"tldr/{mode}-subset.json")
-        # Keep the first 8 characters per query token: far more than 500 tokens of text, and a few
-        # GB less memory.
-        keep = 8 * 500
-        return [
-            clean_tldr(d["content"])[:keep]
-            for d in tqdm(iter_json_list(path), desc="read TL;DR", unit=" posts")
-        ], lambda t: t
-    if dataset == "cnndm":
-        mode = {"train": "train", "test": "test", "valid": "val"}[split]
-        with open(download_openai(f"datasets/cnndm/url_lists/all_{mode}.txt")) as f:
-            urls = [line.strip() for line in f if line.strip()]
-        return urls, lambda url: clean_cnndm(
-            download_openai(cnndm_story_path(url, mode)).read_text(encoding="utf-8")
-        )
-    raise ValueError(f"unknown query dataset {dataset!r}")
+        if path is None:
+            path = download_openai(f"tldr/{mode}-subset.json")
+        elif path.is_dir():
+            path = path / f"{mode}-subset.json"
+            if not path.is_file():
+                raise DataError(f"{path}: missing; expected {LAYOUTS['tldr']}")
+        return read_tldr(path), lambda item: item
+    mode = {"train": "train", "test": "test", "valid": "val", "val": "val"}[split]
+    if path is not None:
+        if not path.is_dir():
+            raise DataError(f"--query-data {path}: a file; CNN/DM data is {LAYOUTS['cnndm']}")
+        return cnndm_local(path, mode)
+    with open(download_openai(f"datasets/cnndm/url_lists/all_{mode}.txt"), encoding="utf-8") as f:
+        urls = [line.strip() for line in f if line.strip()]
+
+    def read(url: str):
+        story = download_openai(cnndm_story_path(url, mode)).read_text(encoding="utf-8")
+        return clean_cnndm(story), cnndm_highlights(story)
+
+    return urls, read
 
 
 # --------------------------------------------------------------------------------------------------
-# Scripted labelers (the paper's "mock" labeler, from lexicons written for this project)
+# Scripted labelers (the paper's "mock" labeler), on published scorers where one exists
 
-NEGATORS = {
-    "not",
-    "no",
-    "never",
-    "nothing",
-    "nobody",
-    "none",
-    "neither",
-    "nor",
-    "without",
-    "hardly",
-    "barely",
-}
-# a sentiment word counts with the opposite sign if a negator is among the 3 words before it
-NEGATION_WINDOW = 3
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 
@@ -508,43 +823,29 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.replace("<|endoftext|>", " ").lower())
 
 
-def _lexicon(name: str) -> dict[str, int]:
-    """assets/lexicon/<name>.txt: '+ word' / '- word' lines (sentiment) or bare words
-    (descriptive = +1)."""
-    out = {}
-    for line in (ASSETS / "lexicon" / f"{name}.txt").read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        sign, _, word = line.partition(" ")
-        if sign in "+-" and word:
-            out[word] = 1 if sign == "+" else -1
-        else:
-            out[line] = 1
-    return out
+# assets/lexicon/descriptive.txt: one sensory or physical word per line, written for this project
+DESCRIPTIVE = {
+    w.strip()
+    for w in (ASSETS / "lexicon" / "descriptive.txt").read_text().splitlines()
+    if w.strip() and not w.startswith("#")
+}
 
-
-SENTIMENT = _lexicon("sentiment")
-DESCRIPTIVE = _lexicon("descriptive")
-
-
-def is_negator(word: str) -> bool:
-    return word in NEGATORS or word.endswith("n't")
+_VADER = None
 
 
 def sentiment_score(text: str) -> float:
-    """Net sentiment words per 10 words: 10 * (positive - negative) / max(#words, 1), with negation.
+    """VADER's compound sentiment score, in [-1, 1] (the vaderSentiment package: ~7,500 words,
+    emoticons and slang rated by people, plus rules for negation, intensifiers, "but",
+    punctuation and capitals, validated against human ratings). <|endoftext|> is a separator.
 
-    e.g. "She was happy, not sad." -> words [she, was, happy, not, sad]: +1 (happy) +1 (sad,
-    negated) -> 10*2/5 = 4.0
+    e.g. "She was happy." -> +0.5719, "She was not happy." -> -0.4585, "The door." -> 0.0
     """
-    ws = words(text)
-    total = 0
-    for i, w in enumerate(ws):
-        if w in SENTIMENT:
-            negated = any(is_negator(v) for v in ws[max(0, i - NEGATION_WINDOW) : i])
-            total += -SENTIMENT[w] if negated else SENTIMENT[w]
-    return 10.0 * total / max(len(ws), 1)
+    global _VADER
+    if _VADER is None:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        _VADER = SentimentIntensityAnalyzer()
+    return float(_VADER.polarity_scores(text.replace("<|endoftext|>", " "))["compound"])
 
 
 def descriptiveness_score(text: str) -> float:
@@ -556,19 +857,42 @@ def descriptiveness_score(text: str) -> float:
     return 10.0 * sum(w in DESCRIPTIVE for w in ws) / max(len(ws), 1)
 
 
+def summary_score(summary: str, reference: str) -> float:
+    """ROUGE of a summary against the reference summary: the mean of ROUGE-1, ROUGE-2 and ROUGE-L
+    F1 (Google's rouge-score package, Porter stemming; see summarization.py), in [0, 1]."""
+    return summarization.rouge_mean(summary, reference)
+
+
 class ScriptedLabeler:
-    """Scores texts; picks the best of N by score. Ties are broken at random, seeded by the
-    item's text, so the choice is reproducible and carries no position bias a reward model could
-    learn from."""
+    """Scores texts; picks the best of N by score. Labelers that compare against a reference (the
+    summarization one) take it with each item.
 
-    def __init__(self, name: str, score_fn):
-        self.name, self.score_fn = name, score_fn
+    Ties (equal scores, e.g. VADER's 0.0 for texts without sentiment words, or two summaries with
+    the same ROUGE) are broken uniformly at random among the tied samples, by a generator seeded
+    with a hash of the item's query and samples: the same item always gets the same answer, and no
+    position is favoured, so a reward model cannot learn a position bias from ties.
+    """
 
-    def score(self, texts: list[str]) -> np.ndarray:
-        return np.array([self.score_fn(t) for t in texts], dtype=np.float64)  # (B,)
+    def __init__(self, name: str, score_fn, needs_reference: bool = False):
+        self.name, self.score_fn, self.needs_reference = name, score_fn, needs_reference
 
-    def pick_best(self, query: str, samples: list[str]) -> int:
-        s = self.score(samples)
+    def score(self, texts: list[str], references: list[str | None] | None = None) -> np.ndarray:
+        """Scores (B,) of texts; references (one per text) for labelers that need them."""
+        if not self.needs_reference:
+            return np.array([self.score_fn(t) for t in texts], dtype=np.float64)
+        refs = references if references is not None else [None] * len(texts)
+        if len(refs) != len(texts) or any(r is None for r in refs):
+            n = sum(r is None for r in refs) if len(refs) == len(texts) else len(texts)
+            raise ValueError(
+                f"the {self.name} labeler scores a summary against the reference summary, and "
+                f"{n} of {len(texts)} texts have none: use queries from a dataset with references "
+                "(TL;DR's `summary` field, CNN/DM's @highlight lines) or comparisons whose rows "
+                "carry `reference`"
+            )
+        return np.array([self.score_fn(t, r) for t, r in zip(texts, refs)], dtype=np.float64)
+
+    def pick_best(self, query: str, samples: list[str], reference: str | None = None) -> int:
+        s = self.score(samples, None if reference is None else [reference] * len(samples))
         best = np.flatnonzero(s == s.max())
         seed = int.from_bytes(
             hashlib.sha256(json.dumps([query, samples]).encode()).digest()[:8], "little"
@@ -576,13 +900,19 @@ class ScriptedLabeler:
         return int(best[random.Random(seed).randrange(len(best))])
 
 
-LABELERS = {"sentiment": sentiment_score, "descriptiveness": descriptiveness_score}
+# name -> (score function, needs a reference)
+LABELERS = {
+    "sentiment": (sentiment_score, False),
+    "descriptiveness": (descriptiveness_score, False),
+    "rouge": (summary_score, True),
+}
 
 
 def get_labeler(name: str) -> ScriptedLabeler:
     if name not in LABELERS:
         raise ValueError(f"unknown scripted labeler {name!r}; valid: {', '.join(LABELERS)}")
-    return ScriptedLabeler(name, LABELERS[name])
+    fn, needs_reference = LABELERS[name]
+    return ScriptedLabeler(name, fn, needs_reference)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -719,11 +1049,14 @@ class ShowArgs:
     """task whose queries to show"""
     split: str = "train"
     """query split: train or test"""
+    query_data: str = ""
+    """local query data in the upstream format (a file or folder, see tasks.LAYOUTS) instead of
+    the default (the shipped passages for the style tasks, downloads for tldr and cnndm)"""
     n: int = 4
     """number of queries"""
     model: str = ""
-    """if set (tiny, gpt2, ...), also sample one response per query and print both labelers'
-    scores"""
+    """if set (tiny, gpt2, ...), also sample one response per query and print the task's
+    scripted labeler's score"""
     seed: int = 0
     """sampling seed"""
 
@@ -734,28 +1067,31 @@ def main(argv=None):
     )
     task = get_task(args.task)
     print(json.dumps(dataclasses.asdict(task), indent=1))
-    src = QuerySource(task, args.split)
-    queries = src.next_batch(args.n)
+    items = QuerySource(task, args.split, query_data=args.query_data).next_queries(args.n)
+    queries = [format_query(task, q.tokens) for q in items]
     enc = get_tokenizer()
     if not args.model:
-        for q in queries:
-            print(f"--- query ({len(q)} tokens)\n{enc.decode(q)}")
+        for q, item in zip(queries, items):
+            ref = f"\n--- reference\n{item.reference}" if item.reference is not None else ""
+            print(f"--- query ({len(q)} tokens with padding)\n{enc.decode(strip_pad(q))}{ref}")
         return
     from gpt2 import generate, left_pad
 
     model = load_base_model(args.model)
     tokens, mask = left_pad(queries)
+    mask &= tokens != PAD_ID  # OpenAI's pads inside summarization queries are masked too
     gen = torch.Generator().manual_seed(args.seed)
     # (B, R)
     resp, _ = generate(model, tokens, mask, task.response_length, task.temperature, generator=gen)
     truncated, valid = truncate_responses(resp, task)
-    for q, r, v in zip(queries, truncated, valid.tolist()):
+    labeler = get_labeler(task.labeler)
+    for q, item, r, v in zip(queries, items, truncated, valid.tolist()):
         text = enc.decode(strip_pad(r))
+        score = labeler.score([text], [item.reference])[0]
         print(
-            f"--- query: {enc.decode(q)}\n    response{'' if v else ' (no stop token: penalty)'}: "
-            f"{text!r}\n"
-            f"    sentiment {sentiment_score(text):+.2f}  descriptiveness "
-            f"{descriptiveness_score(text):.2f}"
+            f"--- query: {enc.decode(strip_pad(q))}\n"
+            f"    response{'' if v else ' (no stop token: penalty)'}: {text!r}\n"
+            f"    {labeler.name} score {score:+.3f}"
         )
 
 

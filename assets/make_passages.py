@@ -113,8 +113,8 @@ KIN = [
     "grandmother",
 ]
 
-# Mood words. Positive and negative lists feed the sentiment labeler's lexicon
-# (assets/lexicon/sentiment.txt).
+# Mood words: positive and negative ones, so that the `sentiment` labeler (VADER) has something to
+# tell apart.
 POS_ADJ = [
     "happy",
     "warm",

@@ -73,18 +73,15 @@ def test_build_query_window_cut():
     assert tasks.build_query([1, 13, 2, 3, 13, 4, 5, 6, 13], 6, 13, 13) == [2, 3, 13]
 
 
-def test_format_query_adds_prefix_and_suffix():
+def test_format_query_adds_prefix_pads_and_suffix():
     enc = get_tokenizer()
     q = enc.encode(" Some article text.")
-    assert tasks.format_query(tasks.get_task("tldr"), q) == q + [198, 198, 14990, 26, 7707, 25]
-    assert tasks.format_query(tasks.get_task("cnndm"), q) == [14906, 25, 628] + q + [
-        198,
-        198,
-        14990,
-        26,
-        7707,
-        25,
-    ]
+    P, suffix = PAD_ID, [198, 198, 14990, 26, 7707, 25]
+    # OpenAI's layout: the raw query right-padded to 500 with 50259, then prefix/suffix around it
+    assert tasks.format_query(tasks.get_task("tldr"), q) == q + [P] * (500 - len(q)) + suffix
+    assert tasks.format_query(tasks.get_task("cnndm"), q) == (
+        [14906, 25, 628] + q + [P] * (500 - len(q)) + suffix
+    )
     assert tasks.format_query(tasks.get_task("sentiment"), q) == q
 
 
@@ -152,18 +149,34 @@ def test_left_padding_equals_openai_right_padding():
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_sentiment_and_descriptiveness_scores_by_hand():
-    # sad negated -> +1
-    assert tasks.sentiment_score("She was happy, not sad.") == pytest.approx(10 * 2 / 5)
-    assert tasks.sentiment_score("It was not good.") == pytest.approx(10 * -1 / 4)
-    assert tasks.sentiment_score("He didn't cry at all.") == pytest.approx(
-        10 * 1 / 5
-    )  # n't negates
-    assert tasks.sentiment_score("The chair is by the door.") == 0.0
-    assert tasks.sentiment_score("") == 0.0
-    assert tasks.sentiment_score("<|endoftext|>It was good.") == pytest.approx(10 * 1 / 3)
+def test_sentiment_is_vader_and_orders_hand_picked_sentences():
+    # most positive to most negative, as a reader would rank them
+    ranked = [
+        "It was a wonderful, happy day and we loved it!",
+        "It was a nice day.",
+        "It was a day.",
+        "It was not a nice day.",
+        "It was a horrible, miserable day and we hated it.",
+    ]
+    scores = [tasks.sentiment_score(t) for t in ranked]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) == 5
+    assert scores[2] == 0.0 and scores[0] > 0.5 and scores[-1] < -0.5
+    assert all(-1 <= s <= 1 for s in scores)
+    # the score is VADER's compound score, read through, with <|endoftext|> as a separator
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    vader = SentimentIntensityAnalyzer()
+    for t in ranked:
+        assert tasks.sentiment_score(t) == vader.polarity_scores(t)["compound"]
+    assert tasks.sentiment_score("<|endoftext|>It was good.") == tasks.sentiment_score(
+        " It was good."
+    )
+
+
+def test_descriptiveness_by_hand():
     assert tasks.descriptiveness_score("The red door was cold.") == pytest.approx(10 * 2 / 5)
     assert tasks.descriptiveness_score("He said that it was so.") == 0.0
+    assert tasks.descriptiveness_score("") == 0.0
 
 
 def test_pick_best_and_ties():
@@ -172,14 +185,21 @@ def test_pick_best_and_ties():
         lab.pick_best("q", ["It was bad.", "It was good and happy.", "It was good.", "A door."])
         == 1
     )
-    # ties: reproducible, and spread over positions (no position bias for a reward model to learn)
+    # ties (VADER gives 0.0 to all three): reproducible, and spread over positions (no position
+    # bias for a reward model to learn)
     picks = [lab.pick_best(f"query {i}", ["A door.", "A chair.", "A box."]) for i in range(60)]
     assert picks == [
         lab.pick_best(f"query {i}", ["A door.", "A chair.", "A box."]) for i in range(60)
     ]
     assert set(picks) == {0, 1, 2}
-    with pytest.raises(ValueError, match="valid: sentiment, descriptiveness"):
+    with pytest.raises(ValueError, match="valid: sentiment, descriptiveness, rouge"):
         tasks.get_labeler("happiness")
+    assert {t.name: t.labeler for t in tasks.TASKS.values()} == {
+        "sentiment": "sentiment",
+        "descriptiveness": "descriptiveness",
+        "tldr": "rouge",
+        "cnndm": "rouge",
+    }
 
 
 def test_download_caches_and_fails_clearly(tmp_path, monkeypatch):
@@ -208,6 +228,16 @@ def test_iter_json_list_streams_small_chunks(tmp_path):
     path = tmp_path / "d.json"
     path.write_text(json.dumps(data, indent=1))
     assert list(tasks.iter_json_list(path, chunk=7)) == data
+    # numbers and strings cut by a chunk end are read whole; an empty list is empty
+    path.write_text('[123456, "abc,def" ,\n 7.5e3 ,[1, 2]]')
+    assert list(tasks.iter_json_list(path, chunk=3)) == [123456, "abc,def", 7500.0, [1, 2]]
+    path.write_text(" [ ] ")
+    assert list(tasks.iter_json_list(path, chunk=2)) == []
+    # a file that is not one whole JSON list raises
+    for bad in ['[{"a": 1}, {"a": 2}', '[{"a": 1} {"a": 2}]', '[{"a": 1}] x', '{"a": 1}', ""]:
+        path.write_text(bad)
+        with pytest.raises(ValueError):
+            list(tasks.iter_json_list(path, chunk=4))
 
 
 def test_cnndm_helpers():
@@ -217,10 +247,12 @@ def test_cnndm_helpers():
     )
     assert "/dailymail/" in tasks.cnndm_story_path("http://www.dailymail.co.uk/a.html", "val")
     text = (
-        "By Jane Doe\nPUBLISHED: today\n(CNN) -- The river rose.\n\n\n\nPeople left."
-        "\n@highlight\nRiver rises"
+        "By Jane Doe\nPUBLISHED: today\n(CNN) -- The river rose.\n\n\n\nPeople left.\n"
+        "@highlight\nRiver rises\n\n@highlight\n\nPeople leave\n"
     )
     assert tasks.clean_cnndm(text) == "The river rose.\n\nPeople left."
+    assert tasks.cnndm_highlights(text) == "River rises\nPeople leave"
+    assert tasks.cnndm_highlights("No highlights here.") is None
 
 
 def test_shared_unseen_row_softmax_is_exact():
