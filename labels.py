@@ -15,6 +15,10 @@ comparisons.jsonl: one JSON object per line (UTF-8, lines end in "\\n"):
     samples       list[str]    the N candidate responses (N is the same for every line, 2 <= N)
     sample_tokens list[list[int]]  their token ids, already truncated at the task's stop token
                                    (no padding)
+and, optionally,
+    reference     str | null   a reference summary of the query's text (summarization tasks: the
+                               TL;DR author's own summary, CNN/DM's highlights), which the scripted
+                               ROUGE labeler compares the samples with; files without it stay valid
 
 labels.jsonl: an append-only log, one JSON object per line. A label line holds the comparison's
 fields plus
@@ -199,6 +203,11 @@ def _check_comparison(obj, where, vocab_size, need_text=True) -> int:
     for k in ("task", "query"):
         if k in obj and not isinstance(obj[k], str):
             raise FormatError(f"{where}: `{k}` must be a string")
+    if obj.get("reference") is not None and not isinstance(obj["reference"], str):
+        raise FormatError(
+            f"{where}: `reference` must be a string (the reference summary) or null, got "
+            f"{type(obj['reference']).__name__}"
+        )
     _check_tokens(obj["query_tokens"], where, "query_tokens", vocab_size)
     st = obj["sample_tokens"]
     if not isinstance(st, list) or len(st) < 2:

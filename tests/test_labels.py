@@ -57,6 +57,18 @@ def test_comparisons_round_trip_keeps_unicode_and_line_separators(tmp_path):
     assert len(p.read_bytes().split(b"\n")) == 4  # 3 lines + the final newline
 
 
+def test_reference_is_optional_and_kept(tmp_path):
+    """Comparisons of summarization tasks carry the reference summary; older files have none."""
+    rows = [comparison(0, task="tldr"), comparison(1, task="tldr"), comparison(2, task="tldr")]
+    rows[0]["reference"] = "Tom met a friend."
+    rows[1]["reference"] = None
+    p = tmp_path / "c.jsonl"
+    labels.write_comparisons(p, rows)
+    assert labels.read_comparisons(p) == rows
+    lp = write_lines(tmp_path / "l.jsonl", [{**r, "best": 1} for r in rows])
+    assert [r.get("reference") for r in labels.read_labels(lp)] == ["Tom met a friend.", None, None]
+
+
 def test_fixture_comparisons_parse():
     rows = labels.read_comparisons(FIXTURES / "comparisons_mixed.jsonl")
     assert [r["id"] for r in rows] == ["q-plain", "q-unicode", "q-long", "q-empty"]
@@ -153,6 +165,7 @@ def test_repair_truncated_tail(tmp_path):
             r"c.jsonl:1: 3 `samples` but 4 `sample_tokens`",
         ),
         ([comparison(0, n=10)], r"c.jsonl:1: 10 candidates; at most 9"),
+        ([{**comparison(0), "reference": ["a"]}], r"c.jsonl:1: `reference` must be a string"),
         ([], r"c.jsonl: empty"),
     ],
 )
