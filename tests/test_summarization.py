@@ -6,15 +6,21 @@ newline window 55..75 with its penalty, the ROUGE labeler, and the paper's copyi
 import dataclasses
 import json
 import math
+import re
+import sys
+from pathlib import Path
 
 import pytest
+import terminal
 import torch
 from upstream_data import story_name, write_cnndm, write_tldr
 
+import labels
 import summarization as S
 import tasks
 from gpt2 import GPT2, PAD_ID, PRESETS, get_tokenizer
 
+ROOT = Path(__file__).resolve().parent.parent
 SUFFIX = [198, 198, 14990, 26, 7707, 25]  # "\n\nTL;DR:"
 ARTICLE = [14906, 25, 628]  # "Article:\n\n"
 P = PAD_ID
@@ -276,3 +282,49 @@ def test_summary_measures_batch():
         assert m[k] == pytest.approx((r[0][k] + r[1][k]) / 2)
     # no references: no ROUGE keys
     assert set(S.summary_measures(["A."], [SOURCE])) == {"novelty", "lead_copy"}
+
+
+# --------------------------------------------------------------------------------------------------
+# label_tool.py on a summarization comparisons file: a long post scrolls, the label keeps the
+# reference
+
+
+@pytest.mark.skipif(terminal.missing() is not None, reason=str(terminal.missing()))
+def test_label_tool_scrolls_a_long_tldr_post(tmp_path):
+    enc = get_tokenizer()
+    post = " ".join(f"Sentence {i} of a long post about the river and the town." for i in range(40))
+    raw = enc.encode(post)[:500]
+    summaries = [f"Summary {k}: the river rose and the town left.\n" for k in range(4)]
+    row = dict(
+        id="tldr-train-s0-0",
+        task="tldr",
+        query=enc.decode(raw),
+        query_tokens=raw,
+        samples=summaries,
+        sample_tokens=[enc.encode(s) for s in summaries],
+        reference="The river rose; people left town.",
+    )
+    comparisons, out = tmp_path / "c.jsonl", tmp_path / "l.jsonl"
+    labels.write_comparisons(comparisons, [row])
+    tool = terminal.Terminal(
+        [sys.executable, str(ROOT / "label_tool.py"), str(comparisons), "--out", str(out)], 24, 80
+    )
+    try:
+        scr = tool.wait_for("[more below", what="the first page of a long post")
+        assert "Pick the best summary of the post" in scr and "Query: Sentence 0 of" in scr
+        assert "Summary 0" not in scr  # not on the first page
+        for _ in range(10):
+            tool.send("pgdn")
+        scr = tool.wait_for(lambda s: "[1] Summary" in s, what="the candidates after paging down")
+        assert "[more above" in scr and "Sentence 0 of" not in scr
+        # the end of the (500-token) post, just above them
+        assert re.findall(r"Sentence \d+", row["query"])[-1] + " " in scr
+        shown = re.search(r"^\[1\] Summary (\d)", scr, re.M)[1]
+        tool.send("1")
+        tool.wait_for("1/1 done")
+        tool.send("q")
+        assert tool.wait_exit() == 0
+    finally:
+        tool.reap()
+    (label,) = labels.read_labels(out)
+    assert label["best"] == int(shown) and label["reference"] == row["reference"]
