@@ -66,6 +66,7 @@ from tqdm import tqdm
 import cli
 import gpt2
 import reward
+import summarization
 import tasks
 from reward import AdamTF, make_adam  # noqa: F401 (AdamTF: the released code's Adam, for tests)
 
@@ -87,7 +88,11 @@ class Config:
     (reward.build_reward_model with the --rm.* options)"""
     labeler: str = ""
     """scripted labeler for the reward model's labels and for the true score (empty: the task's
-    own, where tasks.py has one)"""
+    own: sentiment, descriptiveness, or rouge for tldr/cnndm)"""
+    query_data: str = ""
+    """local query data in the upstream format instead of the default (tldr: a JSON file, or a
+    folder of {train,valid}-subset.json; cnndm: a folder with url_lists/ and the stories; books: a
+    .jsonl of passages); empty: the shipped passages, or a download"""
     value_model: str = "shared"
     """'shared': a zero-initialized scalar head on the policy's trunk (as the released code);
     'reward': a separate value network initialized from the reward model (trunk and head, as
@@ -494,10 +499,10 @@ def rollout(
     Returns a dict of (B, ...) tensors plus timings."""
     t0 = time.perf_counter()
     R = task.response_length
-    queries = [tasks.format_query(task, q) for q in raw_queries]  # what the policy reads
+    # what the policy reads: prefix + query + suffix; the released code's pads between query and
+    # suffix (summaries) are dropped, which computes the same (tasks.policy_context)
+    queries = [tasks.policy_context(task, q) for q in raw_queries]
     q_tokens, q_mask = gpt2.left_pad(queries, device=device)  # (B, Q)
-    # a query may hold pads of its own (OpenAI pads queries on the right)
-    q_mask &= q_tokens != gpt2.PAD_ID
     # 1. rollout: fixed-length responses from π at the task's temperature (EOS does not stop
     #    sampling)
     with autocast(device):
@@ -638,23 +643,32 @@ def ppo_update(
 @torch.no_grad()
 def evaluate(policy, ref, reward_model, task, labeler, queries, cfg: Config, device) -> dict:
     """Reward-model score, scripted true score and KL of the current policy on fixed held-out
-    queries; its own generator (seed fixed) so evaluating never moves the training RNG."""
+    queries (tasks.Query, with their references); its own generator (seed fixed) so evaluating
+    never moves the training RNG. Summarization tasks add the paper's measures of the summaries
+    (summarization.py): novelty, lead_copy and, with references, rouge1/rouge2/rougeL."""
     gen = torch.Generator(device=device).manual_seed(12345)
-    stats = {}
+    enc = gpt2.get_tokenizer()
+    stats, summaries = {}, []
     for i in range(0, len(queries), cfg.batch_size):
-        b = rollout(
-            policy, ref, reward_model, task, queries[i : i + cfg.batch_size], cfg, 0.0, gen, device
-        )
+        chunk = queries[i : i + cfg.batch_size]
+        raw, refs = [q.tokens for q in chunk], [q.reference for q in chunk]
+        b = rollout(policy, ref, reward_model, task, raw, cfg, 0.0, gen, device)
         for k, v in [
             ("score", b["scores"]),
             ("kl", b["kl"].sum(1)),
-            ("true_score", scripted_scores(labeler, b["truncated"])),
+            ("true_score", scripted_scores(labeler, b["truncated"], refs)),
         ]:
             if v is not None:
                 stats.setdefault(k, []).append(v.float().cpu())
+        summaries += [decode(enc, r) for r in b["truncated"].tolist()]
     out = {k: torch.cat(v).mean().item() for k, v in stats.items()}
     if "true_score" in stats:
         out["true_score_std"] = torch.cat(stats["true_score"]).std(unbiased=False).item()
+    if task.query_dataset in ("tldr", "cnndm"):
+        sources = [enc.decode(q.tokens) for q in queries]
+        out.update(
+            summarization.summary_measures(summaries, sources, [q.reference for q in queries])
+        )
     return out
 
 
@@ -662,15 +676,14 @@ def decode(enc, row) -> str:
     return enc.decode([t for t in row if t < gpt2.EOT_ID])
 
 
-def scripted_scores(labeler, truncated):
-    """The scripted labeler's score of each truncated response: the true reward when measuring
-    PPO offline (None without a labeler)."""
+def scripted_scores(labeler, truncated, references=None):
+    """The scripted labeler's score of each truncated response (against its query's reference
+    summary, for rouge): the true reward when measuring PPO offline (None without a labeler)."""
     if labeler is None:
         return None
     enc = gpt2.get_tokenizer()
-    return torch.as_tensor(
-        np.asarray(labeler.score([decode(enc, r) for r in truncated.tolist()]), dtype=np.float32)
-    )
+    texts = [decode(enc, r) for r in truncated.tolist()]
+    return torch.as_tensor(np.asarray(labeler.score(texts, references), dtype=np.float32))
 
 
 def rollout_stats(batch: dict, true_scores: torch.Tensor | None, kl_coef: float) -> dict:
@@ -836,8 +849,11 @@ def setup(cfg: Config) -> Run:
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     task = tasks.get_task(cfg.task)
-    labeler_name = cfg.labeler or (cfg.task if cfg.task in tasks.LABELERS else "")
-    labeler = tasks.get_labeler(labeler_name) if labeler_name else None
+    labeler_name = cfg.labeler or task.labeler
+    try:
+        labeler = tasks.get_labeler(labeler_name) if labeler_name else None
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     ckpt = None
     if cfg.resume:
         ckpt_path = run_dir / "checkpoint.pt"
@@ -862,6 +878,7 @@ def setup(cfg: Config) -> Run:
                 device=device,
                 labels_out=run_dir / "labels.jsonl",
                 reuse=True,
+                query_data=cfg.query_data,
             )
         except (ValueError, tasks.DownloadError) as e:
             raise SystemExit(f"error: {e}")
@@ -880,10 +897,20 @@ def setup(cfg: Config) -> Run:
     )
     # data order: OpenAI shuffles the query set with a fixed seed 0 whatever the run's seed; so do
     # we
-    source = tasks.QuerySource(task, "train", seed=0)
-    eval_queries = tasks.QuerySource(task, "test", seed=0).next_batch(
-        cfg.eval_episodes, formatted=False
-    )
+    try:
+        source = tasks.QuerySource(task, "train", seed=0, query_data=cfg.query_data)
+        eval_queries = tasks.QuerySource(
+            task, "test", seed=0, query_data=cfg.query_data
+        ).next_queries(cfg.eval_episodes)
+    except (ValueError, tasks.DownloadError) as e:
+        raise SystemExit(f"error: {e}")
+    if labeler is not None and labeler.needs_reference:
+        if any(q.reference is None for q in eval_queries):
+            print(
+                f"note: the held-out queries have no reference summaries, so there is no true "
+                f"score ({labeler.name} needs them)"
+            )
+            labeler = None
     run = Run(
         cfg=cfg,
         device=device,
@@ -924,7 +951,7 @@ def setup(cfg: Config) -> Run:
 def print_budget(run: Run):
     cfg, R = run.cfg, run.task.response_length
     Q = (
-        max(len(tasks.format_query(run.task, q)) for q in run.eval_queries[:8])
+        max(len(tasks.policy_context(run.task, q.tokens)) for q in run.eval_queries[:8])
         if run.eval_queries
         else run.task.query_length
     )
@@ -997,12 +1024,13 @@ def train(cfg: Config) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         # 1-3. rollout, score, rewards (see rollout())
-        raw_queries = run.source.next_batch(cfg.batch_size, formatted=False)
+        items = run.source.next_queries(cfg.batch_size)
+        raw_queries = [q.tokens for q in items]
         batch = rollout(
             policy, run.ref, run.reward_model, task, raw_queries, cfg, kl_ctl.value,
             run.sample_gen, device,
         )  # fmt: skip
-        true_scores = scripted_scores(run.labeler, batch["truncated"])
+        true_scores = scripted_scores(run.labeler, batch["truncated"], [q.reference for q in items])
         # 4-5. advantages and PPO epochs (see ppo_update())
         t0 = time.perf_counter()
         try:
@@ -1037,7 +1065,7 @@ def train(cfg: Config) -> dict:
             f.write(json.dumps(metrics) + "\n")
         tqdm.write(metric_line(update + 1, n_updates, metrics), file=sys.stdout)
         if cfg.sample_every and (update + 1) % cfg.sample_every == 0:
-            formatted = [tasks.format_query(task, q) for q in raw_queries]
+            formatted = [tasks.policy_context(task, q) for q in raw_queries]
             print_samples(enc, formatted, batch, true_scores)
         last = metrics
         if (update + 1) % cfg.save_every == 0 or update + 1 == stop:
@@ -1078,6 +1106,9 @@ def summarize(run: Run, last: dict, seconds: float) -> dict:
         task=cfg.task,
         reward_model=cfg.reward_model,
     )
+    for k in ("novelty", "lead_copy", *summarization.ROUGE_TYPES):  # summarization tasks
+        if k in after:
+            summary[f"{k}_before"], summary[f"{k}_after"] = before.get(k), after[k]
     cli.atomic_write(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"after training: {json.dumps(after)}\nsummary: {run.run_dir / 'summary.json'}")
     print(json.dumps(summary, indent=2))

@@ -245,7 +245,7 @@ def sample_responses(
 ):
     """rho's responses (B, R) to raw queries (formatted for the policy here) at the task's
     temperature, untruncated."""
-    tokens, mask = left_pad([tasks.format_query(task, q) for q in raw_queries], device=device)
+    tokens, mask = left_pad([tasks.policy_context(task, q) for q in raw_queries], device=device)
     responses, _ = generate(
         policy, tokens, mask, task.response_length, task.temperature, generator=generator
     )
@@ -262,27 +262,30 @@ def sample_comparisons(
     split: str = "train",
     max_rounds: int = 10,
     device="cpu",
+    query_data: str = "",
+    require_stop: bool = True,
 ) -> list[dict]:
     """n comparisons (labels.py rows): a query and n_samples responses from the policy, truncated at
-    the stop token.
+    the stop token; rows of a query with a reference summary carry it (`reference`).
 
     Rejection sampling as the paper does for what people see: only responses that contain the stop
     token in [truncate_after, R) are kept, so every candidate ends at its period (books) or newline
     (summaries). Queries still short of n_samples valid responses after max_rounds are dropped; the
-    count is printed.
+    count is printed. A policy that never writes the stop token (tiny on the summarization tasks
+    never writes a newline) is an error, unless require_stop is off: then responses without it are
+    kept whole. query_data: local query data (tasks.QuerySource).
     """
     task = tasks.get_task(task)
     enc = get_tokenizer()
-    src = tasks.QuerySource(task, split, seed=seed)
+    src = tasks.QuerySource(task, split, seed=seed, query_data=query_data)
     gen = torch.Generator(device=device).manual_seed(seed)
     rows, n_dropped, n_drawn, n_valid = [], 0, 0, 0
     # disable=None: a progress bar in a terminal, none in a log file (the summary lines are printed
     # either way)
     bar = tqdm(total=n, desc=f"sample comparisons ({task.name})", unit=" cmp", disable=None)
     while len(rows) < n:
-        queries = src.next_batch(
-            min(max(1, batch_size // n_samples), n - len(rows)), formatted=False
-        )
+        items = src.next_queries(min(max(1, batch_size // n_samples), n - len(rows)))
+        queries = [q.tokens for q in items]
         found: list[list[list[int]]] = [[] for _ in queries]
         for _ in range(max_rounds):
             need = [i for i, f in enumerate(found) if len(f) < n_samples]
@@ -295,22 +298,31 @@ def sample_comparisons(
             )
             n_drawn, n_valid = n_drawn + len(todo), n_valid + int(valid.sum())
             for i, row, ok in zip(todo, truncated.cpu(), valid.tolist()):
-                if ok and len(found[i]) < n_samples:
+                if (ok or not require_stop) and len(found[i]) < n_samples:
                     found[i].append(tasks.strip_pad(row))
-        for q, f in zip(queries, found):
+        if n_valid == 0 and require_stop:
+            stop = enc.decode([task.truncate_token])
+            raise ValueError(
+                f"sample: none of {n_drawn} responses had the stop token {stop!r} at or after "
+                f"token {task.truncate_after}, so no comparison can be made: the policy may never "
+                "write it (tiny, fitted on story passages, never writes a newline). Pass "
+                "--no-require-stop (ppo.py: --no-rm.require-stop) to keep such responses whole."
+            )
+        for q, item, f in zip(queries, items, found):
             if len(f) < n_samples:
                 n_dropped += 1
                 continue
-            rows.append(
-                dict(
-                    id=f"{task.name}-{split}-s{seed}-{len(rows)}",
-                    task=task.name,
-                    query=enc.decode(q),
-                    query_tokens=q,
-                    samples=[enc.decode(s) for s in f],
-                    sample_tokens=f,
-                )
+            row = dict(
+                id=f"{task.name}-{split}-s{seed}-{len(rows)}",
+                task=task.name,
+                query=enc.decode(q),
+                query_tokens=q,
+                samples=[enc.decode(s) for s in f],
+                sample_tokens=f,
             )
+            if item.reference is not None:
+                row["reference"] = item.reference
+            rows.append(row)
             bar.update(1)
     bar.close()
     print(
@@ -328,12 +340,13 @@ def sample_comparisons(
 
 
 def label_comparisons(rows: list[dict], labeler: str | tasks.ScriptedLabeler) -> list[dict]:
-    """Label rows (labels.py format): each comparison plus best, labeler, seconds, created."""
+    """Label rows (labels.py format): each comparison plus best, labeler, seconds, created. A
+    labeler that compares with a reference (rouge) reads each row's `reference`."""
     lab = tasks.get_labeler(labeler) if isinstance(labeler, str) else labeler
     out = []
     for r in rows:
         t0 = time.perf_counter()
-        best = lab.pick_best(r["query"], r["samples"])
+        best = lab.pick_best(r["query"], r["samples"], r.get("reference"))
         out.append(
             dict(
                 r,
@@ -382,6 +395,10 @@ class TrainConfig:
     """set gain/bias so rewards of rho's responses have mean 0, std 1 before training"""
     normalize_after: bool = True
     """and again after training (gain/bias reset first)"""
+    require_stop: bool = True
+    """sampled comparisons keep only responses with the task's stop token, as the paper's rejection
+    sampling for people (off: responses without it are kept whole; for a model that never writes
+    it, e.g. tiny on tldr/cnndm)"""
     normalize_samples: int = 256
     """responses from rho used to estimate the reward mean and std"""
     normalize_truncated: bool = False
@@ -440,6 +457,7 @@ def normalize(
     seed: int,
     truncated: bool = False,
     device="cpu",
+    query_data: str = "",
 ) -> dict:
     """Set gain/bias so rewards of (x ~ task queries, y ~ rho) have mean 0, std 1
     (train_reward.py::normalize).
@@ -449,7 +467,7 @@ def normalize(
     "after_std": 1.0}. Queries use their own seed stream (OpenAI draws them from a separate
     'ref_queries' sampler)."""
     rm.reset_normalization()
-    src = tasks.QuerySource(task, "train", seed=seed + 1)
+    src = tasks.QuerySource(task, "train", seed=seed + 1, query_data=query_data)
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def draw():
@@ -530,14 +548,16 @@ def train_reward_model(
     policy: GPT2 | None = None,
     device="cpu",
     test_rows: list[dict] | None = None,
+    query_data: str = "",
 ):
     """Train a reward model on label rows; returns (RewardModel, metrics).
 
     rows: labels (labels.read_labels); the first cfg.num_train train, the rest are held out (or pass
     test_rows). model: rho's name (tiny, gpt2, ...); task: empty to take it from the labels; seed:
     head init, data order and normalization samples (OpenAI: run.seed 1). policy: rho if already
-    loaded, else tasks.load_base_model(model). It is used frozen, for the normalization samples;
-    the reward model gets its own copy of its weights.
+    loaded, else tasks.load_base_model(model). It is used frozen, for the normalization samples
+    (on the task's queries, from query_data when given); the reward model gets its own copy of
+    its weights.
     """
     torch.manual_seed(seed)
     random.seed(seed)
@@ -578,6 +598,7 @@ def train_reward_model(
             seed,
             cfg.normalize_truncated,
             device,
+            query_data,
         )
         print(_norm_line("before", metrics["norm_before"]))
     if held_out:
@@ -639,6 +660,7 @@ def train_reward_model(
             seed + 1000,
             cfg.normalize_truncated,
             device,
+            query_data,
         )
         print(_norm_line("after", metrics["norm_after"]))
 
@@ -654,7 +676,9 @@ def train_reward_model(
     rm.meta.update(
         task=task.name,
         seed=seed,
-        train_config=dict(model=model, task=task.name, seed=seed, **dataclasses.asdict(cfg)),
+        train_config=dict(
+            model=model, task=task.name, seed=seed, query_data=query_data, **dataclasses.asdict(cfg)
+        ),
         metrics=metrics,
         normalization=dict(
             gain=rm.reward_gain.item(),
@@ -701,14 +725,16 @@ def build_reward_model(
     device="cpu",
     labels_out=None,
     reuse: bool = False,
+    query_data: str = "",
 ) -> Path:
     """Make a reward model and save it to `out`; returns its path. `reward.py train` and ppo.py
     (when it is given no reward model) both run this.
 
     1. labels: cfg.labels if given (ours or OpenAI's released JSON); otherwise sample
        cfg.num_comparisons comparisons from rho (`policy`, or tasks.load_base_model(model)) on the
-       task's train queries and label them with the scripted labeler (`labeler`, empty: the task's
-       own), keeping them in `labels_out` (default: next to `out`) for `reward.py eval`;
+       task's train queries (query_data: local query data, see tasks.QuerySource) and label them
+       with the scripted labeler (`labeler`, empty: the task's own), keeping them in `labels_out`
+       (default: next to `out`) for `reward.py eval`;
     2. train_reward_model; 3. save_reward_model.
     reuse: if `out` already exists, return it untouched (ppo.py's resumed runs)."""
     out = Path(out)
@@ -719,7 +745,7 @@ def build_reward_model(
         # ours or OpenAI's released JSON; prints what it did not use
         rows = read_label_rows(cfg.labels)
     else:
-        labeler = labeler or (task if task in tasks.LABELERS else "")
+        labeler = labeler or (tasks.TASKS[task].labeler if task in tasks.TASKS else "")
         if not labeler:
             raise ValueError(
                 f"task {task or '(none given)'} has no scripted labeler to make labels with; give "
@@ -735,13 +761,21 @@ def build_reward_model(
             f"the scripted '{labeler.name}' labeler, then training"
         )
         comparisons = sample_comparisons(
-            policy, task, cfg.num_comparisons, seed=seed, device=device
+            policy,
+            task,
+            cfg.num_comparisons,
+            seed=seed,
+            device=device,
+            query_data=query_data,
+            require_stop=cfg.require_stop,
         )
         rows = label_comparisons(comparisons, labeler)
         labels_out = Path(labels_out or out.with_suffix(".labels.jsonl"))
         labels.write_comparisons(labels_out, rows)  # kept for `python reward.py eval`
         cfg = dataclasses.replace(cfg, labels=str(labels_out))
-    rm, metrics = train_reward_model(rows, cfg, model, task, seed, policy=policy, device=device)
+    rm, metrics = train_reward_model(
+        rows, cfg, model, task, seed, policy=policy, device=device, query_data=query_data
+    )
     print(f"reward model: {json.dumps(metrics)}")
     save_reward_model(rm, out)
     return out
@@ -843,6 +877,13 @@ class SampleArgs:
     """responses sampled per batch"""
     max_rounds: int = 10
     """rejection-sampling rounds before a query without enough valid responses is dropped"""
+    require_stop: bool = True
+    """keep only responses with the task's stop token (off: keep responses without it whole, for
+    a model that never writes it)"""
+    query_data: str = ""
+    """local query data in the upstream format instead of the default (tldr: a JSON file or a
+    folder of {train,valid}-subset.json; cnndm: a folder with url_lists/ and the stories; books:
+    a .jsonl of passages); empty: the shipped passages, or a download"""
     seed: int = 0
     """seed of the query order and the sampling"""
     device: str = "auto"
@@ -851,8 +892,9 @@ class SampleArgs:
 
 @dataclass
 class LabelArgs:
-    labeler: str = "sentiment"
-    """scripted labeler: sentiment or descriptiveness (tasks.py lexicons)"""
+    labeler: str = ""
+    """scripted labeler: sentiment (VADER), descriptiveness (a sensory-word lexicon) or rouge
+    (ROUGE against each row's `reference`); empty: the labeler of the comparisons' task"""
     comparisons: str = "comparisons.jsonl"
     """comparisons file to label (from `reward.py sample`)"""
     out: str = "labels.jsonl"
@@ -868,6 +910,9 @@ class TrainArgs:
     """task (sentiment, descriptiveness, tldr, cnndm); empty: from the labels' `task` field"""
     labeler: str = ""
     """scripted labeler when --labels is empty (empty: the task's own)"""
+    query_data: str = ""
+    """local query data in the upstream format (see `reward.py sample --help`); empty: the
+    shipped passages, or a download"""
     out: str = "rm.pt"
     """where to write the reward model checkpoint"""
     seed: int = 1
@@ -918,6 +963,8 @@ def cmd_sample(argv):
         a.split,
         a.max_rounds,
         device,
+        a.query_data,
+        a.require_stop,
     )
     labels.write_comparisons(a.out, rows)
     print(f"sample: wrote {len(rows)} comparisons to {a.out}")
@@ -926,6 +973,13 @@ def cmd_sample(argv):
 def cmd_label(argv):
     a = cli.parse(LabelArgs, argv, description="Label comparisons with a scripted labeler.")
     rows = labels.read_comparisons(a.comparisons)
+    if not a.labeler:
+        task = rows[0]["task"]
+        if task not in tasks.TASKS:
+            raise ValueError(
+                f"{a.comparisons}: task {task!r} has no scripted labeler; pass --labeler"
+            )
+        a.labeler = tasks.TASKS[task].labeler
     out = label_comparisons(rows, a.labeler)
     Path(a.out).unlink(missing_ok=True)  # a fresh file: scripted labels are not a log to append to
     for r in out:
@@ -946,7 +1000,9 @@ def cmd_train(argv):
         flat=("train",),
     )
     device = cli.pick_device(a.device)
-    out = build_reward_model(a.train, a.model, a.task, a.out, a.seed, a.labeler, device=device)
+    out = build_reward_model(
+        a.train, a.model, a.task, a.out, a.seed, a.labeler, device=device, query_data=a.query_data
+    )
     print(f"train: wrote {out}")
 
 

@@ -242,6 +242,14 @@ def format_query(task: TaskConfig, raw: list[int]) -> list[int]:
     return enc.encode(task.query_prefix) + list(raw) + pads + enc.encode(task.query_suffix)
 
 
+def policy_context(task: TaskConfig, raw: list[int]) -> list[int]:
+    """What the model is fed for a raw query: format_query's layout with its pads dropped. That
+    computes the same as the padded layout (pads are masked and do not advance positions; see
+    tests/test_summarization.py) and keeps every row's padding on the left, the one kind of
+    padding the fused attention kernel takes."""
+    return strip_pad(format_query(task, raw))
+
+
 def shipped_passages(split: str) -> list[str]:
     """The repo's own story passages (assets/book_passages/{train,test}.jsonl)."""
     if split not in ("train", "test"):
@@ -1078,8 +1086,7 @@ def main(argv=None):
     from gpt2 import generate, left_pad
 
     model = load_base_model(args.model)
-    tokens, mask = left_pad(queries)
-    mask &= tokens != PAD_ID  # OpenAI's pads inside summarization queries are masked too
+    tokens, mask = left_pad([strip_pad(q) for q in queries])
     gen = torch.Generator().manual_seed(args.seed)
     # (B, R)
     resp, _ = generate(model, tokens, mask, task.response_length, task.temperature, generator=gen)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -328,3 +329,64 @@ def test_label_tool_scrolls_a_long_tldr_post(tmp_path):
         tool.reap()
     (label,) = labels.read_labels(out)
     assert label["best"] == int(shown) and label["reference"] == row["reference"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The stages on local summarization data
+
+
+def test_reward_sample_and_label_on_cnndm_folder(tmp_path, capsys):
+    """`reward.py sample` on a CNN/DM folder gives rows carrying the highlights; `reward.py label`
+    picks with the task's own labeler (ROUGE against them); tiny never writes a newline, so with
+    the stop token required sampling stops with a message instead of looping forever."""
+    import reward
+
+    stories = {
+        f"http://www.cnn.com/{i}.html": f"Mara walked to the river.\nIt was cold {i}.\n\n"
+        f"@highlight\n\nMara went to the river"
+        for i in range(3)
+    }
+    folder = write_cnndm(tmp_path / "cnndm", stories)
+    cmp_path, lab_path = tmp_path / "c.jsonl", tmp_path / "l.jsonl"
+    common = ["--task", "cnndm", "--model", "tiny", "--query-data", str(folder)]
+    common += ["--num-comparisons", "2", "--out", str(cmp_path), "--device", "cpu"]
+    assert reward.main(["sample", *common, "--max-rounds", "1"]) == 1
+    assert "--no-require-stop" in capsys.readouterr().err and not cmp_path.exists()
+    assert reward.main(["sample", *common, "--no-require-stop"]) == 0
+    rows = labels.read_comparisons(cmp_path)
+    assert [r["reference"] for r in rows] == ["Mara went to the river"] * 2
+    assert rows[0]["query"].startswith("Mara walked to the river.\n")
+    assert reward.main(["label", "--comparisons", str(cmp_path), "--out", str(lab_path)]) == 0
+    lab = tasks.get_labeler("rouge")
+    for r in labels.read_labels(lab_path):
+        assert r["labeler"] == "script:rouge" and r["reference"] == "Mara went to the river"
+        assert r["best"] == lab.pick_best(r["query"], r["samples"], r["reference"])
+
+
+def test_ppo_smoke_run_on_a_tldr_fixture(tmp_path):
+    """The whole pipeline on TL;DR data in the upstream format, smallest budgets: comparisons
+    sampled and labeled by ROUGE against the posts' own summaries, a reward model, 2 PPO updates,
+    and summary.json with the summarization measures. No learning is claimed."""
+    data = write_tldr(tmp_path / "tldr")
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "ppo.py"), "--model", "tiny", "--task", "tldr"]
+    cmd += ["--query-data", str(data), "--run-dir", str(run), "--device", "cpu"]
+    cmd += ["--rm.num-comparisons", "4", "--rm.epochs", "1", "--rm.batch-size", "4"]
+    cmd += ["--rm.normalize-samples", "4", "--rm.rollout-batch-size", "4", "--no-rm.require-stop"]
+    cmd += ["--total-episodes", "8", "--batch-size", "4", "--nminibatches", "1"]
+    cmd += ["--noptepochs", "1", "--micro-batch-size", "4", "--eval-episodes", "4"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["task"] == "tldr" and summary["updates"] == 2
+    for k in ("novelty", "lead_copy", "rouge1", "rouge2", "rougeL"):
+        for when in ("before", "after"):
+            assert 0.0 <= summary[f"{k}_{when}"] <= 1.0, (k, when, summary)
+    # the true score is the ROUGE labeler's, a mean of three F1s in [0, 1]
+    assert 0.0 <= summary["true_score_after"] <= 1.0
+    rows = labels.read_labels(run / "labels.jsonl")
+    posts = {p["summary"] for p in json.loads(data.read_text())}
+    assert len(rows) == 4 and all(r["reference"] in posts for r in rows)
+    assert all(r["labeler"] == "script:rouge" for r in rows)
+    config = json.loads((run / "config.json").read_text())
+    assert config["query_data"] == str(data)
