@@ -1075,7 +1075,10 @@ def main(argv=None):
     )
     task = get_task(args.task)
     print(json.dumps(dataclasses.asdict(task), indent=1))
-    items = QuerySource(task, args.split, query_data=args.query_data).next_queries(args.n)
+    try:
+        items = QuerySource(task, args.split, query_data=args.query_data).next_queries(args.n)
+    except (ValueError, DownloadError) as e:
+        sys.exit(f"error: {e}")
     queries = [format_query(task, q.tokens) for q in items]
     enc = get_tokenizer()
     if not args.model:
