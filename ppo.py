@@ -68,7 +68,8 @@ import gpt2
 import reward
 import summarization
 import tasks
-from reward import AdamTF, make_adam  # noqa: F401 (AdamTF: the released code's Adam, for tests)
+from optim import AdamTF  # noqa: F401 (the released code's Adam, for tests)
+from reward import make_adam
 
 # --------------------------------------------------------------------------------------------------
 # Config

@@ -55,6 +55,7 @@ import cli
 import labels
 import tasks
 from gpt2 import GPT2, PAD_ID, GPT2Config, generate, get_tokenizer, left_pad
+from optim import AdamTF
 
 CHECKPOINT_FORMAT = "rlhf-gpt2 reward model"
 CHECKPOINT_VERSION = 1
@@ -93,35 +94,6 @@ def gain_bias(
     (rewards.py::set_reward_norm)."""
     gain = target_std / std
     return gain, target_mean - gain * mean
-
-
-class AdamTF(torch.optim.Adam):
-    """Adam with TF1's epsilon placement, as lm-human-preferences (tf.train.AdamOptimizer; [BLOG]
-    §3.8 item 21):
-
-        TF1:   p -= lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + eps)         (eps outside the correction)
-        torch: p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps')
-
-    These agree when eps' = eps / sqrt(1 - beta2^t), so we set that before every step and let
-    torch's Adam do the rest. With the same eps, torch's effective epsilon is eps * sqrt(1 -
-    beta2^t), ~30x smaller at step 1, which makes its first updates much larger (the blog measured
-    PPO's approxkl 0.00237 vs TF's 0.00037). Used by the reward model here and by PPO (ppo.py).
-    """
-
-    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-5):
-        super().__init__(params, lr=lr, betas=betas, eps=eps)
-        for group in self.param_groups:
-            group["tf_eps"] = eps
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            steps = [
-                self.state[p]["step"] for p in group["params"] if "step" in self.state.get(p, {})
-            ]
-            t = int(steps[0]) + 1 if steps else 1  # the step about to be taken
-            group["eps"] = group["tf_eps"] / math.sqrt(1 - group["betas"][1] ** t)
-        return super().step(closure)
 
 
 def make_adam(params, adam: str, lr: float, eps: float) -> torch.optim.Optimizer:

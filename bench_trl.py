@@ -1,0 +1,220 @@
+"""
+One PPO update, ours against Hugging Face TRL's PPOTrainer, on the same random GPT-2 shape and the
+same work: a batch of 64-token queries, 24 sampled response tokens, 4 epochs x 2 minibatches (one
+optimizer step per minibatch, one forward/backward per minibatch), fp32. An update is the rollout
+(sampling, old and reference log-probs, values, scores) plus the PPO epochs.
+
+Three contestants, timed alternately (the order rotates every repeat) and reported as medians:
+  * ours, shared trunk: ppo.py's default, a value head on the policy's trunk (124M trained weights
+    at the 124M shape);
+  * ours, separate value network (ppo.py --value-model reward): a second GPT-2 as the critic, like
+    for like with TRL (249M trained weights);
+  * TRL: PPOTrainer with a separate value model (GPT2ForSequenceClassification), its defaults
+    otherwise (fused AdamW, no stop token).
+Each gets one warm-up update first. Random weights (no download); a stand-in for the tokenizer
+(TRL reads only its pad and eos ids).
+
+TRL is a benchmark-only dependency, never in requirements.txt. Its last release that ships
+PPOTrainer is 1.12.0 (as trl.experimental.ppo). Install it in its own virtual environment that
+sees this one's torch and transformers:
+    python -m venv --system-site-packages .venv-trl
+    .venv-trl/bin/pip install trl==1.12.0
+    .venv-trl/bin/python bench_trl.py --shape tiny --batch 32
+    .venv-trl/bin/python bench_trl.py --shape gpt2 --batch 8
+(check with `.venv-trl/bin/python -c "import torch; print(torch.__version__)"` that pip left torch
+as it was). Without TRL, the script times our two contestants only.
+
+This is a benchmark script, not a test: it prints figures. Timings on a shared machine are noisy:
+look at the spread it prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import importlib.metadata
+import importlib.util
+import io
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+
+import cli
+import ppo
+import reward
+import tasks
+from gpt2 import GPT2, PRESETS
+
+PAD = 50256  # TRL's pad id (GPT-2's <|endoftext|>); the random queries never contain it
+
+
+@dataclass
+class BenchConfig:
+    shape: str = "tiny"
+    """GPT-2 shape, random weights: tiny (2 layers, 128 wide) or gpt2 (124M)"""
+    batch: int = 32
+    """episodes per update (queries in the rollout batch)"""
+    repeats: int = 5
+    """timed updates per contestant, after one warm-up each; medians are reported"""
+    threads: int = 2
+    """torch CPU threads"""
+    only: str = ""
+    """comma-separated subset of: shared, separate, trl (empty: all three)"""
+    seed: int = 0
+    """seed for the weights and the random queries"""
+
+
+def ppo_config(b: BenchConfig) -> ppo.Config:
+    """Our PPO settings for this benchmark: minibatches of batch/2, each in one forward/backward
+    (micro-batch 64 >= the minibatch), as TRL with per_device_train_batch_size = batch and
+    gradient_accumulation_steps = 1."""
+    return ppo.Config(
+        model=b.shape,
+        batch_size=b.batch,
+        nminibatches=2,
+        noptepochs=4,
+        temperature=0.7,
+        device="cpu",
+        seed=b.seed,
+    )
+
+
+def our_update(b: BenchConfig, value_model: str, ref, rm, queries):
+    """An update function for our PPO (rollout + ppo_update), with the shared trunk or a separate
+    value network initialized from the reward model."""
+    cfg = dataclasses.replace(ppo_config(b), value_model=value_model)
+    task = tasks.get_task("sentiment")  # 64 + 24 tokens
+    policy = ppo.make_policy(cfg, ref, rm)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = ppo.make_adam(params, cfg.adam, lr=cfg.lr, eps=cfg.adam_eps)
+    sample_gen = torch.Generator().manual_seed(b.seed)
+    shuffle_gen = torch.Generator().manual_seed(b.seed + 1)
+
+    def update():
+        batch = ppo.rollout(policy, ref, rm, task, queries, cfg, cfg.kl_coef, sample_gen, "cpu")
+        ppo.ppo_update(policy, optimizer, batch, cfg, task.response_length, shuffle_gen, "cpu")
+
+    return update
+
+
+class TokenizerStandIn:
+    """What PPOTrainer reads from its processing_class: the pad and eos ids."""
+
+    pad_token_id = eos_token_id = PAD
+
+
+def trl_update(b: BenchConfig, queries, out_dir: str):
+    """An update function for TRL's PPOTrainer: one call of train() with total_episodes = batch
+    is one update (rollout + PPO epochs)."""
+    import datasets
+    import transformers
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    c = PRESETS[b.shape]
+    hf = transformers.GPT2Config(
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        n_embd=c.n_embd,
+        n_positions=c.n_positions,
+        vocab_size=c.vocab_size,
+        pad_token_id=PAD,
+        num_labels=1,
+    )
+    torch.manual_seed(b.seed)
+    policy, ref = transformers.GPT2LMHeadModel(hf), transformers.GPT2LMHeadModel(hf)
+    value = transformers.GPT2ForSequenceClassification(hf)
+    rm = transformers.GPT2ForSequenceClassification(hf)
+    args = PPOConfig(
+        output_dir=out_dir,
+        per_device_train_batch_size=b.batch,
+        gradient_accumulation_steps=1,  # TRL steps the optimizer every GA micro-batches
+        num_mini_batches=2,
+        num_ppo_epochs=4,
+        total_episodes=b.batch,  # one update per train() call
+        response_length=24,
+        temperature=0.7,
+        learning_rate=1e-5,
+        num_sample_generations=0,
+        bf16=False,  # TRL's default is bf16
+        fp16=False,
+        gradient_checkpointing=False,  # TRL's default is True (PPOTrainer does not apply it)
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=b.seed,
+    )
+    data = datasets.Dataset.from_dict({"input_ids": queries})
+    trainer = PPOTrainer(
+        args=args,
+        processing_class=TokenizerStandIn(),
+        model=policy,
+        ref_model=ref,
+        reward_model=rm,
+        train_dataset=data,
+        value_model=value,
+        eval_dataset=data,
+        data_collator=lambda rows: {"input_ids": torch.tensor([r["input_ids"] for r in rows])},
+    )
+
+    def update():
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its metrics every update
+            trainer.train()
+
+    return update
+
+
+def main(argv=None):
+    b = cli.parse(BenchConfig, argv, description=__doc__)
+    torch.set_num_threads(b.threads)
+    names = b.only.split(",") if b.only else ["shared", "separate", "trl"]
+    if "trl" in names and importlib.util.find_spec("trl") is None:
+        print("TRL is not installed (see this script's docstring): timing ours only")
+        names.remove("trl")
+    torch.manual_seed(b.seed)
+    # the same queries for everyone: the rollout batch, 64 random tokens each
+    queries = torch.randint(0, 50000, (b.batch, 64)).tolist()
+    ref = GPT2.from_config(b.shape).eval().requires_grad_(False)
+    rm = reward.RewardModel(copy.deepcopy(ref)).eval().requires_grad_(False)
+    out_dir = tempfile.mkdtemp(prefix="bench_trl_")
+    make = dict(
+        shared=lambda: our_update(b, "shared", ref, rm, queries),
+        separate=lambda: our_update(b, "reward", ref, rm, queries),
+        trl=lambda: trl_update(b, queries, out_dir),
+    )
+    updates = {n: make[n]() for n in names}
+    print(
+        f"{b.shape} shape (random weights), batch {b.batch}, 64 + 24 tokens, 4 epochs x 2 "
+        f"minibatches, fp32, {b.threads} threads, torch {torch.__version__}"
+        + (f", trl {importlib.metadata.version('trl')}" if "trl" in names else "")
+    )
+    for n in names:  # warm-up
+        updates[n]()
+    times = {n: [] for n in names}
+    for r in range(b.repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
+        for n in order:
+            t0 = time.perf_counter()
+            updates[n]()
+            times[n].append(time.perf_counter() - t0)
+        print(f"repeat {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in names))
+        sys.stdout.flush()
+    med = {n: statistics.median(t) for n, t in times.items()}
+    label = dict(shared="ours, shared trunk", separate="ours, separate value network", trl="TRL")
+    print(f"\n{'contestant':<30} {'median s':>9} {'min s':>7} {'max s':>7} {'TRL / this':>11}")
+    for n in names:
+        speedup = f"{med['trl'] / med[n]:.2f}x" if "trl" in med else "-"
+        print(
+            f"{label[n]:<30} {med[n]:>9.2f} {min(times[n]):>7.2f} {max(times[n]):>7.2f} "
+            f"{speedup:>11}"
+        )
+    return med
+
+
+if __name__ == "__main__":
+    main()
