@@ -57,7 +57,7 @@ import torch
 from tqdm import tqdm
 
 import cli
-from gpt2 import EOT_ID, GPT2, PAD_ID, PRESETS, get_tokenizer
+from gpt2 import EOT_ID, GPT2, PAD_ID, PRESETS, encode, get_tokenizer
 from labels import TASK_INSTRUCTIONS
 
 ROOT = Path(__file__).resolve().parent
@@ -168,7 +168,7 @@ def single_token(text: str | None) -> int | None:
     encoder.encode(start_text)`)."""
     if text is None:
         return None
-    ids = get_tokenizer().encode(text)
+    ids = encode(text)
     if len(ids) != 1:
         raise ValueError(f"start/end text {text!r} must be a single GPT-2 token, got {ids}")
     return ids[0]
@@ -205,17 +205,48 @@ def format_query(task: TaskConfig, raw: list[int]) -> list[int]:
     """What the policy reads: prefix + raw query + suffix. The reward model reads the raw query
     (OpenAI's rewards.py concatenates the raw query with the response; paper-spec §1.2 item 7).
     For the style tasks prefix and suffix are empty, so the two are the same."""
-    enc = get_tokenizer()
-    return enc.encode(task.query_prefix) + list(raw) + enc.encode(task.query_suffix)
+    return encode(task.query_prefix) + list(raw) + encode(task.query_suffix)
 
 
 def shipped_passages(split: str) -> list[str]:
     """The repo's own story passages (assets/book_passages/{train,test}.jsonl)."""
     if split not in ("train", "test"):
         raise ValueError(f"split {split!r}: the shipped passages have 'train' and 'test'")
-    path = ASSETS / "book_passages" / f"{split}.jsonl"
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl_texts(ASSETS / "book_passages" / f"{split}.jsonl")
+
+
+def read_text_lines(path) -> list[str]:
+    """The lines of a UTF-8 text file. A line that is not UTF-8 is an error naming the file and
+    line (a text must survive being encoded, shown and written back)."""
+    with open(path, "rb") as f:
+        raw_lines = f.read().split(b"\n")
+    out = []
+    for i, raw in enumerate(raw_lines, 1):
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{path}:{i}: not UTF-8 ({e.reason} at byte {e.start} of the line); save the file "
+                f"as UTF-8"
+            ) from None
+    return out
+
+
+def read_jsonl_texts(path) -> list[str]:
+    """A JSON-lines file of strings (one passage per line), blank lines skipped; errors name the
+    file and line."""
+    out = []
+    for i, line in enumerate(read_text_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            text = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: not valid JSON: {e.msg} at column {e.colno}") from None
+        if not isinstance(text, str):
+            raise ValueError(f"{path}:{i}: expected a JSON string, got {type(text).__name__}")
+        out.append(text)
+    return out
 
 
 class QuerySource:
@@ -243,14 +274,13 @@ class QuerySource:
         self.pos, self.epoch, self.n_skipped = 0, 0, 0
 
     def _next_raw(self) -> list[int]:
-        enc = get_tokenizer()
         for _ in range(len(self.items)):  # at most one full pass looking for a usable text
             item = self.items[self.order[self.pos]]
             self.pos += 1
             if self.pos == len(self.items):
                 self.pos, self.epoch = 0, self.epoch + 1
             q = build_query(
-                enc.encode(self.text_of(item)),
+                encode(self.text_of(item)),  # "<|endoftext|>" in a text is plain text
                 self.task.query_length,
                 self.start_token,
                 self.end_token,
@@ -393,6 +423,13 @@ def download_labels(task: str) -> Path:
 def iter_json_list(path: Path, chunk: int = 1 << 20):
     """The elements of a JSON list file, one at a time, so TL;DR's 4.5 GB train-subset.json never
     sits in memory."""
+    try:
+        yield from _iter_json_list(path, chunk)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 ({e.reason}); save the file as UTF-8") from None
+
+
+def _iter_json_list(path: Path, chunk: int):
     dec = json.JSONDecoder()
     with open(path, encoding="utf-8") as f:
         buf = f.read(chunk).lstrip()
@@ -474,10 +511,10 @@ def query_items(dataset: str, split: str):
         ], lambda t: t
     if dataset == "cnndm":
         mode = {"train": "train", "test": "test", "valid": "val"}[split]
-        with open(download_openai(f"datasets/cnndm/url_lists/all_{mode}.txt")) as f:
-            urls = [line.strip() for line in f if line.strip()]
+        url_list = download_openai(f"datasets/cnndm/url_lists/all_{mode}.txt")
+        urls = [line.strip() for line in read_text_lines(url_list) if line.strip()]
         return urls, lambda url: clean_cnndm(
-            download_openai(cnndm_story_path(url, mode)).read_text(encoding="utf-8")
+            "\n".join(read_text_lines(download_openai(cnndm_story_path(url, mode))))
         )
     raise ValueError(f"unknown query dataset {dataset!r}")
 
@@ -641,10 +678,9 @@ def fit_tiny(fit: TinyFitConfig = TinyFitConfig()) -> GPT2:
     """
     torch.manual_seed(fit.seed)
     model = GPT2.from_config(dataclasses.replace(PRESETS["tiny"]))
-    enc = get_tokenizer()
     stream = []
     for text in shipped_passages("train"):
-        stream += enc.encode(text) + [EOT_ID]
+        stream += encode(text) + [EOT_ID]
     data = torch.tensor(stream)  # (N,)
     seen = torch.unique(data)  # (S,) sorted token ids that occur
     to_seen = torch.full((model.config.vocab_size,), -1, dtype=torch.long)
