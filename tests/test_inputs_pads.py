@@ -155,3 +155,54 @@ def test_kernel_path_pads_anywhere():
     torch.testing.assert_close(lp[~resp_pad].view(B, R0), ref_lp, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(ent[~resp_pad].view(B, R0), ref_ent, atol=1e-6, rtol=1e-6)
     assert (lp[resp_pad] == 0).all()
+
+
+def test_reward_scores_pads_anywhere(model):
+    """The reward model on OpenAI's layout (query right-padded with pads inserted, response padded
+    after truncation and in between) gives exactly the clean lists' scores."""
+    import copy
+
+    import reward
+
+    torch.manual_seed(1)
+    rm = reward.RewardModel(copy.deepcopy(model)).eval()
+    queries, dirty_q = padded_batch(seed=3)
+    rng = random.Random(3)
+    responses = random_lists(4, [5, 2, 6, 1])
+    dirty_r = [with_pads(r, 2, rng) + [PAD_ID] * (6 - len(r)) for r in responses]
+    with torch.no_grad():
+        ours = rm.score(dirty_q, dirty_q != PAD_ID, torch.tensor(dirty_r))
+        same_width = rm(
+            *left_pad_to([q + r for q, r in zip(queries, responses)], 8 + dirty_q.size(1))
+        )
+    assert torch.equal(ours, same_width)
+    clean = reward.score_tokens(rm, queries, responses)
+    torch.testing.assert_close(ours, clean, atol=1e-6, rtol=1e-6)
+    assert torch.equal(reward.score_tokens(rm, [row.tolist() for row in dirty_q], dirty_r), clean)
+
+
+def test_rollout_pads_anywhere(model):
+    """ppo.rollout with raw queries holding pads (as OpenAI's files do) gives exactly the clean
+    queries' rollout: samples, log-probs, values, scores, rewards."""
+    import copy
+
+    import ppo
+    import reward
+    import tasks
+
+    torch.manual_seed(2)
+    rm = reward.RewardModel(copy.deepcopy(model)).eval()
+    policy = ppo.PolicyAndValue(copy.deepcopy(model)).eval()
+    cfg = ppo.Config(model="tiny", batch_size=4, micro_batch_size=2, device="cpu")
+    task = dataclasses.replace(tasks.get_task("sentiment"), response_length=6)
+    rng = random.Random(5)
+    clean = random_lists(5, [7, 3, 12, 1])
+    dirty = [with_pads(q, 3, rng) + [PAD_ID] * 2 for q in clean]
+    out = [
+        ppo.rollout(policy, model, rm, task, qs, cfg, 0.1, torch.Generator().manual_seed(0), "cpu")
+        for qs in (dirty, clean)
+    ]
+    tensors = [k for k, v in out[1].items() if isinstance(v, torch.Tensor)]
+    assert {"responses", "logprobs", "ref_logprobs", "values", "scores", "rewards"} <= set(tensors)
+    for k in tensors:
+        assert torch.equal(out[0][k], out[1][k]), k
