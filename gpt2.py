@@ -805,8 +805,8 @@ def response_logprobs(
 @dataclass
 class SampleArgs:
     model: str = "gpt2"
-    """a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a directory in the Hugging Face
-    layout"""
+    """a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a directory in the Hugging Face
+    layout, or tiny (the 2-layer model fitted to the shipped passages, fitted once if needed)"""
     prompt: list[str] = field(default_factory=lambda: ["Hello, my name is"])
     """a prompt; repeat --prompt for several (they run as one left-padded batch)"""
     max_new_tokens: int = 40
@@ -834,11 +834,16 @@ def main(argv=None):
     device = cli.pick_device(args.device)
     enc = get_tokenizer()
     try:
-        model = GPT2.from_pretrained(args.model, device=device, use_kernels=args.kernels)
+        if args.model == "tiny":
+            import tasks  # lazy: tasks imports this file
+
+            model = tasks.load_base_model("tiny", device=device, use_kernels=args.kernels)
+        else:
+            model = GPT2.from_pretrained(args.model, device=device, use_kernels=args.kernels)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise SystemExit(f"error: {e}")
-    prompts = [enc.encode(p, allowed_special={"<|endoftext|>"}) for p in args.prompt]
-    tokens, mask = left_pad(prompts, device=device)
+    # prompts are plain text, "<|endoftext|>" included (as every text in the project)
+    tokens, mask = left_pad([encode(p) for p in args.prompt], device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     new, _ = generate(
         model,

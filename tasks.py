@@ -723,16 +723,20 @@ def fit_tiny(fit: TinyFitConfig = TinyFitConfig()) -> GPT2:
     return model.eval()
 
 
-def load_base_model(name: str, device="cpu") -> GPT2:
+def load_base_model(name: str, device="cpu", use_kernels: str = "auto") -> GPT2:
     """The initial policy rho: a GPT-2 checkpoint (hub name or Hugging Face directory), or "tiny"
     (fitted once on the shipped passages and cached on disk, see tiny_cache_path)."""
     if name != "tiny":
-        return GPT2.from_pretrained(name, device=device)
+        return GPT2.from_pretrained(name, device=device, use_kernels=use_kernels)
+    config = dataclasses.replace(PRESETS["tiny"], use_kernels=use_kernels)
     path = tiny_cache_path()
     if path.exists():
-        model = GPT2.from_config(dataclasses.replace(PRESETS["tiny"]))
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.to(device).eval()
+        model = GPT2.from_config(config)
+        try:  # tensors only: a cache file cannot run code
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return model.to(device).eval()
+        except Exception as e:  # derived data: fit it again
+            print(f"tasks: {path} is unreadable ({e}); fitting again", file=sys.stderr)
     print(
         f"tasks: fitting the tiny model on the shipped passages (once; cached at {path})",
         file=sys.stderr,
@@ -742,6 +746,9 @@ def load_base_model(name: str, device="cpu") -> GPT2:
     # several processes may fit at once: each writes its own temporary file, the rename is atomic
     cli.atomic_write(path, lambda f: torch.save(model.state_dict(), f))
     print(f"tasks: tiny model fitted in {time.time() - t0:.0f} s", file=sys.stderr)
+    if use_kernels != model.config.use_kernels:
+        model = GPT2.from_config(config)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.to(device).eval()
 
 
