@@ -305,3 +305,16 @@ def test_untied_head_survives_a_state_dict_round_trip(tmp_path):
     again = GPT2(ours.config)
     again.load_state_dict(ours.state_dict())
     assert_same_logits(again.eval(), hf)
+
+
+def test_reward_checkpoint_with_a_pickled_object_is_refused(tmp_path):
+    """rm.pt loads with weights_only=True too: an object that needs unpickling is refused by name
+    and the file is left as it was."""
+    import reward
+
+    path = tmp_path / "rm.pt"
+    torch.save({"format": reward.CHECKPOINT_FORMAT, "payload": object()}, path)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"rm\.pt: not a reward model checkpoint \(Unpickling"):
+        reward.load_reward_model(path)
+    assert path.read_bytes() == before
