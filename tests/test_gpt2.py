@@ -307,7 +307,7 @@ def test_cli_samples_the_tiny_model_and_reads_special_text_as_text(capsys):
     with pytest.raises(SystemExit):
         gpt2.main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    prompt_help = help_text.split("--prompt PROMPT [PROMPT ...]")[1].split("--max-new-tokens")[0]
+    prompt_help = help_text.split("--prompt PROMPT [PROMPT ...]")[-1].split("--max-new-tokens")[0]
     assert prompt_help.count("default") == 1, prompt_help
 
 
