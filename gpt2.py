@@ -66,6 +66,17 @@ class GPT2Config:
     """longest sequence the position embedding covers"""
     layer_norm_epsilon: float = 1e-5
     """LayerNorm epsilon, as in the checkpoints"""
+    n_inner: int | None = None
+    """MLP hidden width (None: 4 * n_embd, as every released GPT-2)"""
+    activation_function: str = "gelu_new"
+    """MLP activation, by its transformers name: gelu_new (GPT-2's tanh approximation),
+    gelu_pytorch_tanh, gelu_fast, gelu (exact erf), relu, silu, swish"""
+    scale_attn_weights: bool = True
+    """divide attention scores by sqrt(D) (False: no scaling)"""
+    scale_attn_by_inverse_layer_idx: bool = False
+    """also divide block i's attention scores by i + 1"""
+    tie_word_embeddings: bool = True
+    """the LM head reuses wte (False: a separate lm_head.weight)"""
     use_kernels: str = "auto"
     """Triton kernels: 'auto' (on CUDA tensors, for the shapes they support; otherwise PyTorch, said
     once), 'on' (always; CPU runs them under TRITON_INTERPRET=1), 'off'"""
@@ -82,6 +93,19 @@ PRESETS = {
 
 HUB_REPOS = {
     name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+}
+
+
+# MLP activations by their transformers name (ACT2FN). GPT-2's gelu_new is the tanh approximation;
+# gelu_pytorch_tanh and gelu_fast compute the same function by other formulas (equal to ~1e-7).
+ACTIVATIONS = {
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
 }
 
 
@@ -136,6 +160,13 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
         self.n_head, self.layer, self.use_kernels = config.n_head, layer, config.use_kernels
+        # Both attention paths scale scores by 1/sqrt(D). A config asking for another scale s gets
+        # it by multiplying q by s·sqrt(D) first, so neither path (nor the kernel) needs a knob.
+        D = config.n_embd // config.n_head
+        scale = D**-0.5 if config.scale_attn_weights else 1.0
+        if config.scale_attn_by_inverse_layer_idx:
+            scale /= layer + 1
+        self.q_factor = scale * math.sqrt(D)
         # q, k, v for all heads in one matmul
         self.c_attn = Linear(config.n_embd, 3 * config.n_embd)
         self.c_proj = Linear(config.n_embd, config.n_embd)
@@ -145,6 +176,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         # (B, H, T, D)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.q_factor != 1.0:
+            q = q * self.q_factor
         if cache is not None:
             # (B, H, Tk, D): everything so far, this step included
             k, v = cache.append(self.layer, k, v)
@@ -158,12 +191,19 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPT2Config):
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd)
-        self.c_proj = Linear(4 * config.n_embd, config.n_embd)
+        inner = config.n_inner or 4 * config.n_embd
+        self.c_fc = Linear(config.n_embd, inner)
+        self.c_proj = Linear(inner, config.n_embd)
+        if config.activation_function not in ACTIVATIONS:
+            raise ValueError(
+                f"activation_function {config.activation_function!r} is not supported; "
+                f"supported: {', '.join(ACTIVATIONS)}"
+            )
+        # GPT-2's gelu_new is the tanh approximation
+        self.act = ACTIVATIONS[config.activation_function]
 
     def forward(self, x):
-        # GPT-2's gelu is the tanh approximation
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return self.c_proj(self.act(self.c_fc(x)))
 
 
 class Block(nn.Module):
@@ -192,6 +232,8 @@ class GPT2(nn.Module):
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
             )
         )
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # (V, C) weight
         self.apply(self._init_weights)
         # GPT-2 scales residual projections by 1/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
@@ -200,28 +242,38 @@ class GPT2(nn.Module):
 
     @staticmethod
     def _init_weights(module):
-        if isinstance(module, (Linear, nn.Embedding)):
+        if isinstance(module, (Linear, nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, Linear):
             nn.init.zeros_(module.bias)
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
-        return self.transformer.wte.weight  # (V, C): GPT-2 ties input and output embeddings
+        """(V, C): GPT-2 ties input and output embeddings; a config may untie them."""
+        if self.config.tie_word_embeddings:
+            return self.transformer.wte.weight
+        return self.lm_head.weight
 
     def hidden_states(self, idx, attention_mask=None, cache: KVCache | None = None):
         """Final hidden states (after ln_f) for token ids idx (B, T).
 
-        attention_mask (B, T): 1 for real tokens, 0 for pads (left padding). Pads are masked out of
-        attention, get id 0 for the embedding lookup (so PAD_ID, outside the vocabulary, is safe)
-        and do not advance the position ids: positions are the exclusive cumsum of the mask, as in
-        lm-human-preferences (positions_for). With a cache, idx are the next tokens after those
-        already cached.
+        attention_mask (B, T): 1 for real tokens, 0 for pads; PAD_ID is a pad whatever the mask
+        says. Pads may sit anywhere: each row gives exactly what the row without its pads gives,
+        and a pad's output is the last real token's before it (as lm-human-preferences). Pads are
+        masked out of attention, get id 0 for the embedding lookup (PAD_ID is outside the
+        vocabulary) and do not advance the position ids: positions are the exclusive cumsum of the
+        mask, as in lm-human-preferences (positions_for). With a cache, idx are the next tokens
+        after those already cached, and the first call's pads must be on the left (generate
+        left-aligns its prompts).
         """
         B, T = idx.shape
-        if attention_mask is None:
-            attention_mask = torch.ones_like(idx, dtype=torch.bool)
-        mask = attention_mask.bool()  # (B, T)
+        mask = real_tokens(idx, attention_mask)  # (B, T)
+        if cache is None and not is_left_padded(mask):
+            # pads after real tokens (OpenAI's right-padded queries, truncated responses): run
+            # the left-aligned rows, the only layout the Triton kernel supports, then put each
+            # output back in its place (pads: the last real token's output)
+            h = self.hidden_states(*left_align(idx, mask))  # (B, T, C)
+            return h.gather(1, unalign_index(mask)[..., None].expand_as(h))
         if cache is None:
             # (B, T) exclusive cumsum: real tokens get 0, 1, 2, ...
             pos = torch.cumsum(mask, dim=1) - mask.long()
@@ -297,15 +349,15 @@ def resolve_checkpoint(name_or_dir: str) -> Path:
     if repo is None and name_or_dir in PRESETS:
         raise ValueError(
             f"{name_or_dir!r} is a preset with no released weights: use "
-            f"GPT2.from_config({name_or_dir!r}) for random "
-            f"weights, or tasks.load_base_model({name_or_dir!r}) for the tiny model fitted to the "
-            "shipped passages"
+            f"GPT2.from_config({name_or_dir!r}) for random weights, or "
+            f"tasks.load_base_model({name_or_dir!r}) for the tiny model fitted to the shipped "
+            f"passages"
         )
     if repo is None:
         raise ValueError(
-            f"no such model {name_or_dir!r}: give a directory holding config.json and "
-            "model.safetensors (or "
-            f"pytorch_model.bin), or one of {', '.join(HUB_REPOS)} (or 'openai-community/<name>')"
+            f"no such model {name_or_dir!r}: give a directory holding config.json and the weights "
+            f"(model.safetensors or pytorch_model.bin, whole or sharded), or one of "
+            f"{', '.join(HUB_REPOS)} (or 'openai-community/<name>')"
         )
     # the standard cache: users who have GPT-2 don't download it again
     from huggingface_hub import snapshot_download
@@ -321,56 +373,197 @@ def resolve_checkpoint(name_or_dir: str) -> Path:
     except Exception as e:
         raise RuntimeError(
             f"could not download {repo!r} ({type(e).__name__}: {e}). Without network access, copy "
-            "a checkpoint "
-            f"directory (config.json + model.safetensors) here and pass its path to --model."
+            f"a checkpoint directory (config.json + model.safetensors) here and pass its path to "
+            f"--model."
         ) from None
 
 
+# Every key of a Hugging Face GPT-2 config.json (transformers' GPT2Config, its base class's keys,
+# and the older keys the hub's configs still carry), with what loading does with it. transformers'
+# GPT-2 reads no other key, so a key outside this table changes nothing there either; we warn
+# about it anyway. tests/test_gpt2.py checks the table covers transformers' GPT2Config and that
+# every verdict holds against transformers' logits.
+IMPLEMENTED = "implemented"
+HF_CONFIG_KEYS = {
+    # the architecture: read into GPT2Config
+    "n_layer": IMPLEMENTED,
+    "n_head": IMPLEMENTED,
+    "n_embd": IMPLEMENTED,
+    "n_positions": IMPLEMENTED,
+    "n_ctx": IMPLEMENTED + " (the old name of n_positions, used when n_positions is absent)",
+    "layer_norm_epsilon": IMPLEMENTED,
+    "n_inner": IMPLEMENTED,
+    "activation_function": IMPLEMENTED + " (the names in ACTIVATIONS; any other is refused)",
+    "scale_attn_weights": IMPLEMENTED,
+    "scale_attn_by_inverse_layer_idx": IMPLEMENTED,
+    "tie_word_embeddings": IMPLEMENTED,
+    "vocab_size": "refused unless 50257: the tokenizer, PAD_ID and the label files assume GPT-2's"
+    " vocabulary",
+    "add_cross_attention": "refused if true: cross-attention blocks belong to an encoder-decoder"
+    " model, whose encoder this project does not have",
+    "quantization_config": "refused: quantized weights are not GPT-2's tensors",
+    "model_type": "refused unless 'gpt2'",
+    # same logits whatever the value
+    "reorder_and_upcast_attn": "ignored: an order of operations for mixed precision (transformers'"
+    " eager path only); the same function",
+    "resid_pdrop": "ignored: dropout, off at inference; this project never uses dropout, as"
+    " lm-human-preferences",
+    "embd_pdrop": "ignored: dropout (see resid_pdrop)",
+    "attn_pdrop": "ignored: dropout (see resid_pdrop)",
+    "summary_first_dropout": "ignored: dropout of GPT2DoubleHeadsModel's multiple-choice head",
+    "summary_type": "ignored: GPT2DoubleHeadsModel's multiple-choice head, not the LM",
+    "summary_use_proj": "ignored: GPT2DoubleHeadsModel's multiple-choice head, not the LM",
+    "summary_activation": "ignored: GPT2DoubleHeadsModel's multiple-choice head, not the LM",
+    "summary_proj_to_labels": "ignored: GPT2DoubleHeadsModel's multiple-choice head, not the LM",
+    "initializer_range": "ignored: initialization only",
+    "use_cache": "ignored: speed only (generate always uses a KV cache)",
+    "bos_token_id": "ignored: transformers' generate settings; we use GPT-2's <|endoftext|>",
+    "eos_token_id": "ignored: transformers' generate settings; we use GPT-2's <|endoftext|>",
+    "pad_token_id": "ignored: used by transformers' classification heads; we mask pads ourselves",
+    "task_specific_params": "ignored: transformers' pipeline defaults",
+    "architectures": "ignored: which transformers class saved it; the GPT-2 tensors are the same",
+    "dtype": "ignored: storage dtype; from_pretrained's dtype argument decides",
+    "torch_dtype": "ignored: storage dtype (older name of dtype)",
+    "transformers_version": "ignored: bookkeeping",
+    "_name_or_path": "ignored: bookkeeping",
+    "id2label": "ignored: classification heads only",
+    "label2id": "ignored: classification heads only",
+    "problem_type": "ignored: classification heads only",
+    "return_dict": "ignored: transformers' output format",
+    "output_attentions": "ignored: transformers' output format",
+    "output_hidden_states": "ignored: transformers' output format",
+    "chunk_size_feed_forward": "ignored: GPT-2's code does not read it",
+    "is_encoder_decoder": "ignored: GPT-2's code does not read it (add_cross_attention decides)",
+}
+HF_CONFIG_ALIASES = {  # transformers' GPT2Config.attribute_map: other names for the same keys
+    "hidden_size": "n_embd",
+    "num_attention_heads": "n_head",
+    "num_hidden_layers": "n_layer",
+    "max_position_embeddings": "n_positions",
+}
+
+
 def read_hf_config(path: Path) -> GPT2Config:
+    """GPT2Config from a Hugging Face config.json. A key that would make transformers compute
+    something other than what we compute is refused with a message naming it (HF_CONFIG_KEYS)."""
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: missing; a checkpoint directory needs config.json next to its weights"
         )
     try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     if raw.get("model_type", "gpt2") != "gpt2":
         raise ValueError(f"{path}: model_type is {raw['model_type']!r}, expected 'gpt2'")
+    for alias, key in HF_CONFIG_ALIASES.items():
+        if alias in raw and key not in raw:
+            raw[key] = raw[alias]
+
+    def refuse(key, why):
+        raise ValueError(f"{path}: {key} = {raw[key]!r} {why}; this GPT-2 cannot match it")
+
+    if raw.get("vocab_size", 50257) != 50257:
+        refuse("vocab_size", "(GPT-2's tokenizer has 50257 tokens)")
+    if raw.get("add_cross_attention", False):
+        refuse("add_cross_attention", "(cross-attention needs an encoder)")
+    if raw.get("quantization_config") is not None:
+        refuse("quantization_config", "(quantized weights)")
+    if raw.get("activation_function", "gelu_new") not in ACTIVATIONS:
+        refuse("activation_function", f"(supported: {', '.join(ACTIVATIONS)})")
+    unknown = sorted(set(raw) - set(HF_CONFIG_KEYS) - set(HF_CONFIG_ALIASES))
+    if unknown:
+        warnings.warn(f"{path}: keys GPT-2 does not read, ignored: {', '.join(unknown)}")
     try:
-        return GPT2Config(
+        config = GPT2Config(
             n_layer=int(raw["n_layer"]),
             n_head=int(raw["n_head"]),
             n_embd=int(raw["n_embd"]),
-            vocab_size=int(raw.get("vocab_size", 50257)),
             n_positions=int(raw.get("n_positions", raw.get("n_ctx", 1024))),
             layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)),
+            n_inner=None if raw.get("n_inner") is None else int(raw["n_inner"]),
+            activation_function=raw.get("activation_function", "gelu_new"),
+            scale_attn_weights=bool(raw.get("scale_attn_weights", True)),
+            scale_attn_by_inverse_layer_idx=bool(raw.get("scale_attn_by_inverse_layer_idx", False)),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", True)),
         )
     except KeyError as e:
         raise ValueError(f"{path}: missing key {e.args[0]!r}; not a GPT-2 config") from None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: a size is not a number ({e})") from None
+    if config.n_embd % config.n_head:
+        raise ValueError(
+            f"{path}: n_embd = {config.n_embd} is not divisible by n_head = {config.n_head}"
+        )
+    return config
+
+
+# The weight files of a Hugging Face checkpoint directory, in transformers' order of preference:
+# (single file, index of a sharded one). safetensors first: it holds tensors only.
+WEIGHT_FILES = (
+    ("model.safetensors", "model.safetensors.index.json"),
+    ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+)
 
 
 def read_hf_weights(folder: Path) -> dict:
-    """The raw tensors of model.safetensors (preferred) or pytorch_model.bin (unpickled with
-    weights_only=True)."""
-    st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
-    if st.is_file():
-        from safetensors.torch import load_file
+    """The raw tensors of a checkpoint directory: model.safetensors, pytorch_model.bin, or either
+    sharded (model-0000N-of-0000M.safetensors + model.safetensors.index.json, the same for .bin).
 
+    Each file is read by huggingface_hub's load_state_dict_from_file, the loader transformers
+    itself builds on: it picks the safetensors reader or torch.load by file type, always with
+    weights_only=True, so a .bin can hold tensors and plain containers only, never code. (Its
+    load_torch_model would also walk the index, but loads into a module with names matching
+    exactly; ours come with or without the 'transformer.' prefix, so we walk the index here.)"""
+    from huggingface_hub import load_state_dict_from_file
+
+    for single, index in WEIGHT_FILES:
+        if (folder / single).is_file():
+            files = [folder / single]
+            break
+        if (folder / index).is_file():
+            files = shard_files(folder / index)
+            break
+    else:
+        names = ", ".join(n for pair in WEIGHT_FILES for n in pair)
+        raise FileNotFoundError(f"{folder}: no weights; expected one of {names}")
+    state = {}
+    for f in files:
         try:
-            return load_file(str(st))
+            state.update(
+                load_state_dict_from_file(
+                    f, map_location="cpu", weights_only=True, safe=f.suffix == ".safetensors"
+                )
+            )
         except Exception as e:
             raise ValueError(
-                f"{st}: cannot read ({e}); the file is damaged or truncated, download it again"
+                f"{f}: cannot read ({e}); the file is damaged, truncated or not a weights file"
             ) from None
-    if pt.is_file():
-        try:  # weights_only: nothing downloaded is ever unpickled freely
-            return torch.load(pt, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(
-                f"{pt}: cannot read ({e}); the file is damaged, truncated or not a weights file"
-            ) from None
-    raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
+    return state
+
+
+def shard_files(index: Path) -> list[Path]:
+    """The shard files a *.index.json names (its weight_map values), each checked to be a plain
+    file name next to the index with the index's file type."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(
+            f"{index}: not a shard index ({type(e).__name__}: {e}); expected a JSON object with "
+            f"a 'weight_map' of tensor name -> shard file"
+        ) from None
+    kind = ".safetensors" if index.name.startswith("model.safetensors") else ".bin"
+    out = []
+    for name in names:
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(kind):
+            raise ValueError(f"{index}: shard {name!r} is not a {kind} file name in this folder")
+        if not (index.parent / name).is_file():
+            raise FileNotFoundError(f"{index}: names shard {name}, which is missing; download it")
+        out.append(index.parent / name)
+    return out
 
 
 def checkpoint_to_state_dict(state: dict, model: GPT2, folder: Path) -> dict:
@@ -389,8 +582,8 @@ def checkpoint_to_state_dict(state: dict, model: GPT2, folder: Path) -> dict:
         key = name.removeprefix("transformer.")
         if key not in state:
             raise ValueError(
-                f"{folder}: tensor {key!r} is missing from the checkpoint; is it a GPT-2 "
-                "checkpoint?"
+                f"{folder}: tensor {key!r} is missing from the checkpoint; "
+                f"is it a GPT-2 checkpoint?"
             )
         t = state.pop(key)
         if tuple(t.shape) != tuple(param.shape):
@@ -399,7 +592,8 @@ def checkpoint_to_state_dict(state: dict, model: GPT2, folder: Path) -> dict:
                 f"{tuple(param.shape)} for this config"
             )
         out[name] = t.contiguous()
-    state.pop("lm_head.weight", None)  # tied to wte
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # tied to wte (transformers ignores it too)
     if state:
         warnings.warn(f"{folder}: ignoring tensors not in GPT-2: {', '.join(sorted(state)[:5])}")
     return out
@@ -410,23 +604,36 @@ def checkpoint_to_state_dict(state: dict, model: GPT2, folder: Path) -> dict:
 
 
 def get_tokenizer():
-    """tiktoken's 'gpt2' encoding (the same BPE as the checkpoints)."""
+    """tiktoken's 'gpt2' encoding (the same BPE as the checkpoints). Encode text with `encode`."""
     import tiktoken
 
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:
         raise RuntimeError(
-            f"could not load tiktoken's gpt2 encoding ({e}). Offline, point TIKTOKEN_CACHE_DIR at "
-            "a folder holding "
-            f"its cache files (e.g. one filled by tiktoken on a machine with internet access)."
+            f"could not load tiktoken's gpt2 encoding ({e}). Offline, point TIKTOKEN_CACHE_DIR "
+            f"at a folder holding its cache files."
         ) from None
+
+
+def encode(text: str) -> list[int]:
+    """GPT-2 token ids of text, the one place the project encodes text.
+
+    Everything is plain text, "<|endoftext|>" included: OpenAI's encoder had no special tokens, so
+    a passage quoting it gets the same 8 tokens it got there, never id 50256 (tiktoken's encode
+    would refuse it as a disallowed special token). Code that means <|endoftext|> appends EOT_ID.
+    Lone surrogates (from JSON escapes like "\ud800") become U+FFFD, as tiktoken does."""
+    return get_tokenizer().encode_ordinary(text)
 
 
 def left_pad(seqs, pad_id=PAD_ID, device="cpu"):
     """Left-pad token lists into (tokens (B, T) long, mask (B, T) bool), so every row's last
-    token is real."""
-    T = max(len(s) for s in seqs)
+    token is real.
+
+    PAD_ID inside a list is dropped first: OpenAI's files right-pad queries and responses with it,
+    and a list with pads anywhere must give exactly what the list without them gives."""
+    seqs = [[t for t in map(int, s) if t != PAD_ID] for s in seqs]
+    T = max((len(s) for s in seqs), default=0)
     tokens = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros(len(seqs), T, dtype=torch.bool)
     for i, s in enumerate(seqs):
@@ -434,6 +641,39 @@ def left_pad(seqs, pad_id=PAD_ID, device="cpu"):
             tokens[i, T - len(s) :] = torch.as_tensor(s, dtype=torch.long)
             mask[i, T - len(s) :] = True
     return tokens.to(device), mask.to(device)
+
+
+def real_tokens(tokens, attention_mask=None):
+    """(B, T) bool: the mask, less every PAD_ID (a pad is a pad whatever the mask says)."""
+    mask = tokens != PAD_ID
+    return mask if attention_mask is None else mask & attention_mask.bool()
+
+
+def is_left_padded(mask) -> bool:
+    """No pad after a real token in any row (mask (B, T) bool). One device sync."""
+    return not bool((mask[:, :-1] & ~mask[:, 1:]).any())
+
+
+def left_align(tokens, mask):
+    """Move each row's pads to its left end, real tokens keeping their order: (tokens, mask) with
+    the same shape, left-padded, as the Triton attention kernel and the KV cache need. The real
+    tokens are those of left_pad(the rows without their pads), padded to the same width, so every
+    result computed from it is exactly theirs."""
+    # pads (0) first, stable
+    order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices  # (B, T)
+    return tokens.gather(1, order), mask.gather(1, order)
+
+
+def unalign_index(mask):
+    """(B, T) long: for each position of the original layout, where its output sits after
+    left_align. A real token reads its own output; a pad reads the output of the last real token
+    before it, as lm-human-preferences fills pad positions (model.py, `index_each`), so the state
+    "before the next token" is right even with pads in between; a leading pad reads a pad."""
+    T = mask.size(1)
+    n = mask.sum(1, keepdim=True)  # (B, 1) real tokens per row
+    seen = mask.long().cumsum(1)  # (B, T) real tokens up to and including each position
+    own = torch.arange(T, device=mask.device).expand_as(seen)
+    return torch.where(seen > 0, T - n + seen - 1, own)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -479,7 +719,8 @@ def generate(
 ):
     """Continue a left-padded batch of prompts with a pre-allocated KV cache.
 
-    tokens, attention_mask: (B, T). Returns (new_tokens (B, R), logprobs (B, R)), R =
+    tokens, attention_mask: (B, T), pads anywhere (mask 0 or PAD_ID): a prompt gives exactly what
+    it gives without them. Returns (new_tokens (B, R), logprobs (B, R)), R =
     max_new_tokens: every row gets exactly R tokens, as in the paper (EOS does not stop sampling),
     unless stop_token is given; then a row's tokens after its stop token are PAD_ID with log-prob 0,
     and sampling ends early once every row has stopped. logprobs are of the sampled tokens under the
@@ -489,12 +730,10 @@ def generate(
     B, T = tokens.shape
     temperature = max(temperature, 1e-10)  # as lm-human-preferences: T = 0 would divide by zero
     cache = KVCache(model.config, B, T + max_new_tokens, tokens.device, model.lm_head_weight.dtype)
-    mask = (
-        torch.ones_like(tokens, dtype=torch.bool)
-        if attention_mask is None
-        else attention_mask.bool()
-    )
-    # (B, C) prefill; the last position is real (left padding)
+    # pads anywhere (PAD_ID or mask 0) move to the left: the same prompts, and the last position
+    # is real
+    tokens, mask = left_align(tokens, real_tokens(tokens, attention_mask))
+    # (B, C) prefill
     h = model.hidden_states(tokens, mask, cache)[:, -1]
     out_tokens = torch.full((B, max_new_tokens), PAD_ID, dtype=torch.long, device=tokens.device)
     out_logprobs = torch.zeros(B, max_new_tokens, device=tokens.device)
@@ -539,15 +778,15 @@ def response_logprobs(
     """Per-token log-probs and entropy of the last n_response tokens of each row, in one forward
     pass.
 
-    tokens, attention_mask: (B, T) = query (left-padded) + response. Returns logprobs (B, R),
-    entropy (B, R) (0 where the response token is a pad) and hidden (B, T, C) for the value / reward
-    heads.
+    tokens, attention_mask: (B, T) = query + response, pads anywhere (mask 0 or PAD_ID). Returns
+    logprobs (B, R), entropy (B, R) (0 where the response token is a pad) and hidden (B, T, C) for
+    the value / reward heads (at a pad: the last real token's).
     """
     B, T = tokens.shape
     R = n_response
     hidden = model.hidden_states(tokens, attention_mask)  # (B, T, C)
     h = hidden[:, T - R - 1 : T - 1]  # (B, R, C): the state before each response token predicts it
-    real = attention_mask[:, T - R :].bool()  # (B, R)
+    real = real_tokens(tokens, attention_mask)[:, T - R :]  # (B, R)
     targets = tokens[:, T - R :].masked_fill(~real, 0)  # (B, R)
     lp, ent = kernels.token_logprobs(
         h.reshape(B * R, -1),
@@ -566,8 +805,8 @@ def response_logprobs(
 @dataclass
 class SampleArgs:
     model: str = "gpt2"
-    """a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a directory in the Hugging Face
-    layout"""
+    """a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a directory in the Hugging Face
+    layout, or tiny (the 2-layer model fitted to the shipped passages, fitted once if needed)"""
     prompt: list[str] = field(default_factory=lambda: ["Hello, my name is"])
     """a prompt; repeat --prompt for several (they run as one left-padded batch)"""
     max_new_tokens: int = 40
@@ -595,11 +834,16 @@ def main(argv=None):
     device = cli.pick_device(args.device)
     enc = get_tokenizer()
     try:
-        model = GPT2.from_pretrained(args.model, device=device, use_kernels=args.kernels)
+        if args.model == "tiny":
+            import tasks  # lazy: tasks imports this file
+
+            model = tasks.load_base_model("tiny", device=device, use_kernels=args.kernels)
+        else:
+            model = GPT2.from_pretrained(args.model, device=device, use_kernels=args.kernels)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise SystemExit(f"error: {e}")
-    prompts = [enc.encode(p, allowed_special={"<|endoftext|>"}) for p in args.prompt]
-    tokens, mask = left_pad(prompts, device=device)
+    # prompts are plain text, "<|endoftext|>" included (as every text in the project)
+    tokens, mask = left_pad([encode(p) for p in args.prompt], device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     new, _ = generate(
         model,

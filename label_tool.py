@@ -574,10 +574,18 @@ class Session:
 def load_session(cfg: Config) -> Session:
     """Read and check everything before the screen is taken over; FormatError / OSError say what
     is wrong."""
+    labels.check_text(cfg.labeler, f"--labeler {cfg.labeler!r}")  # it goes into every label line
     instructions = None
     if cfg.instructions:
-        with open(cfg.instructions, encoding="utf-8") as f:
-            instructions = f.read()
+        with open(cfg.instructions, "rb") as f:
+            raw = f.read()
+        try:
+            instructions = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            raise FormatError(
+                f"{cfg.instructions}:{line}: not UTF-8 ({e.reason}); save the file as UTF-8"
+            ) from None
     if cfg.follow:
         s = Session(cfg, [], instructions)
         s.follow = Follow(cfg)

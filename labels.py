@@ -168,7 +168,22 @@ def parse_line(raw: bytes, where: str, cut: bool = False) -> dict:
         raise FormatError(f"{where}: not valid JSON: {e.msg} at column {e.colno}{hint}") from None
     if not isinstance(obj, dict):
         raise FormatError(f"{where}: expected a JSON object {{...}}, got {type(obj).__name__}")
+    check_text(obj, where)
     return obj
+
+
+def check_text(obj, where) -> None:
+    """FormatError if a string in obj cannot be written back as UTF-8: a lone UTF-16 surrogate,
+    which JSON's "\\ud800" escapes can produce and no UTF-8 file can hold. Caught when a file is
+    read, so a label about that line can never fail to save later."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = e.object[e.start : e.end]
+        raise FormatError(
+            f"{where}: holds {bad!r}, a lone UTF-16 surrogate (a JSON escape with no partner), "
+            f"which is not text; fix or remove that escape"
+        ) from None
 
 
 def _check_tokens(toks, where, what, vocab_size):
@@ -446,6 +461,8 @@ def _read_openai_json(path, vocab_size) -> list[dict]:
         raise FormatError(
             f"{path}:{e.lineno}: not valid JSON: {e.msg} at column {e.colno}"
         ) from None
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{path}: not UTF-8 ({e.reason}); save the file as UTF-8") from None
     if not data:
         raise FormatError(
             f"{path}: an empty JSON list; expected OpenAI's [{{query, sample0..sampleN-1, best}}, "

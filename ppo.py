@@ -768,12 +768,26 @@ def plot_curves(metrics: list[dict], path: Path, kl_target: float | None):
 
 
 def rng_state(sample_gen, shuffle_gen) -> dict:
+    """Every random generator's state as tensors and plain values, so checkpoint.pt loads with
+    weights_only=True (numpy's and Python's own state objects would need unpickling)."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
     state = dict(
         sample=sample_gen.get_state(),
         shuffle=shuffle_gen.get_state(),
         torch=torch.get_rng_state(),
-        numpy=np.random.get_state(),
-        python=random.getstate(),
+        numpy=dict(
+            kind=kind,
+            keys=torch.from_numpy(keys.astype(np.int64)),  # (624,) uint32 words
+            pos=int(pos),
+            has_gauss=int(has_gauss),
+            cached_gaussian=float(cached_gaussian),
+        ),
+        python=dict(
+            version=version,
+            internal=torch.tensor(internal, dtype=torch.int64),
+            gauss_next=gauss_next,
+        ),
     )
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -784,10 +798,38 @@ def set_rng_state(state: dict, sample_gen, shuffle_gen):
     sample_gen.set_state(state["sample"])
     shuffle_gen.set_state(state["shuffle"])
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            n["kind"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: Path) -> dict:
+    """checkpoint.pt, loaded with weights_only=True: tensors and plain values only, so a run folder
+    from someone else cannot run code. Anything else is refused with a message; nothing in the
+    run folder is touched."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(
+            f"error: cannot resume from {path}: it holds something other than tensors and plain "
+            f"values ({first}). Checkpoints are loaded without unpickling Python objects, so a run "
+            f"folder cannot run code; one written by an older ppo.py (numpy/Python RNG objects) "
+            f"cannot be resumed: start a new run."
+        )
+    except Exception as e:
+        raise SystemExit(f"error: cannot resume from {path}: {e}")
 
 
 def load_reward(path: str, ref: gpt2.GPT2, device):
@@ -857,11 +899,7 @@ def setup(cfg: Config) -> Run:
         raise SystemExit(f"error: {e}")
     ckpt = None
     if cfg.resume:
-        ckpt_path = run_dir / "checkpoint.pt"
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise SystemExit(f"error: cannot resume from {ckpt_path}: {e}")
+        ckpt = load_checkpoint(run_dir / "checkpoint.pt")
 
     # ρ: frozen, never optimized
     ref = tasks.load_base_model(cfg.model, device=device).requires_grad_(False)

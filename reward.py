@@ -54,7 +54,7 @@ from tqdm import tqdm
 import cli
 import labels
 import tasks
-from gpt2 import GPT2, PAD_ID, GPT2Config, generate, get_tokenizer, left_pad
+from gpt2 import GPT2, PAD_ID, GPT2Config, generate, get_tokenizer, left_pad, real_tokens
 from optim import AdamTF
 
 CHECKPOINT_FORMAT = "rlhf-gpt2 reward model"
@@ -136,11 +136,11 @@ class RewardModel(nn.Module):
         """Head output before gain/bias at each row's last real token. tokens, attention_mask (B, T)
         -> (B,).
 
-        Pads may sit anywhere (left padding, or PAD_ID after a truncated response): the mask
-        removes them from attention and positions, and we read the last position whose mask is 1.
-        (OpenAI reads position -1 after copying each pad's output from the last real token before
-        it; the same value.)"""
-        mask = attention_mask.bool()
+        Pads may sit anywhere (mask 0 or PAD_ID: left padding, OpenAI's right-padded queries,
+        PAD_ID after a truncated response): the model removes them from attention and positions,
+        and we read the last real position. (OpenAI reads position -1 after copying each pad's
+        output from the last real token before it, as hidden_states does too; the same value.)"""
+        mask = real_tokens(tokens, attention_mask)
         h = self.lm.hidden_states(tokens, mask)  # (B, T, C)
         T = tokens.shape[1]
         # (B,) index of the last real token
@@ -156,9 +156,9 @@ class RewardModel(nn.Module):
     def score(
         self, query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor
     ) -> torch.Tensor:
-        """Rewards (B,) for left-padded queries (B, Q) with mask, and responses (B, R) holding
-        PAD_ID after their stop token (tasks.truncate_responses). The RM reads the RAW query, as
-        OpenAI (no prefix/suffix)."""
+        """Rewards (B,) for queries (B, Q) with mask, and responses (B, R) holding PAD_ID after
+        their stop token (tasks.truncate_responses); pads anywhere in either are ignored. The RM
+        reads the RAW query, as OpenAI (no prefix/suffix)."""
         tokens = torch.cat([query, response], 1)  # (B, Q + R)
         mask = torch.cat([query_mask.bool(), response != PAD_ID], 1)
         return self(tokens, mask)
@@ -186,11 +186,10 @@ class RewardModel(nn.Module):
 
 
 def pack(queries: list[list[int]], responses: list[list[int]], device="cpu"):
-    """concat(query, response) per row, pads dropped, left-padded: (tokens (B, T), mask (B, T)).
-    Dropping pads in the middle changes nothing (masked, and positions count real tokens only)
-    and keeps T small."""
-    seqs = [tasks.strip_pad(q) + tasks.strip_pad(r) for q, r in zip(queries, responses)]
-    return left_pad(seqs, device=device)
+    """concat(query, response) per row, pads dropped (left_pad drops PAD_ID), left-padded:
+    (tokens (B, T), mask (B, T)). Dropping pads in the middle changes nothing (masked, and
+    positions count real tokens only) and keeps T small."""
+    return left_pad([list(q) + list(r) for q, r in zip(queries, responses)], device=device)
 
 
 @torch.no_grad()

@@ -66,7 +66,7 @@ from tqdm import tqdm
 
 import cli
 import summarization
-from gpt2 import EOT_ID, GPT2, PAD_ID, PRESETS, get_tokenizer
+from gpt2 import EOT_ID, GPT2, PAD_ID, PRESETS, encode, get_tokenizer
 from labels import TASK_INSTRUCTIONS
 
 ROOT = Path(__file__).resolve().parent
@@ -193,7 +193,7 @@ def single_token(text: str | None) -> int | None:
     encoder.encode(start_text)`)."""
     if text is None:
         return None
-    ids = get_tokenizer().encode(text)
+    ids = encode(text)
     if len(ids) != 1:
         raise ValueError(f"start/end text {text!r} must be a single GPT-2 token, got {ids}")
     return ids[0]
@@ -237,9 +237,8 @@ def format_query(task: TaskConfig, raw: list[int]) -> list[int]:
     with the response): it never sees "Article:" or "TL;DR:". For the
     style tasks prefix and suffix are empty and nothing is padded, so the two are the same.
     """
-    enc = get_tokenizer()
     pads = [PAD_ID] * (task.query_length - len(raw)) if task.pad_query else []
-    return enc.encode(task.query_prefix) + list(raw) + pads + enc.encode(task.query_suffix)
+    return encode(task.query_prefix) + list(raw) + pads + encode(task.query_suffix)
 
 
 def policy_context(task: TaskConfig, raw: list[int]) -> list[int]:
@@ -255,6 +254,23 @@ def shipped_passages(split: str) -> list[str]:
     if split not in ("train", "test"):
         raise ValueError(f"split {split!r}: the shipped passages have 'train' and 'test'")
     return read_passages(ASSETS / "book_passages" / f"{split}.jsonl")
+
+
+def read_text_lines(path) -> list[str]:
+    """The lines of a UTF-8 text file. A line that is not UTF-8 is an error naming the file and
+    line (a text must survive being encoded, shown and written back)."""
+    with open(path, "rb") as f:
+        raw_lines = f.read().split(b"\n")
+    out = []
+    for i, raw in enumerate(raw_lines, 1):
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{path}:{i}: not UTF-8 ({e.reason} at byte {e.start} of the line); save the file "
+                f"as UTF-8"
+            ) from None
+    return out
 
 
 @dataclass(frozen=True)
@@ -299,7 +315,6 @@ class QuerySource:
         self.pos, self.epoch, self.n_skipped = 0, 0, 0
 
     def _next(self) -> Query:
-        enc = get_tokenizer()
         for _ in range(len(self.items)):  # at most one full pass looking for a usable text
             item = self.items[self.order[self.pos]]
             self.pos += 1
@@ -307,7 +322,10 @@ class QuerySource:
                 self.pos, self.epoch = 0, self.epoch + 1
             text, reference = self.read(item)
             q = build_query(
-                enc.encode(text), self.task.query_length, self.start_token, self.end_token
+                encode(text),  # "<|endoftext|>" in a text is plain text
+                self.task.query_length,
+                self.start_token,
+                self.end_token,
             )
             if q is not None:
                 return Query(q, reference)
@@ -561,7 +579,14 @@ _NUMBER_TAIL = re.compile(r"[0-9.eE+-]*")
 def iter_json_list(path: Path, chunk: int = 1 << 20):
     """The elements of a JSON list file, one at a time, so TL;DR's 4.5 GB train-subset.json never
     sits in memory. Raises ValueError (json.JSONDecodeError) for a file that is not one whole JSON
-    list."""
+    list, or not UTF-8."""
+    try:
+        yield from _iter_json_list(path, chunk)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 ({e.reason}); save the file as UTF-8") from None
+
+
+def _iter_json_list(path: Path, chunk: int):
     dec = json.JSONDecoder()
     with open(path, encoding="utf-8") as f:
         buf, i, eof = "", 0, False
@@ -687,24 +712,23 @@ LAYOUTS = {
 
 
 def read_passages(path: Path) -> list[str]:
-    """A .jsonl file of passages, one JSON string per line (OpenAI's book_passages format)."""
+    """A .jsonl file of passages, one JSON string per line (OpenAI's book_passages format). Lines
+    split on "\n" only; a line that is not UTF-8 or not a JSON string is an error naming it."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}:{i}: not valid JSON ({e.msg}); expected {LAYOUTS['books']}"
-                ) from None
-            if not isinstance(text, str):
-                raise DataError(
-                    f"{path}:{i}: a {type(text).__name__}, not a string; expected "
-                    f"{LAYOUTS['books']}"
-                )
-            out.append(text)
+    for i, line in enumerate(read_text_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            text = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path}:{i}: not valid JSON ({e.msg}); expected {LAYOUTS['books']}"
+            ) from None
+        if not isinstance(text, str):
+            raise DataError(
+                f"{path}:{i}: a {type(text).__name__}, not a string; expected {LAYOUTS['books']}"
+            )
+        out.append(text)
     return out
 
 
@@ -979,10 +1003,9 @@ def fit_tiny(fit: TinyFitConfig = TinyFitConfig()) -> GPT2:
     """
     torch.manual_seed(fit.seed)
     model = GPT2.from_config(dataclasses.replace(PRESETS["tiny"]))
-    enc = get_tokenizer()
     stream = []
     for text in shipped_passages("train"):
-        stream += enc.encode(text) + [EOT_ID]
+        stream += encode(text) + [EOT_ID]
     data = torch.tensor(stream)  # (N,)
     seen = torch.unique(data)  # (S,) sorted token ids that occur
     to_seen = torch.full((model.config.vocab_size,), -1, dtype=torch.long)
@@ -1025,16 +1048,20 @@ def fit_tiny(fit: TinyFitConfig = TinyFitConfig()) -> GPT2:
     return model.eval()
 
 
-def load_base_model(name: str, device="cpu") -> GPT2:
+def load_base_model(name: str, device="cpu", use_kernels: str = "auto") -> GPT2:
     """The initial policy rho: a GPT-2 checkpoint (hub name or Hugging Face directory), or "tiny"
     (fitted once on the shipped passages and cached on disk, see tiny_cache_path)."""
     if name != "tiny":
-        return GPT2.from_pretrained(name, device=device)
+        return GPT2.from_pretrained(name, device=device, use_kernels=use_kernels)
+    config = dataclasses.replace(PRESETS["tiny"], use_kernels=use_kernels)
     path = tiny_cache_path()
     if path.exists():
-        model = GPT2.from_config(dataclasses.replace(PRESETS["tiny"]))
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.to(device).eval()
+        model = GPT2.from_config(config)
+        try:  # tensors only: a cache file cannot run code
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return model.to(device).eval()
+        except Exception as e:  # derived data: fit it again
+            print(f"tasks: {path} is unreadable ({e}); fitting again", file=sys.stderr)
     print(
         f"tasks: fitting the tiny model on the shipped passages (once; cached at {path})",
         file=sys.stderr,
@@ -1044,6 +1071,9 @@ def load_base_model(name: str, device="cpu") -> GPT2:
     # several processes may fit at once: each writes its own temporary file, the rename is atomic
     cli.atomic_write(path, lambda f: torch.save(model.state_dict(), f))
     print(f"tasks: tiny model fitted in {time.time() - t0:.0f} s", file=sys.stderr)
+    if use_kernels != model.config.use_kernels:
+        model = GPT2.from_config(config)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.to(device).eval()
 
 

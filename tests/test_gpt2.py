@@ -297,6 +297,20 @@ def test_cli_samples_every_prompt(checkpoint_dir, capsys):
     assert out.count("=== ") == 2 and "A much longer prompt here" in out
 
 
+def test_cli_samples_the_tiny_model_and_reads_special_text_as_text(capsys):
+    """`python gpt2.py --model tiny` samples from the fitted tiny model; a prompt quoting
+    <|endoftext|> is plain text; --help shows each default once."""
+    gpt2.main(["--model", "tiny", "--prompt", "She said <|endoftext|>", "--max-new-tokens", "4",
+               "--greedy", "--device", "cpu"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.startswith("=== 'She said <|endoftext|>'\nShe said <|endoftext|>")
+    with pytest.raises(SystemExit):
+        gpt2.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    prompt_help = help_text.split("--prompt PROMPT [PROMPT ...]")[-1].split("--max-new-tokens")[0]
+    assert prompt_help.count("default") == 1, prompt_help
+
+
 def test_kernels_on_match_kernels_off(checkpoint_dir):
     """The Triton kernels (interpreter on CPU) give the model the same logits, log-probs and
     gradients as PyTorch."""

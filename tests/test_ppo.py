@@ -359,5 +359,48 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(pipeline_run, tmp_path, m
                 str(run_dir),
             ]
         )
-    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert ckpt["update"] == 1 and all(torch.isfinite(v).all() for v in ckpt["policy"].values())
+
+
+def test_rng_state_is_plain_and_round_trips(tmp_path):
+    """Every generator's state survives torch.save + torch.load(weights_only=True) exactly."""
+    import random
+
+    import numpy as np
+
+    sample, shuffle = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    np.random.normal()  # a cached Gaussian in numpy's state
+    random.gauss(0, 1)  # and in Python's
+    torch.save(ppo.rng_state(sample, shuffle), tmp_path / "rng.pt")
+    draws = lambda: (  # noqa: E731
+        torch.rand(3, generator=sample).tolist(),
+        torch.rand(3, generator=shuffle).tolist(),
+        torch.rand(3).tolist(),
+        np.random.normal(size=3).tolist(),
+        [random.random(), random.gauss(0, 1)],
+    )
+    first = draws()
+    ppo.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True), sample, shuffle)
+    assert draws() == first
+
+
+def test_resume_refuses_a_checkpoint_that_needs_unpickling(pipeline_run, tmp_path):
+    """A run folder from someone else cannot run code: checkpoint.pt loads with weights_only=True,
+    and anything else (an arbitrary object, numpy's RNG tuple as older versions stored it) is
+    refused by name, with the folder left as it was."""
+    import hashlib
+    import shutil
+
+    import numpy as np
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(pipeline_run[0], run_dir)
+    good = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    for payload in (object(), np.random.get_state()):
+        torch.save({**good, "rng": payload}, run_dir / "checkpoint.pt")
+        before = {p.name: hashlib.sha256(p.read_bytes()).digest() for p in run_dir.iterdir()}
+        with pytest.raises(SystemExit, match=r"checkpoint\.pt: it holds something other than"):
+            ppo.main(["--resume", str(run_dir)])
+        after = {p.name: hashlib.sha256(p.read_bytes()).digest() for p in run_dir.iterdir()}
+        assert after == before
