@@ -80,7 +80,7 @@ def test_tldr_file_with_special_text_and_surrogates(tmp_path, monkeypatch):
 
 def test_dataset_errors_name_file_and_line(passages):
     path = passages([b'"ok."', b'{"not": "a string"}'])
-    with pytest.raises(ValueError, match=f"{path}:2: expected a JSON string"):
+    with pytest.raises(ValueError, match=f"{path}:2: a dict, not a string"):
         tasks.QuerySource("sentiment", "train")
     path = passages([b'"ok."', b'"fine."', b'"caf\xe9."'])  # Latin-1, not UTF-8
     with pytest.raises(ValueError, match=f"{path}:3: not UTF-8"):
