@@ -21,6 +21,8 @@ Run it:
     python gpt2.py --model gpt2 --prompt "Hello, my name is" --prompt "The meaning of life" \
         --max-new-tokens 40
     python gpt2.py --model ./my-hf-checkpoint-dir --greedy
+    python gpt2.py --model runs/sentiment-tiny-s1      # a ppo.py run's trained policy
+    python gpt2.py --model tiny --export tiny-hf       # write a model in the Hugging Face layout
 
 Shape letters: B = batch, T = sequence length, C = channels (n_embd), H = heads, D = head size (C /
 H), V = vocabulary (50257), R = response length (new tokens), N = flattened tokens (B * R).
@@ -31,6 +33,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -323,8 +327,9 @@ class GPT2(nn.Module):
         cls, name_or_dir: str, device="cpu", dtype=torch.float32, use_kernels="auto"
     ) -> "GPT2":
         """Load GPT-2 from a Hugging Face layout directory (config.json + model.safetensors or
-        pytorch_model.bin) or from a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl,
-        openai-community/...), downloaded once into the standard Hugging Face cache."""
+        pytorch_model.bin), a ppo.py run folder (its policy/), or a hub name (gpt2, gpt2-medium,
+        gpt2-large, gpt2-xl, openai-community/...), downloaded once into the standard Hugging Face
+        cache."""
         folder = resolve_checkpoint(name_or_dir)
         config = read_hf_config(folder / "config.json")
         config.use_kernels = use_kernels
@@ -342,6 +347,8 @@ def resolve_checkpoint(name_or_dir: str) -> Path:
     Face cache."""
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file() and (path / "policy" / "config.json").is_file():
+            return path / "policy"  # a ppo.py run folder: its exported policy
         return path
     repo = HUB_REPOS.get(
         name_or_dir, name_or_dir if name_or_dir.startswith("openai-community/") else None
@@ -600,6 +607,115 @@ def checkpoint_to_state_dict(state: dict, model: GPT2, folder: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
+# Saving: the Hugging Face layout, written atomically
+
+
+def hf_config(config: GPT2Config) -> dict:
+    """config.json as transformers' GPT2LMHeadModel reads it. Fixed keys, sorted on write, so the
+    same model always gives the same bytes. Dropout values are GPT-2's released ones (we never use
+    dropout, but someone fine-tuning the export with transformers gets GPT-2's defaults)."""
+    return {
+        "activation_function": "gelu_new",  # the tanh approximation, as our MLP
+        "architectures": ["GPT2LMHeadModel"],
+        "attn_pdrop": 0.1,
+        "bos_token_id": EOT_ID,
+        "embd_pdrop": 0.1,
+        "eos_token_id": EOT_ID,
+        "layer_norm_epsilon": config.layer_norm_epsilon,
+        "model_type": "gpt2",
+        "n_ctx": config.n_positions,
+        "n_embd": config.n_embd,
+        "n_head": config.n_head,
+        "n_inner": None,  # 4 * n_embd
+        "n_layer": config.n_layer,
+        "n_positions": config.n_positions,
+        "resid_pdrop": 0.1,
+        "tie_word_embeddings": True,  # the LM head is wte: no lm_head.weight in the file
+        "vocab_size": config.vocab_size,
+    }
+
+
+def write_safetensors(tensors: dict, path) -> None:
+    """Write tensors to a .safetensors file durably and atomically: a temporary file, fsync,
+    rename. safetensors lays tensors out in a fixed order (by dtype, then name) and the header
+    holds only {"format": "pt"} (what transformers expects), so equal tensors give equal bytes."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+        str(tmp),
+        metadata={"format": "pt"},
+    )
+    os.chmod(tmp, 0o644)  # safetensors creates it private (0600); a model is made to be shared
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _fsync(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step (Linux renameat2 with RENAME_EXCHANGE). False
+    where the OS or file system cannot (then the caller swaps with two renames)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc without it (glibc < 2.28, musl)
+        return False
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    return renameat2(AT_FDCWD, bytes(a), AT_FDCWD, bytes(b), RENAME_EXCHANGE) == 0
+
+
+def save_pretrained(model: GPT2, folder) -> Path:
+    """Write model to `folder` in the Hugging Face GPT-2 layout (config.json + model.safetensors,
+    LM head tied to wte), so transformers' GPT2LMHeadModel.from_pretrained and our from_pretrained
+    both load it. Parameter names and (in, out) layouts are already the checkpoints' (see the
+    model), so this is a plain copy.
+
+    Atomic: the files are written and fsynced in a sibling temporary folder, which then replaces
+    `folder` in one rename (an exchange where the OS has one). A process killed at any moment
+    leaves either the previous `folder` whole or the new one whole, never a mix; a leftover
+    temporary folder is removed by the next save.
+    """
+    folder = Path(folder).absolute()
+    tmp = folder.with_name(f".{folder.name}.tmp")  # one writer per folder (a run owns its folder)
+    old = folder.with_name(f".{folder.name}.old")
+    if old.is_dir() and not folder.exists():  # killed between the fallback's two renames below
+        os.rename(old, folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config = json.dumps(hf_config(model.config), indent=2, sort_keys=True) + "\n"
+    with open(tmp / "config.json", "w", encoding="utf-8", newline="\n") as f:
+        f.write(config)
+        f.flush()
+        os.fsync(f.fileno())
+    write_safetensors(model.state_dict(), tmp / "model.safetensors")
+    _fsync(tmp)
+    if not folder.exists():
+        os.rename(tmp, folder)
+    elif _exchange(tmp, folder):
+        shutil.rmtree(tmp)  # now the previous version
+    else:  # two renames; a kill between them is repaired at the start of the next save
+        os.rename(folder, old)
+        os.rename(tmp, folder)
+        shutil.rmtree(old)
+    _fsync(folder.parent)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------
 # Tokenizer and padding
 
 
@@ -806,7 +922,8 @@ def response_logprobs(
 class SampleArgs:
     model: str = "gpt2"
     """a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a directory in the Hugging Face
-    layout, or tiny (the 2-layer model fitted to the shipped passages, fitted once if needed)"""
+    layout, a ppo.py run folder (its policy/), or tiny (the 2-layer model fitted to the shipped
+    passages, fitted once if needed)"""
     prompt: list[str] = field(default_factory=lambda: ["Hello, my name is"])
     """a prompt; repeat --prompt for several (they run as one left-padded batch)"""
     max_new_tokens: int = 40
@@ -827,6 +944,9 @@ class SampleArgs:
     """'auto' (cuda when available), 'cpu' or 'cuda'"""
     kernels: str = "auto"
     """Triton kernels: 'auto' (on CUDA), 'on', 'off'"""
+    export: str = ""
+    """instead of sampling, write the model to this directory in the Hugging Face layout
+    (config.json + model.safetensors) and exit"""
 
 
 def main(argv=None):
@@ -842,6 +962,10 @@ def main(argv=None):
             model = GPT2.from_pretrained(args.model, device=device, use_kernels=args.kernels)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise SystemExit(f"error: {e}")
+    if args.export:
+        folder = save_pretrained(model, args.export)
+        print(f"wrote {args.model} to {folder} (config.json + model.safetensors)")
+        return
     # prompts are plain text, "<|endoftext|>" included (as every text in the project)
     tokens, mask = left_pad([encode(p) for p in args.prompt], device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
