@@ -1,0 +1,287 @@
+"""evaluate.py: the win-rate statistics on hand-worked label sets, the blind pairs file, a person
+labeling it in a real terminal and --report reading it back, and each kind of bad input."""
+
+import json
+import math
+import random
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import terminal
+
+import evaluate
+import gpt2
+import labels
+from evaluate import agreement, outcomes_by_labeler, pool, preference_line, win_rate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# --------------------------------------------------------------------------------------------------
+# Statistics, by hand
+
+
+def test_wilson_interval_hand_worked():
+    # 8 of 10: center (0.8 + z²/20) / (1 + z²/10) = 0.99208 / 1.38415 = 0.71674,
+    # half-width z·sqrt(0.016 + z²/400) / 1.38415 = 1.96·0.16001 / 1.38415 = 0.22658
+    lo, hi = evaluate.wilson_interval(0.8, 10)
+    assert lo == pytest.approx(0.49016, abs=1e-4) and hi == pytest.approx(0.94332, abs=1e-4)
+    # 0 of 10 and 10 of 10: not a point, and inside [0, 1]: z² / (n + z²) = 3.8415 / 13.8415
+    assert evaluate.wilson_interval(0.0, 10) == pytest.approx((0.0, 0.27753), abs=1e-4)
+    assert evaluate.wilson_interval(1.0, 10) == pytest.approx((0.72247, 1.0), abs=1e-4)
+    # symmetric about 1/2 when the rate is
+    lo, hi = evaluate.wilson_interval(0.5, 40)
+    assert lo + hi == pytest.approx(1.0) and lo == pytest.approx(0.35199, abs=1e-4)
+
+
+def test_win_rate_counts_a_tie_as_half_a_win():
+    # 3 wins, 1 loss, 2 ties of 6: (3 + 2/2) / 6 = 2/3; Wilson at 2/3 over all 6:
+    # center (0.66667 + 0.32013) / 1.64025 = 0.60162, half 1.96·sqrt(0.03704 + 0.02668) / 1.64025
+    s = win_rate([1.0, 1.0, 1.0, 0.0, 0.5, 0.5])
+    assert (s["n"], s["wins"], s["ties"], s["losses"]) == (6, 3, 2, 1)
+    assert s["rate"] == pytest.approx(2 / 3)
+    assert (s["lo"], s["hi"]) == pytest.approx((0.30000, 0.90323), abs=1e-4)
+    assert preference_line(s) == (
+        "policy preferred to ρ in 66.7% of 6 comparisons (95% CI 30.0–90.3%; ties 2)"
+    )
+    assert preference_line(win_rate([1.0, 0.0]), "runs/b").startswith(
+        "policy preferred to runs/b in 50.0% of 2 comparisons"
+    )
+
+
+def label_row(id_, best, labeler):
+    return dict(id=id_, query_tokens=[1], sample_tokens=[[2], [3]], best=best, labeler=labeler)
+
+
+# The policy's sample is at index 1 in pairs a and c, at 0 in b and d.
+KEY = {"a": 1, "b": 0, "c": 1, "d": 0}
+# ann: a policy, b policy, c other; bob: a policy, b other; cat: a other, d policy
+ROWS = [
+    label_row("a", 1, "ann"),
+    label_row("b", 0, "ann"),
+    label_row("c", 0, "ann"),
+    label_row("a", 1, "bob"),
+    label_row("b", 1, "bob"),
+    label_row("a", 0, "cat"),
+    label_row("d", 0, "cat"),
+]
+
+
+def test_several_labelers_per_labeler_and_pooled():
+    by = outcomes_by_labeler(ROWS, KEY)
+    assert by == {
+        "ann": {"a": 1.0, "b": 1.0, "c": 0.0},
+        "bob": {"a": 1.0, "b": 0.0},
+        "cat": {"a": 0.0, "d": 1.0},
+    }
+    assert win_rate(list(by["ann"].values()))["rate"] == pytest.approx(2 / 3)
+    # pooled: each pair once, its votes averaged: a 2/3, b 1/2, c 0, d 1 -> 2.1667 / 4
+    pooled = pool(by)
+    assert pooled == pytest.approx({"a": 2 / 3, "b": 0.5, "c": 0.0, "d": 1.0})
+    s = win_rate(list(pooled.values()))
+    assert (s["n"], s["wins"], s["ties"], s["losses"]) == (4, 1, 2, 1)
+    assert s["rate"] == pytest.approx(13 / 24)
+    # agreement on a (2 policy, 1 other) and b (1, 1): P_a = (4 + 1 - 3) / 6 = 1/3, P_b = 0,
+    # mean 1/6; P_e from 3 policy / 2 other votes = 0.36 + 0.16 = 0.52; κ = (1/6 - 0.52) / 0.48
+    agree = agreement(by)
+    assert agree["pairs"] == 2
+    assert agree["percent"] == pytest.approx(1 / 6)
+    assert agree["kappa"] == pytest.approx((1 / 6 - 0.52) / 0.48)
+    assert agreement({"ann": by["ann"]}) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# The blind pairs file
+
+POLICY_TEXT, OTHER_TEXT = " What a wonderful, happy day it was.", " It was a grey and gloomy day."
+
+
+def fake_pairs(n, seed=0):
+    """Pairs whose policy samples are recognizable (for the test only): the policy's response to
+    query i is POLICY_TEXT plus i, the other side's OTHER_TEXT plus i."""
+    enc = gpt2.get_tokenizer()
+    queries = [enc.encode(f"Query number {i}.") for i in range(n)]
+    pol = [enc.encode(f"{POLICY_TEXT} ({i})") for i in range(n)]
+    oth = [enc.encode(f"{OTHER_TEXT} ({i})") for i in range(n)]
+    return evaluate.make_pairs("sentiment", queries, pol, oth, random.Random(seed))
+
+
+def test_pairs_are_blind():
+    n = 400
+    rows, key, query_index = fake_pairs(n)
+    # the key is right: the sample it names is the policy's
+    for r in rows:
+        assert r["samples"][key[r["id"]]].startswith(POLICY_TEXT)
+    # nothing but the comparisons format's own fields (no side, no source, no seed)
+    assert all(list(r) == list(labels.COMPARISON_FIELDS) for r in rows)
+    # ids: one random prefix for the whole file, then the line number: nothing about the order
+    prefix = rows[0]["id"].split("-")[0]
+    assert re.fullmatch(r"[0-9a-f]{6}", prefix)
+    assert [r["id"] for r in rows] == [f"{prefix}-{i + 1:04d}" for i in range(n)]
+    assert fake_pairs(n, seed=1)[0][0]["id"].split("-")[0] != prefix
+    # the policy's position: a fair coin per pair (binomial(400, 1/2): 200 ± 10; ±4 sd here) ...
+    at0 = [key[r["id"]] == 0 for r in rows]
+    assert 160 <= sum(at0) <= 240
+    # ... independent of the line (even vs odd lines, first vs second half) ...
+    for part in (at0[0::2], at0[1::2], at0[: n // 2], at0[n // 2 :]):
+        assert 0.35 <= sum(part) / len(part) <= 0.65
+    # ... and the pairs are not in query order
+    order = [query_index[r["id"]] for r in rows]
+    assert sorted(order) == list(range(n)) and order != list(range(n))
+    # runs of equal positions behave like a coin's (a fixed pattern such as alternation would not)
+    runs = 1 + sum(a != b for a, b in zip(at0, at0[1:]))
+    assert 160 <= runs <= 240
+
+
+def fake_run(tmp_path, task="sentiment", n=4, seed=0):
+    """A run folder as ppo.py leaves it (config.json, policy/) with evaluate.py's blind pairs of
+    fake_pairs in eval/: what --report reads."""
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"task": task, "model": "tiny", "seed": 1}))
+    gpt2.save_pretrained(gpt2.GPT2(gpt2.GPT2Config(n_layer=1, n_head=1, n_embd=8)), run / "policy")
+    rows, key, query_index = fake_pairs(n, seed)
+    meta = dict(run=str(run), against="initial", task=task, query_index=query_index)
+    evaluate.write_pairs(run / "eval", rows, key, meta)
+    return run
+
+
+def test_pairs_file_is_a_comparisons_file_and_the_key_is_beside_it(tmp_path):
+    run = fake_run(tmp_path, n=6)
+    pairs = labels.read_comparisons(run / "eval" / "pairs.jsonl")  # validated, N = 2
+    assert len(pairs) == 6 and all(len(r["samples"]) == 2 for r in pairs)
+    raw = (run / "eval" / "pairs.jsonl").read_text()
+    assert "policy" not in raw and "initial" not in raw and "key" not in raw
+    key = json.loads((run / "eval" / "key.json").read_text())
+    assert set(key["policy_index"]) == {r["id"] for r in pairs}
+    assert key["pairs_sha256"] == evaluate.sha256_of(run / "eval" / "pairs.jsonl")
+
+
+# --------------------------------------------------------------------------------------------------
+# A person labels the pairs in a real terminal; --report reads the labels back
+
+_why_not = terminal.missing()
+
+
+@pytest.mark.skipif(_why_not is not None, reason=_why_not or "")
+def test_a_person_labels_the_pairs_and_report_counts_them(tmp_path, capsys):
+    run = fake_run(tmp_path, n=4)
+    pairs = labels.read_comparisons(run / "eval" / "pairs.jsonl")
+    out = run / "eval" / "labels_ann.jsonl"
+    # The command evaluate.py prints for --labeler human, with this labeler's name.
+    cmd = evaluate.label_command(run / "eval", "sentiment").split()
+    assert cmd[:2] == ["python", "label_tool.py"] and cmd[2] == str(run / "eval" / "pairs.jsonl")
+    argv = cmd[2:]
+    argv[argv.index("--out") + 1], argv[argv.index("--labeler") + 1] = str(out), "ann"
+    t = terminal.Terminal([sys.executable, str(ROOT / "label_tool.py"), *argv], rows=30, cols=100)
+    try:
+        # ann prefers the happy (policy) sample on the first three pairs, the gloomy one on the last
+        for i, r in enumerate(pairs):
+            screen = t.wait_for(f"{i}/4 done | item {r['id']}")
+            assert "most positive and happy" in screen
+            shown = dict(re.findall(r"^\[(\d)\] (.*)$", screen, re.M))
+            assert sorted(shown) == ["1", "2"]
+            want = POLICY_TEXT.strip() if i < 3 else OTHER_TEXT.strip()
+            (k,) = [k for k, text in shown.items() if text.strip().startswith(want)]
+            t.send(k)
+        t.wait_for("4/4 done")
+        t.send("q")
+        assert t.wait_exit() == 0
+    finally:
+        t.reap()
+    # a second labeler, bob, agrees on pairs 1 and 4 and disagrees on 2 (leaves 3 out)
+    key = json.loads((run / "eval" / "key.json").read_text())["policy_index"]
+    for r, policy in zip(pairs[:2] + pairs[3:], (True, False, False)):
+        best = key[r["id"]] if policy else 1 - key[r["id"]]
+        row = {**r, "best": best, "labeler": "bob", "seconds": 1.0, "created": ""}
+        labels.append_jsonl(run / "eval" / "labels_bob.jsonl", row)
+
+    capsys.readouterr()
+    evaluate.main([str(run), "--report"])
+    lines = capsys.readouterr().out.splitlines()
+    # ann: 3 of 4; bob: 1 of 3; pooled per pair: 1, 1/2, 1, 0 -> 2.5 / 4 with one tie
+    assert any(
+        line.startswith("ann:")
+        and "policy preferred to ρ in 75.0% of 4 comparisons (95% CI 30.1–95.4%; ties 0)" in line
+        for line in lines
+    ), lines
+    assert any("bob:" in line and "33.3% of 3 comparisons" in line for line in lines), lines
+    pooled = win_rate([1.0, 0.5, 1.0, 0.0])
+    assert any(
+        line.startswith("pooled (2 labelers") and preference_line(pooled) in line for line in lines
+    ), lines
+    # agreement on pairs 1, 2, 4 (votes [2, 0], [1, 1], [0, 2]): 2 of 3 agree; 3 policy and 3
+    # other votes: P_e = 1/4 + 1/4, κ = (2/3 - 1/2) / (1 - 1/2) = 1/3
+    kappa = 1 / 3
+    assert any(
+        "agreement on 3 pairs" in line and "66.7%" in line and f"κ {kappa:.2f}" in line
+        for line in lines
+    ), lines
+    summary = json.loads((run / "eval" / "summary.json").read_text())["human"]
+    assert summary["by_labeler"]["ann"]["rate"] == 0.75
+    assert summary["pooled"]["rate"] == pytest.approx(2.5 / 4)
+    assert math.isclose(summary["agreement"]["kappa"], kappa)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input: each a clear error
+
+
+def test_report_refuses_labels_of_another_pairs_file(tmp_path, capsys):
+    run = fake_run(tmp_path / "one")
+    other = fake_run(tmp_path / "two", seed=1)  # same texts, other order and id prefix
+    theirs = labels.read_comparisons(other / "eval" / "pairs.jsonl")[0]
+    labels.append_jsonl(
+        tmp_path / "theirs.jsonl", {**theirs, "best": 0, "labeler": "x", "seconds": 1.0}
+    )
+    with pytest.raises(SystemExit, match="belong to another pairs file"):
+        evaluate.main([str(run), "--report", "--labels", str(tmp_path / "theirs.jsonl")])
+    # same id, other tokens: refused too
+    ours = labels.read_comparisons(run / "eval" / "pairs.jsonl")[0]
+    forged = {**ours, "sample_tokens": ours["sample_tokens"][::-1], "best": 0, "labeler": "x"}
+    labels.append_jsonl(tmp_path / "forged.jsonl", forged)
+    with pytest.raises(SystemExit, match=r"has other tokens than its pair in the pairs file"):
+        evaluate.main([str(run), "--report", "--labels", str(tmp_path / "forged.jsonl")])
+
+
+def test_report_refuses_a_changed_pairs_file_and_missing_labels(tmp_path):
+    run = fake_run(tmp_path)
+    with pytest.raises(SystemExit, match=r"(?s)no labels files in .*label_tool.py"):
+        evaluate.main([str(run), "--report"])
+    pairs = run / "eval" / "pairs.jsonl"
+    pairs.write_text(pairs.read_text().replace("wonderful", "terrible"))
+    with pytest.raises(SystemExit, match="changed after evaluate.py wrote it"):
+        evaluate.main([str(run), "--report"])
+
+
+def test_new_pairs_never_orphan_labels(tmp_path):
+    run = fake_run(tmp_path)
+    pairs = labels.read_comparisons(run / "eval" / "pairs.jsonl")
+    labels.append_jsonl(run / "eval" / "labels_ann.jsonl", {**pairs[0], "best": 0})
+    before = (run / "eval" / "pairs.jsonl").read_bytes()
+    rows, key, _ = fake_pairs(4, seed=5)
+    with pytest.raises(SystemExit, match="already holds labels of its pairs"):
+        evaluate.write_pairs(run / "eval", rows, key, {})
+    assert (run / "eval" / "pairs.jsonl").read_bytes() == before
+
+
+@pytest.mark.parametrize("what", ["missing", "empty", "not a run", "no policy"])
+def test_a_folder_that_is_not_a_run(tmp_path, what):
+    folder = tmp_path / "x"
+    if what != "missing":
+        folder.mkdir()
+    if what == "not a run":
+        (folder / "config.json").write_text(json.dumps({"n_layer": 2}))  # a model's config
+    if what == "no policy":
+        (folder / "config.json").write_text(
+            json.dumps({"task": "sentiment", "model": "tiny", "seed": 1})
+        )
+    message = {
+        "missing": "no such folder",
+        "empty": "not a ppo.py run folder",
+        "not a run": "not a ppo.py run's config",
+        "no policy": "no exported policy",
+    }[what]
+    with pytest.raises(SystemExit, match=message):
+        evaluate.main([str(folder), "--report"])
