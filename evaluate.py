@@ -472,7 +472,9 @@ def judge(
             policy = gpt2.GPT2.from_pretrained(str(run_dir / "policy"), device=device)
         except (ValueError, FileNotFoundError, RuntimeError) as e:
             raise SystemExit(f"error: {e}")
-    ref = models.get("ref") or tasks.load_base_model(cfg.model, device=device)
+    ref = models.get("ref")
+    if ref is None:
+        ref = tasks.load_base_model(cfg.model, device=device)
     if size_of(ref.config) != size_of(policy.config):
         raise SystemExit(
             f"error: {run_dir}/policy is a model of {size_of(policy.config)}, but the run's base "
@@ -492,7 +494,9 @@ def judge(
                 f"policy has {size_of(policy.config)}; compare policies of the same model size"
             )
         against_name = against
-    rm = models.get("reward_model") or ppo.load_reward(cfg.reward_model, ref, device)
+    rm = models.get("reward_model")
+    if rm is None:
+        rm = ppo.load_reward(cfg.reward_model, ref, device)
 
     # 1. sample on the held-out queries (the same ones ppo.py's before/after numbers use)
     source = tasks.QuerySource(task, "test", seed=0)
@@ -573,6 +577,25 @@ def judge(
             + (f" --out {shlex.quote(str(out))}" if out != run_dir / "eval" else "")
         )
     return summary
+
+
+def end_of_run(run) -> dict:
+    """ppo.py's one call at the end of a run: the scripted win rate against ρ on the run's
+    held-out queries (cfg.eval_episodes of them), with the models already in memory. Returns the
+    entry for summary.json ({} when the task has no scripted labeler, or when people have
+    labeled the run's pairs already: new pairs would orphan their labels)."""
+    if run.labeler is None:
+        return {}
+    out = run.run_dir / "eval"
+    if existing_labels(out):
+        print(f"evaluate: {out} holds people's labels; not replacing its pairs (see --report)")
+        return {}
+    models = dict(policy=run.policy.lm, ref=run.ref, reward_model=run.reward_model)
+    summary = judge(
+        run.run_dir, n=run.cfg.eval_episodes, labeler=run.labeler.name, device=run.device,
+        models=models,
+    )  # fmt: skip
+    return {"win_rate_vs_initial": summary["win_rate"]}
 
 
 def main(argv=None):

@@ -285,3 +285,100 @@ def test_a_folder_that_is_not_a_run(tmp_path, what):
     }[what]
     with pytest.raises(SystemExit, match=message):
         evaluate.main([str(folder), "--report"])
+
+
+# --------------------------------------------------------------------------------------------------
+# A real run: ppo.py on tiny with the smallest budgets exports its policy and judges it
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    import ppo
+
+    run_dir = tmp_path_factory.mktemp("tiny-run")
+    summary = ppo.main(
+        ["--model", "tiny", "--batch-size", "8", "--micro-batch-size", "4"]
+        + ["--eval-episodes", "8", "--save-every", "1", "--sample-every", "0"]
+        + ["--rm.num-comparisons", "16", "--rm.normalize-samples", "32"]
+        + ["--total-episodes", "16", "--run-dir", str(run_dir)]
+    )
+    return run_dir, summary
+
+
+def test_a_run_exports_its_policy_and_reports_the_scripted_win_rate(tiny_run):
+    import torch
+    from safetensors.torch import load_file
+
+    run_dir, summary = tiny_run
+    # policy/ is the trained policy: the same weights as the checkpoint's, and loadable from the
+    # run folder itself
+    ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    exported = gpt2.GPT2.from_pretrained(str(run_dir)).state_dict()
+    for name, t in exported.items():
+        assert torch.equal(t, ckpt["policy"][f"lm.{name}"]), name
+    value = load_file(str(run_dir / "value_head.safetensors"))
+    assert set(value) == {"value_head.weight", "value_head.bias"}
+    assert torch.equal(value["value_head.weight"], ckpt["policy"]["value_head.weight"])
+    # the win rate against ρ: in summary.json, over the run's held-out queries
+    win = summary["win_rate_vs_initial"]
+    assert json.loads((run_dir / "summary.json").read_text())["win_rate_vs_initial"] == win
+    assert win["n"] == 8 and win["wins"] + win["ties"] + win["losses"] == 8
+    assert win["rate"] == pytest.approx((win["wins"] + win["ties"] / 2) / 8)
+    assert win["labeler"] == "script:sentiment" and win["lo"] <= win["rate"] <= win["hi"]
+
+
+def test_scripted_judge_agrees_with_its_pairs_and_key(tiny_run, tmp_path, capsys):
+    """The printed rate is what the sentiment labeler says about the pairs file, read through the
+    key: the key names the policy's samples and the scores are the labeler's."""
+    import tasks
+
+    run_dir, _ = tiny_run
+    out = tmp_path / "eval"
+    summary = evaluate.main([str(run_dir), "--n", "12", "--out", str(out), "--batch-size", "8"])
+    printed = capsys.readouterr().out
+    pairs = labels.read_comparisons(out / "pairs.jsonl")
+    key = json.loads((out / "key.json").read_text())["policy_index"]
+    scorer = tasks.get_labeler("sentiment")
+    outcomes = []
+    for r in pairs:
+        mine, theirs = scorer.score([r["samples"][key[r["id"]]], r["samples"][1 - key[r["id"]]]])
+        outcomes.append(1.0 if mine > theirs else 0.0 if mine < theirs else 0.5)
+    expected = win_rate(outcomes)
+    assert summary["win_rate"]["rate"] == pytest.approx(expected["rate"])
+    assert f"sentiment labeler: {preference_line(expected)}" in printed
+    for k in ("score_policy", "score_against", "true_score_policy", "kl_policy"):
+        assert math.isfinite(summary[k]), k
+    assert summary["kl_against"] == 0.0  # ρ against itself
+    assert "reward model score: policy" in printed and "query (end)" in printed
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_human_judge_prints_the_label_tool_command(tiny_run, tmp_path, capsys):
+    run_dir, _ = tiny_run
+    out = tmp_path / "eval"
+    summary = evaluate.main(
+        [str(run_dir), "--n", "4", "--labeler", "human", "--out", str(out), "--show", "0"]
+    )
+    printed = capsys.readouterr().out
+    assert "win_rate" not in summary and len(labels.read_comparisons(out / "pairs.jsonl")) == 4
+    assert f"python label_tool.py {out / 'pairs.jsonl'} --out {out}/labels_" in printed
+    assert f"then: python evaluate.py {run_dir} --report --out {out}" in printed
+
+
+def test_against_a_run_of_another_task_or_model_size(tiny_run, tmp_path):
+    import shutil
+
+    run_dir, _ = tiny_run
+    other = tmp_path / "other"
+    shutil.copytree(run_dir / "policy", other / "policy")
+    config = json.loads((run_dir / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "task": "descriptiveness"}))
+    with pytest.raises(SystemExit, match="a run of task 'descriptiveness', but .* 'sentiment'"):
+        evaluate.main([str(run_dir), "--against", str(other), "--out", str(tmp_path / "e")])
+    small = gpt2.GPT2(gpt2.GPT2Config(n_layer=1, n_head=2, n_embd=16))
+    gpt2.save_pretrained(small, other / "policy")
+    (other / "config.json").write_text(json.dumps(config))
+    for against in (other, other / "policy"):  # a run folder, or the model directory itself
+        with pytest.raises(SystemExit, match="'n_layer': 1.* compare policies of the same model"):
+            evaluate.main([str(run_dir), "--against", str(against), "--out", str(tmp_path / "e")])
+    assert not (tmp_path / "e").exists()  # refused before writing anything

@@ -152,6 +152,8 @@ def test_sigkill_at_random_moments_leaves_a_whole_export(tmp_path):
 
 def test_cli_exports_tiny_and_samples_from_the_export_and_a_run_folder(tmp_path, capsys):
     gpt2.main(["--model", "tiny", "--export", str(tmp_path / "run" / "policy")])
+    # a run folder has a config.json of its own (ppo.py's), beside policy/
+    (tmp_path / "run" / "config.json").write_text('{"task": "sentiment", "model": "tiny"}')
     assert (tmp_path / "run" / "policy" / "model.safetensors").is_file()
     outs = []
     for model in (tmp_path / "run" / "policy", tmp_path / "run"):  # a run folder: its policy/
