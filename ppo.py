@@ -1006,8 +1006,21 @@ def print_budget(run: Run):
     )
 
 
+def export_policy(policy: PolicyAndValue, run_dir: Path):
+    """The policy as a plain GPT-2 in the Hugging Face layout (run_dir/policy/, loadable by
+    transformers and `python gpt2.py --model RUN_DIR`); the value head beside it, not inside, as
+    it is no part of a language model (value_head.safetensors, with the value trunk when it has
+    its own). Both are replaced atomically."""
+    gpt2.save_pretrained(policy.lm, run_dir / "policy")
+    value = {f"value_head.{k}": v for k, v in policy.value_head.state_dict().items()}
+    if policy.value_trunk is not None:
+        value.update({f"value_trunk.{k}": v for k, v in policy.value_trunk.state_dict().items()})
+    gpt2.write_safetensors(value, run_dir / "value_head.safetensors")
+
+
 def save_checkpoint(run: Run, update: int, seconds: float):
-    """checkpoint.pt (everything a resume needs, written atomically) and curves.png."""
+    """checkpoint.pt (everything a resume needs, written atomically), the exported policy/ and
+    curves.png."""
     ckpt = dict(
         policy=run.policy.state_dict(),
         optimizer=run.optimizer.state_dict(),
@@ -1020,6 +1033,7 @@ def save_checkpoint(run: Run, update: int, seconds: float):
         config=asdict(run.cfg),
     )
     cli.atomic_write(run.checkpoint_path, lambda f: torch.save(ckpt, f))
+    export_policy(run.policy, run.run_dir)
     plot_curves(
         [json.loads(line) for line in run.metrics_path.read_text().splitlines()],
         run.run_dir / "curves.png",
@@ -1148,6 +1162,11 @@ def summarize(run: Run, last: dict, seconds: float) -> dict:
     for k in ("novelty", "lead_copy", *summarization.ROUGE_TYPES):  # summarization tasks
         if k in after:
             summary[f"{k}_before"], summary[f"{k}_after"] = before.get(k), after[k]
+    # the paper's headline number, judged by the scripted labeler: evaluate.py does it (imported
+    # here, not at the top: evaluate.py imports this file)
+    from evaluate import end_of_run
+
+    summary.update(end_of_run(run))
     cli.atomic_write(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"after training: {json.dumps(after)}\nsummary: {run.run_dir / 'summary.json'}")
     print(json.dumps(summary, indent=2))
