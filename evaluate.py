@@ -602,8 +602,8 @@ def main(argv=None):
     args = cli.parse(
         Args,
         argv,
-        description=__doc__.split("\n\n")[1],
-        epilog="\n\n".join(__doc__.split("\n\n")[2:]),
+        description=__doc__.strip().split("\n\n")[0],
+        epilog="\n\n".join(__doc__.strip().split("\n\n")[1:]),
         positional=("run_dir",),
     )
     if not args.run_dir:
