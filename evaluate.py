@@ -202,11 +202,10 @@ def size_of(config) -> dict:
     return {k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd", "vocab_size")}
 
 
-def check_against(run_dir: Path, run: dict, against: str, policy_config) -> str | None:
-    """Refuse an `against` of another task or another model size, before anything loads. Returns
-    the other run's model name when `against` is a run folder."""
+def check_against(run_dir: Path, run: dict, against: str, policy_config) -> None:
+    """Refuse an `against` of another task or another model size, before anything loads (a hub
+    name is checked once loaded)."""
     path = Path(against)
-    other = None
     if (path / "config.json").is_file() and (path / "policy").is_dir():  # a run folder
         other = read_run(path)
         if other["task"] != run["task"]:
@@ -224,7 +223,6 @@ def check_against(run_dir: Path, run: dict, against: str, policy_config) -> str 
                 f"error: --against {against}: a model of {size_of(theirs)}, but {run_dir}'s policy "
                 f"has {size_of(policy_config)}; compare policies of the same model size"
             )
-    return other
 
 
 # --------------------------------------------------------------------------------------------------
