@@ -250,8 +250,10 @@ def sample_side(lm, ref, reward_model, task, queries, cfg, seed: int, batch_size
 # 2. The blind pairs file and its key
 
 
-def make_pairs(task_name, queries, policy_responses, other_responses, rng):
+def make_pairs(task_name, queries, policy_responses, other_responses, rng, references=None):
     """Comparison rows (labels.py, N = 2) and the key {id: index of the policy's sample}.
+    references: each query's reference summary or None (kept in the row, as in the comparisons
+    the reward model's labels were made on).
 
     Blind by construction: the rows hold only the format's fields; the pairs are shuffled and each
     pair's two samples are in a random order; an id is a random prefix shared by the whole file
@@ -278,6 +280,8 @@ def make_pairs(task_name, queries, policy_responses, other_responses, rng):
                 sample_tokens=samples,
             )
         )
+        if references is not None and references[i] is not None:
+            rows[-1]["reference"] = references[i]
         key[id_], query_index[id_] = k, i
     return rows, key, query_index
 
@@ -424,6 +428,7 @@ def side_by_side(rows: list[tuple[str, str, str]], width: int = 100) -> str:
 
 
 def update_summary(out: Path, entries: dict) -> dict:
+    """Add entries to eval/summary.json (what --report found, beside the sampling's numbers)."""
     path = out / "summary.json"
     summary = json.loads(path.read_text()) if path.is_file() else {}
     summary.update(entries)
@@ -454,14 +459,28 @@ def judge(
     cfg = ppo.resolve_config({}, run)
     task = tasks.get_task(cfg.task)
     out = Path(out) if out else run_dir / "eval"
+    # the held-out queries: those ppo.py's before/after numbers use
+    try:
+        source = tasks.QuerySource(task, "test", seed=0, query_data=cfg.query_data)
+        items = source.next_queries(n)
+    except (ValueError, tasks.DownloadError) as e:
+        raise SystemExit(f"error: {e}")
+    queries, references = [q.tokens for q in items], [q.reference for q in items]
     # the scripted labeler that judges (none: people do) and the one that gives the true score
-    scripted = cfg.labeler or (task.name if task.name in tasks.LABELERS else "")
+    scripted = cfg.labeler or task.labeler
     name = labeler or scripted or "human"
     if name != "human" and name not in tasks.LABELERS:
         raise SystemExit(
             f"error: --labeler {name!r}: use one of {', '.join(tasks.LABELERS)} or 'human'"
         )
     scripted = scripted if name == "human" else name
+    if scripted and tasks.get_labeler(scripted).needs_reference and None in references:
+        if name != "human":
+            raise SystemExit(
+                f"error: --labeler {name}: it compares with reference summaries, and these "
+                f"held-out queries have none; use --labeler human"
+            )
+        scripted = ""  # no true score
     refuse_if_labeled(out)  # before any sampling: no time wasted
     models = models or {}
     policy = models.get("policy")
@@ -494,11 +513,12 @@ def judge(
         against_name = against
     rm = models.get("reward_model")
     if rm is None:
-        rm = ppo.load_reward(cfg.reward_model, ref, device)
+        rm_path = Path(cfg.reward_model)
+        if not rm_path.is_file() and (run_dir / "rm.pt").is_file():  # run moved, or another cwd
+            rm_path = run_dir / "rm.pt"
+        rm = ppo.load_reward(str(rm_path), ref, device)
 
-    # 1. sample on the held-out queries (the same ones ppo.py's before/after numbers use)
-    source = tasks.QuerySource(task, "test", seed=0)
-    queries = source.next_batch(n, formatted=False)
+    # 1. sample one response per query from each side
     distinct = len({tuple(q) for q in queries})
     if distinct < n:
         print(
@@ -511,7 +531,7 @@ def judge(
 
     # 2. the blind pairs file; the key beside it
     rng = random.Random(secrets.randbits(64))  # not the seed: the order must not be guessable
-    rows, key, query_index = make_pairs(task.name, queries, pol[0], oth[0], rng)
+    rows, key, query_index = make_pairs(task.name, queries, pol[0], oth[0], rng, references)
     meta = dict(
         run=str(run_dir),
         against=against,
@@ -548,7 +568,8 @@ def judge(
     )
     if scripted:
         scorer = tasks.get_labeler(scripted)
-        true_p, true_o = scorer.score(texts_p), scorer.score(texts_o)
+        refs = references if scorer.needs_reference else None
+        true_p, true_o = scorer.score(texts_p, refs), scorer.score(texts_o, refs)
         summary.update(
             true_score_policy=float(true_p.mean()),
             true_score_against=float(true_o.mean()),
@@ -564,9 +585,14 @@ def judge(
         stats = win_rate(outcomes)
         summary["win_rate"] = dict(stats, labeler=f"script:{name}")
         print(f"{name} labeler: {preference_line(stats, against_name)}")
-    print(side_by_side([(enc.decode(queries[i]), texts_p[i], texts_o[i]) for i in range(show)]))
+    print(
+        side_by_side(
+            [(enc.decode(queries[i]), texts_p[i], texts_o[i]) for i in range(min(show, n))]
+        )
+    )
     summary["seconds"] = round(time.time() - t0, 1)
-    summary = update_summary(out, summary)
+    # a fresh summary: anything in the old one was about the pairs just replaced
+    cli.atomic_write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     if name == "human":
         print(
             f"label the pairs (blind: each person into their own labels file):\n"

@@ -115,6 +115,12 @@ def test_pairs_are_blind():
         assert r["samples"][key[r["id"]]].startswith(POLICY_TEXT)
     # nothing but the comparisons format's own fields (no side, no source, no seed)
     assert all(list(r) == list(labels.COMPARISON_FIELDS) for r in rows)
+    refs = [f"reference {i}" for i in range(n)]  # a summarization task's: the same for both sides
+    with_refs, key2, qi2 = evaluate.make_pairs(
+        "tldr", [[1]] * n, [[2]] * n, [[3]] * n, random.Random(0), refs
+    )
+    assert all(list(r) == [*labels.COMPARISON_FIELDS, "reference"] for r in with_refs)
+    assert all(r["reference"] == refs[qi2[r["id"]]] for r in with_refs)
     # ids: one random prefix for the whole file, then the line number: nothing about the order
     prefix = rows[0]["id"].split("-")[0]
     assert re.fullmatch(r"[0-9a-f]{6}", prefix)
