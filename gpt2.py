@@ -347,7 +347,8 @@ def resolve_checkpoint(name_or_dir: str) -> Path:
     Face cache."""
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
-        has_weights = any((path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin"))
+        # whole or sharded weights (WEIGHT_FILES); a run folder has none of its own, only policy/
+        has_weights = any((path / f).is_file() for pair in WEIGHT_FILES for f in pair)
         if not has_weights and (path / "policy" / "config.json").is_file():
             return path / "policy"  # a ppo.py run folder: its exported policy
         return path
