@@ -385,11 +385,21 @@ def test_rng_state_is_plain_and_round_trips(tmp_path):
     assert draws() == first
 
 
+def folder_digest(folder):
+    """Every file under folder (policy/ and eval/ included) -> its hash."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).digest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
 def test_resume_refuses_a_checkpoint_that_needs_unpickling(pipeline_run, tmp_path):
     """A run folder from someone else cannot run code: checkpoint.pt loads with weights_only=True,
     and anything else (an arbitrary object, numpy's RNG tuple as older versions stored it) is
     refused by name, with the folder left as it was."""
-    import hashlib
     import shutil
 
     import numpy as np
@@ -399,8 +409,7 @@ def test_resume_refuses_a_checkpoint_that_needs_unpickling(pipeline_run, tmp_pat
     good = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     for payload in (object(), np.random.get_state()):
         torch.save({**good, "rng": payload}, run_dir / "checkpoint.pt")
-        before = {p.name: hashlib.sha256(p.read_bytes()).digest() for p in run_dir.iterdir()}
+        before = folder_digest(run_dir)
         with pytest.raises(SystemExit, match=r"checkpoint\.pt: it holds something other than"):
             ppo.main(["--resume", str(run_dir)])
-        after = {p.name: hashlib.sha256(p.read_bytes()).digest() for p in run_dir.iterdir()}
-        assert after == before
+        assert folder_digest(run_dir) == before
