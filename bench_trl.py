@@ -25,7 +25,7 @@ sees this one's torch and transformers:
 as it was). Without TRL, the script times our two contestants only.
 
 This is a benchmark script, not a test: it prints figures. Timings on a shared machine are noisy:
-look at the spread it prints.
+look at the spread and the load average it prints ("cpu s" is the process's CPU time, all threads).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -99,7 +100,7 @@ def our_update(b: BenchConfig, value_model: str, ref, rm, queries):
         batch = ppo.rollout(policy, ref, rm, task, queries, cfg, cfg.kl_coef, sample_gen, "cpu")
         ppo.ppo_update(policy, optimizer, batch, cfg, task.response_length, shuffle_gen, "cpu")
 
-    return update
+    return update, optimizer
 
 
 class TokenizerStandIn:
@@ -166,7 +167,9 @@ def trl_update(b: BenchConfig, queries, out_dir: str):
         with contextlib.redirect_stdout(io.StringIO()):  # it prints its metrics every update
             trainer.train()
 
-    return update
+    # accelerate's wrapper skips the step between gradient-accumulation boundaries: count the
+    # steps the torch optimizer inside really takes
+    return update, trainer.optimizer.optimizer
 
 
 def main(argv=None):
@@ -187,7 +190,10 @@ def main(argv=None):
         separate=lambda: our_update(b, "reward", ref, rm, queries),
         trl=lambda: trl_update(b, queries, out_dir),
     )
-    updates = {n: make[n]() for n in names}
+    updates, steps = {}, {n: 0 for n in names}
+    for n in names:
+        updates[n], optimizer = make[n]()
+        optimizer.register_step_post_hook(lambda *_, n=n: steps.__setitem__(n, steps[n] + 1))
     print(
         f"{b.shape} shape (random weights), batch {b.batch}, 64 + 24 tokens, 4 epochs x 2 "
         f"minibatches, fp32, {b.threads} threads, torch {torch.__version__}"
@@ -195,24 +201,34 @@ def main(argv=None):
     )
     for n in names:  # warm-up
         updates[n]()
-    times = {n: [] for n in names}
+    # the same work: 4 epochs x 2 minibatches = 8 optimizer steps per update for everyone
+    print("optimizer steps in one update: " + ", ".join(f"{n} {steps[n]}" for n in names))
+    times, cpu = {n: [] for n in names}, {n: [] for n in names}
     for r in range(b.repeats):
         order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
         for n in order:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             updates[n]()
             times[n].append(time.perf_counter() - t0)
-        print(f"repeat {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in names))
+            cpu[n].append(time.process_time() - c0)
+        print(
+            f"repeat {r + 1} (load {os.getloadavg()[0]:.1f}): "
+            + ", ".join(f"{n} {times[n][-1]:.2f} s (cpu {cpu[n][-1]:.1f} s)" for n in names)
+        )
         sys.stdout.flush()
     med = {n: statistics.median(t) for n, t in times.items()}
     label = dict(shared="ours, shared trunk", separate="ours, separate value network", trl="TRL")
-    print(f"\n{'contestant':<30} {'median s':>9} {'min s':>7} {'max s':>7} {'TRL / this':>11}")
+    print(
+        f"\n{'contestant':<30} {'median s':>9} {'min s':>7} {'max s':>7} {'TRL / this':>11} "
+        f"{'cpu s':>7}"
+    )
     for n in names:
         speedup = f"{med['trl'] / med[n]:.2f}x" if "trl" in med else "-"
         print(
             f"{label[n]:<30} {med[n]:>9.2f} {min(times[n]):>7.2f} {max(times[n]):>7.2f} "
-            f"{speedup:>11}"
+            f"{speedup:>11} {statistics.median(cpu[n]):>7.1f}"
         )
+    print(f"load average now {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)")
     return med
 
 
