@@ -54,7 +54,7 @@ OPENAI_PAD_ID = 50259
 MAX_CANDIDATES = 9  # label_tool picks with the keys 1..9
 
 # One line shown above every item. The paper's labelers got written instructions (their full text is
-# lost, see paper-spec.md §7); these follow its wording: sentiment = "positive and happy",
+# lost, see docs/pitfalls.md); these follow its wording: sentiment = "positive and happy",
 # descriptiveness = "vivid".
 TASK_INSTRUCTIONS: dict[str, str] = {
     "sentiment": "Pick the continuation with the most positive and happy sentiment.",
@@ -486,7 +486,7 @@ def _read_openai_json(path, vocab_size) -> list[dict]:
                 f"{where}: {k} samples, but entry 0 has {n}; every entry must have the same N"
             )
         # Padding (50259) is not text: OpenAI right-pads queries and pads responses after truncation
-        # (paper-spec §1.3). We store the real tokens only; reward.py pads again (on the left) for
+        # (docs/formats.md). We store the real tokens only; reward.py pads again (on the left) for
         # the model.
         strip = lambda toks: [t for t in toks if t != OPENAI_PAD_ID]  # noqa: E731
         row = {

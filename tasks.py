@@ -379,7 +379,7 @@ def truncate_responses(responses: torch.Tensor, task: TaskConfig):
     truncate_after, the stop token itself kept; valid (B,) bool: such a stop token exists). A
     response without one is left whole (OpenAI's mask is all zero then) and is invalid: its score is
     replaced by the penalty (see `penalize`). Only the score uses the truncated response; PPO's
-    log-probs and KL use all R sampled tokens (paper-spec §1.6).
+    log-probs and KL use all R sampled tokens, as in the released code (docs/released-code.md).
     """
     B, R = responses.shape
     if task.truncate_token is None:
@@ -405,7 +405,7 @@ def strip_pad(tokens) -> list[int]:
 
 # --------------------------------------------------------------------------------------------------
 # Query data and OpenAI's released labels: local copies in the upstream layout, or downloads
-# (paper-spec §5)
+# (docs/formats.md)
 
 OPENAI_LABELS = {
     "sentiment": "labels/sentiment/offline_5k.json",

@@ -2,8 +2,8 @@
 
 - Without a GPU, Triton kernels run under the interpreter, which must be switched on before any
   kernel is defined.
-- tiktoken's GPT-2 files come from ../shared/tiktoken_cache when that folder exists (offline
-  machines, CI).
+- tiktoken's GPT-2 files come from a shared/tiktoken_cache folder beside the checkout when one
+  exists and TIKTOKEN_CACHE_DIR is unset (offline machines, CI).
 """
 
 import os
