@@ -28,6 +28,7 @@ hanging; when a process dies, torchrun stops the others (SIGTERM), and they say 
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -45,18 +46,20 @@ TIMEOUT = timedelta(minutes=10)
 SEED_STRIDE = 100_003
 
 rank, world_size, local_rank = 0, 1, 0
+comm_device = "cpu"  # where collectives run: cuda for NCCL, cpu for gloo
 
 
 def init(device: str) -> None:
     """Join torchrun's process group (NCCL on cuda, gloo on cpu) when WORLD_SIZE > 1; else nothing.
     On cuda each process takes GPU LOCAL_RANK as its default device, so 'cuda' means that GPU."""
-    global rank, world_size, local_rank
+    global rank, world_size, local_rank, comm_device
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or tdist.is_initialized():
         return
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
         torch.cuda.set_device(local_rank)
+        comm_device = "cuda"
     tdist.init_process_group(
         backend="nccl" if device.startswith("cuda") else "gloo", timeout=TIMEOUT
     )
@@ -64,6 +67,25 @@ def init(device: str) -> None:
     if rank != 0:
         sys.stdout = open(os.devnull, "w")  # one console line per update, not N
         os.environ["TQDM_DISABLE"] = "1"  # tqdm reads it for every new bar
+
+
+def _collective(fn):
+    """A collective that fails because a peer is gone ends this process with one clear line
+    instead of a traceback from the backend."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeError as e:  # torch.distributed's errors (DistError) are RuntimeErrors
+            raise SystemExit(
+                f"rank {rank}/{world_size}: a collective failed ({type(e).__name__}: "
+                f"{str(e)[:300]}), most likely because another rank failed (torchrun's report "
+                f"names it). Files already written are intact; continue with --resume on the "
+                f"same number of processes."
+            ) from None
+
+    return wrapper
 
 
 def _stopped(signum, frame):
@@ -123,17 +145,20 @@ def local_main_first():
 # Reductions. With one process each returns what the plain single-process code computes.
 
 
+@_collective
 def reduce(x: torch.Tensor, op: str = "mean") -> torch.Tensor:
-    """Elementwise mean, sum, max or min of x over ranks (x has the same shape on every rank)."""
+    """Elementwise mean, sum, max or min of x over ranks (x has the same shape on every rank), on
+    x's device."""
     if world_size == 1:
         return x
-    y = x.detach().clone()
+    y = x.detach().to(comm_device, copy=True)
     ops = dict(mean=tdist.ReduceOp.SUM, sum=tdist.ReduceOp.SUM)
     ops.update(max=tdist.ReduceOp.MAX, min=tdist.ReduceOp.MIN)
     tdist.all_reduce(y, op=ops[op])
-    return y / world_size if op == "mean" else y
+    return (y / world_size if op == "mean" else y).to(x.device)
 
 
+@_collective
 def mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and POPULATION variance over all elements of every rank's x (ranks may hold different
     counts). One process: exactly x.mean(), x.var(unbiased=False). N: two all-reduces (count and
@@ -153,10 +178,11 @@ def mean_of(values: dict) -> dict:
     means over equal shares of a batch this is the mean over the whole batch."""
     if not values:
         return {}
-    stacked = reduce(torch.stack([v.detach().float().reshape(()) for v in values.values()]))
+    stacked = reduce(torch.stack([v.detach().float().reshape(()).cpu() for v in values.values()]))
     return dict(zip(values, stacked.tolist()))
 
 
+@_collective
 def average_gradients(module: torch.nn.Module) -> None:
     """Replace every .grad by its mean over ranks (call once per optimizer step, after the last
     backward). Explicit rather than DistributedDataParallel: one visible line in the update, and no
@@ -170,6 +196,7 @@ def average_gradients(module: torch.nn.Module) -> None:
         g.div_(world_size)
 
 
+@_collective
 def broadcast_module(module: torch.nn.Module) -> None:
     """Copy rank 0's weights (parameters and buffers) to every rank, so all start identical even if
     a model was fitted or loaded differently on different machines."""
@@ -180,6 +207,7 @@ def broadcast_module(module: torch.nn.Module) -> None:
             tdist.broadcast(t.data, src=0)
 
 
+@_collective
 def gather_objects(obj) -> list:
     """Every rank's obj (picklable), as a list indexed by rank, on every rank."""
     if world_size == 1:
@@ -187,3 +215,18 @@ def gather_objects(obj) -> list:
     out = [None] * world_size
     tdist.all_gather_object(out, obj)
     return out
+
+
+@_collective
+def barrier() -> None:
+    """Wait until every rank gets here (e.g. until rank 0 has written a file the others read)."""
+    if world_size > 1:
+        tdist.barrier()
+
+
+def split(items: list) -> list:
+    """This rank's contiguous part of a list that may not split evenly (parts differ by at most
+    one item; some may be empty when there are fewer items than ranks)."""
+    n, r = divmod(len(items), world_size)
+    start = rank * n + min(rank, r)
+    return items[start : start + n + (rank < r)]
