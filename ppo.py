@@ -38,7 +38,12 @@ Run it:
     python ppo.py --bench
     python ppo.py --help                          # every option, with its default
 
-What it does not do: multi-GPU / DeepSpeed, LoRA, online label collection (the style tasks are
+Several GPUs or machines: the same script under torchrun, data parallel (dist.py; every distributed
+line below is marked [dist]; see README):
+    torchrun --nproc_per_node 8 ppo.py
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 ppo.py
+
+What it does not do: DeepSpeed / model sharding, LoRA, online label collection (the style tasks are
 offline in the paper).
 
 Shape letters: B = episodes (batch), Q = query length, R = response length, T = Q + R, C = channels,
@@ -64,6 +69,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import cli
+import dist
 import gpt2
 import reward
 import summarization
@@ -292,8 +298,11 @@ def whiten(values: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
     """(v - mean) / sqrt(var + 1e-8) over all elements, with the POPULATION variance, as TF's
     tf.nn.moments (lm-human-preferences utils/core.py::whiten; torch.var's default would be the
     unbiased one). shift_mean=False adds the mean back: the scale is normalized but the sign of
-    the rewards is kept."""
-    mean, var = values.mean(), values.var(unbiased=False)
+    the rewards is kept.
+
+    Under torchrun the mean and variance are over every rank's rows (the whole minibatch), so N
+    ranks whiten as one process would; the released code whitened each rank's share on its own."""
+    mean, var = dist.mean_var(values)  # [dist] over all ranks; one process: values.mean(), .var()
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -571,8 +580,9 @@ def ppo_update(
     """Steps 4-5: noptepochs passes over shuffled minibatches, one optimizer step per minibatch,
     gradients accumulated over micro-batches. Returns stats as (E, M, U) tensors (averaged for
     logging, so no minibatch is left out)."""
-    B, E, M = cfg.batch_size, cfg.noptepochs, cfg.nminibatches
-    mb_size = exact_div(B, M, "--batch-size / --nminibatches")
+    # [dist] B is this rank's share of --batch-size; a minibatch is every rank's mb_size rows
+    B, E, M = dist.share(cfg.batch_size, "--batch-size"), cfg.noptepochs, cfg.nminibatches
+    mb_size = exact_div(B, M, "--batch-size / --nminibatches (per process)")
     micro_size = min(cfg.micro_batch_size, mb_size)
     n_micro = exact_div(mb_size, micro_size, "minibatch size / --micro-batch-size")
     stats = {}
@@ -595,6 +605,7 @@ def ppo_update(
             old_values, old_logprobs = batch["values"][idx], batch["logprobs"][idx]  # (mb_size, R)
             advantages, returns = compute_gae(rewards, old_values, cfg.gamma, cfg.lam)
             advantages = whiten(advantages)
+            returns_mean, returns_var = dist.mean_var(returns)  # [dist] the whole minibatch's
             # 5. PPO: clipped policy loss + vf_coef · clipped value loss, summed over micro-batches
             optimizer.zero_grad(set_to_none=True)
             total = torch.zeros((), device=device)
@@ -627,14 +638,21 @@ def ppo_update(
                 record(*at, "ppo/val/clipfrac", vf_stats["clipfrac"])
                 record(*at, "ppo/val/error", vf_stats["error"])
                 record(*at, "ppo/val/vpred", vpred.mean())
-                record(*at, "ppo/returns/mean", returns[j].mean())
-                record(*at, "ppo/returns/var", returns[j].var(unbiased=False))
+                record(*at, "ppo/returns/mean", returns_mean)
+                record(*at, "ppo/returns/var", returns_var)
+            # [dist] average the minibatch's gradients over ranks: once per optimizer step, after
+            # the last micro-batch; the mean loss too, so every rank sees a NaN and stops together
+            dist.average_gradients(policy)
+            total = dist.reduce(total)
             if not torch.isfinite(total):  # before the step, so no NaN ever reaches the weights
                 raise FloatingPointError(
                     f"the PPO loss is {total.item()} (epoch {epoch}, minibatch {minibatch})"
                 )
             optimizer.step()
-    return stats
+    # [dist] every rank's stats -> the whole batch's: means of equal-sized micro-batches, and the
+    # extremes of the ratio
+    ops = {"ppo/policy/ratio_max": "max", "ppo/policy/ratio_min": "min"}
+    return {k: dist.reduce(v, ops.get(k, "mean")) for k, v in stats.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -689,17 +707,19 @@ def scripted_scores(labeler, truncated, references=None):
 
 def rollout_stats(batch: dict, true_scores: torch.Tensor | None, kl_coef: float) -> dict:
     """Per-update 'objective/...' metrics from a rollout batch (sums over tokens are per episode,
-    then averaged)."""
-    out = {
-        "objective/score": batch["scores"].mean().item(),
-        "objective/kl": batch["kl"].sum(1).mean().item(),
-        "objective/kl_coef": kl_coef,
-        "objective/entropy": (-batch["logprobs"]).sum(1).mean().item(),
-        "objective/score_total": (batch["scores"] + batch["non_score_reward"].sum(1)).mean().item(),
-        "objective/valid_fraction": batch["valid"].float().mean().item(),
+    then averaged). Under torchrun, over the whole batch: each rank's mean of its equal share,
+    averaged over ranks (so the controller sees the whole batch's KL)."""
+    means = {
+        "objective/score": batch["scores"].mean(),
+        "objective/kl": batch["kl"].sum(1).mean(),
+        "objective/entropy": (-batch["logprobs"]).sum(1).mean(),
+        "objective/score_total": (batch["scores"] + batch["non_score_reward"].sum(1)).mean(),
+        "objective/valid_fraction": batch["valid"].float().mean(),
     }
     if true_scores is not None:
-        out["objective/true_score"] = true_scores.mean().item()
+        means["objective/true_score"] = true_scores.mean()
+    out = dist.mean_of(means)  # [dist] one all-reduce for all of them
+    out["objective/kl_coef"] = kl_coef
     return out
 
 
@@ -886,11 +906,15 @@ def setup(cfg: Config) -> Run:
     """Device, seeds, run folder, models (making the reward model first if none is given),
     optimizer, KL controller, data; a resumed run's state is loaded back."""
     device = cli.pick_device(cfg.device)
+    dist.init(device)  # [dist] joins torchrun's process group; nothing without torchrun
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
+    if dist.is_main():  # [dist] rank 0 alone writes
+        run_dir.mkdir(parents=True, exist_ok=True)
+    # [dist] seeds differ per rank (rank 0: the seed itself); models are copied or broadcast, so
+    # they start identical anyway
+    torch.manual_seed(dist.seed(cfg.seed))
+    np.random.seed(dist.seed(cfg.seed))
+    random.seed(dist.seed(cfg.seed))
     task = tasks.get_task(cfg.task)
     labeler_name = cfg.labeler or task.labeler
     try:
@@ -900,9 +924,18 @@ def setup(cfg: Config) -> Run:
     ckpt = None
     if cfg.resume:
         ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+        n = ckpt.get("world_size", 1)
+        if n != dist.world_size:  # [dist] each rank's random state is in the checkpoint
+            raise SystemExit(
+                f"error: cannot resume {run_dir}: it was run on {n} process{'es' * (n > 1)}, "
+                f"this is {dist.world_size} process{'es' * (dist.world_size > 1)}. Resume with "
+                f"the same number (torchrun --nproc_per_node ... --nnodes ...)."
+            )
 
     # ρ: frozen, never optimized
-    ref = tasks.load_base_model(cfg.model, device=device).requires_grad_(False)
+    with dist.local_main_first():  # [dist] one process per machine fills the download cache
+        ref = tasks.load_base_model(cfg.model, device=device).requires_grad_(False)
+    dist.broadcast_module(ref)  # [dist] every rank starts from rank 0's weights
     if not cfg.reward_model:
         # the whole pipeline, one call: sample, label, train, save (reused by a resumed run)
         try:
@@ -963,8 +996,9 @@ def setup(cfg: Config) -> Run:
         kl_ctl=kl_ctl,
         source=source,
         eval_queries=eval_queries,
-        sample_gen=torch.Generator(device=device).manual_seed(cfg.seed),
-        shuffle_gen=torch.Generator().manual_seed(cfg.seed + 1),
+        # [dist] each rank samples and shuffles its own share with its own seed
+        sample_gen=torch.Generator(device=device).manual_seed(dist.seed(cfg.seed)),
+        shuffle_gen=torch.Generator().manual_seed(dist.seed(cfg.seed + 1)),
         n_updates=math.ceil(cfg.total_episodes / cfg.batch_size),
     )
     if ckpt is not None:
@@ -972,15 +1006,21 @@ def setup(cfg: Config) -> Run:
         optimizer.load_state_dict(ckpt["optimizer"])
         kl_ctl.load_state_dict(ckpt["kl_ctl"])
         source.load_state_dict(ckpt["data"])
-        set_rng_state(ckpt["rng"], run.sample_gen, run.shuffle_gen)
+        rng = ckpt["rng"]  # [dist] one state per rank (a dict in checkpoints written before)
+        set_rng_state(
+            rng[dist.rank] if isinstance(rng, list) else rng, run.sample_gen, run.shuffle_gen
+        )
         run.start, run.before, run.seconds_before = ckpt["update"], ckpt["before"], ckpt["seconds"]
+        print(f"resumed {run_dir} at update {run.start}/{run.n_updates}")
+    if not dist.is_main():  # [dist] rank 0 alone writes
+        return run
+    if ckpt is not None:
         # metrics written after the checkpoint (the run died later) are dropped: the resumed run
         # writes them again
         path = run.metrics_path
         lines = path.read_text().splitlines() if path.exists() else []
         kept = [line for line in lines if json.loads(line)["update"] <= run.start]
         cli.atomic_write(path, "".join(line + "\n" for line in kept))
-        print(f"resumed {run_dir} at update {run.start}/{run.n_updates}")
     else:
         run.metrics_path.write_text("")
     cli.atomic_write(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
@@ -1004,6 +1044,11 @@ def print_budget(run: Run):
         f"{n * cfg.batch_size * R:,} tokens generated | model {cfg.model} on {run.device} | "
         f"run dir {run.run_dir}"
     )
+    if dist.world_size > 1:
+        print(
+            f"  on {dist.world_size} processes (torchrun): {cfg.batch_size // dist.world_size} "
+            f"episodes each per update; gradients and batch statistics all-reduced"
+        )
 
 
 def export_policy(policy: PolicyAndValue, run_dir: Path):
@@ -1020,13 +1065,18 @@ def export_policy(policy: PolicyAndValue, run_dir: Path):
 
 def save_checkpoint(run: Run, update: int, seconds: float):
     """checkpoint.pt (everything a resume needs, written atomically), the exported policy/ and
-    curves.png."""
+    curves.png. Called on every rank: each one's random state goes into the checkpoint, which rank
+    0 writes."""
+    rng = dist.gather_objects(rng_state(run.sample_gen, run.shuffle_gen))  # [dist] by rank
+    if not dist.is_main():
+        return
     ckpt = dict(
         policy=run.policy.state_dict(),
         optimizer=run.optimizer.state_dict(),
         kl_ctl=run.kl_ctl.state_dict(),
         data=run.source.state_dict(),
-        rng=rng_state(run.sample_gen, run.shuffle_gen),
+        rng=rng,
+        world_size=dist.world_size,
         update=update,
         before=run.before,
         seconds=seconds,
@@ -1077,7 +1127,8 @@ def train(cfg: Config) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         # 1-3. rollout, score, rewards (see rollout())
-        items = run.source.next_queries(cfg.batch_size)
+        # [dist] every rank reads the same batch of queries and keeps its own block of it
+        items = dist.shard(run.source.next_queries(cfg.batch_size))
         raw_queries = [q.tokens for q in items]
         batch = rollout(
             policy, run.ref, run.reward_model, task, raw_queries, cfg, kl_ctl.value,
@@ -1114,8 +1165,9 @@ def train(cfg: Config) -> dict:
                 "time/rollout_tokens_per_s": cfg.batch_size * R / max(batch["t_generate"], 1e-9),
             }
         )
-        with open(run.metrics_path, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        if dist.is_main():  # [dist] rank 0 alone writes
+            with open(run.metrics_path, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
         tqdm.write(metric_line(update + 1, n_updates, metrics), file=sys.stdout)
         if cfg.sample_every and (update + 1) % cfg.sample_every == 0:
             formatted = [tasks.policy_context(task, q) for q in raw_queries]
@@ -1124,6 +1176,7 @@ def train(cfg: Config) -> dict:
         if (update + 1) % cfg.save_every == 0 or update + 1 == stop:
             save_checkpoint(run, update + 1, run.seconds_before + time.time() - t_start)
     bar.close()
+    dist.finish()  # [dist] no collectives after the loop (evaluations run whole on every rank)
     if stop < n_updates:
         print(
             f"stopped after {stop}/{n_updates} updates (--stop-after); continue with: "
@@ -1158,6 +1211,7 @@ def summarize(run: Run, last: dict, seconds: float) -> dict:
         model=cfg.model,
         task=cfg.task,
         reward_model=cfg.reward_model,
+        world_size=dist.world_size,
     )
     for k in ("novelty", "lead_copy", *summarization.ROUGE_TYPES):  # summarization tasks
         if k in after:
@@ -1166,8 +1220,9 @@ def summarize(run: Run, last: dict, seconds: float) -> dict:
     # here, not at the top: evaluate.py imports this file)
     from evaluate import end_of_run
 
-    summary.update(end_of_run(run))
-    cli.atomic_write(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if dist.is_main():  # [dist] rank 0 alone judges (it writes eval/) and writes
+        summary.update(end_of_run(run))
+        cli.atomic_write(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"after training: {json.dumps(after)}\nsummary: {run.run_dir / 'summary.json'}")
     print(json.dumps(summary, indent=2))
     return summary

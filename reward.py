@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import cli
+import dist
 import labels
 import tasks
 from gpt2 import GPT2, PAD_ID, GPT2Config, generate, get_tokenizer, left_pad, real_tokens
@@ -82,9 +83,9 @@ def preference_accuracy(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tens
 
 def population_mean_std(x: torch.Tensor) -> tuple[float, float]:
     """Mean and POPULATION std (divide by n, as OpenAI's stats(): sqrt(E[x^2] - E[x]^2);
-    lm-human-preference-details uses the unbiased std)."""
-    x = x.double()
-    return x.mean().item(), x.std(unbiased=False).item()
+    lm-human-preference-details uses the unbiased std). Under torchrun: over every rank's x."""
+    mean, var = dist.mean_var(x.double())  # [dist] all ranks' samples
+    return mean.item(), var.sqrt().item()
 
 
 def gain_bias(
@@ -439,13 +440,14 @@ def normalize(
     'ref_queries' sampler)."""
     rm.reset_normalization()
     src = tasks.QuerySource(task, "train", seed=seed + 1, query_data=query_data)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    # [dist] each rank samples its block of every batch of queries, with its own seed
+    gen = torch.Generator(device=device).manual_seed(dist.seed(seed))
 
     def draw():
         qs_all, rs_all = [], []
         # OpenAI: ceil(samples / rollout batch) batches
         for _ in range(math.ceil(n_samples / batch_size)):
-            qs = src.next_batch(batch_size, formatted=False)
+            qs = dist.shard(src.next_batch(batch_size, formatted=False), "--rollout-batch-size")
             rs = sample_responses(policy, task, qs, gen, device)
             if truncated:
                 rs = tasks.truncate_responses(rs, task)[0]
@@ -544,6 +546,7 @@ def train_reward_model(
     check_rows_fit(rows + list(held_out), policy.config, cfg.labels)
     # rho's weights, a fresh random head
     rm = RewardModel(copy.deepcopy(policy), base_model=model).to(device)
+    dist.broadcast_module(rm)  # [dist] every rank starts from rank 0's weights
     rm.requires_grad_(True)  # every weight trains, even if the caller froze rho (ppo.py does)
     N = len(train_rows[0]["sample_tokens"])
     if cfg.epochs < 1:
@@ -596,13 +599,21 @@ def train_reward_model(
         lr = cfg.lr * (1 - start / n_seen)
         for g in opt.param_groups:
             g["lr"] = lr
-        rewards, best = comparison_rewards(rm, batch, device)  # (B, N), (B,)
-        loss = preference_loss(rewards, best)
+        # [dist] each rank takes its part of the step's comparisons; weighting its mean by its
+        # share (1 on one process) makes the rank-averaged gradient and stats the whole batch's
+        # mean even when the batch does not split evenly (a rank with no rows reads one at weight 0)
+        mine = dist.split(batch)
+        weight = len(mine) * dist.world_size / len(batch)
+        rewards, best = comparison_rewards(rm, mine or batch[:1], device)  # (B, N), (B,)
+        loss = preference_loss(rewards, best) * weight
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        dist.average_gradients(rm)  # [dist] once per step
         opt.step()
-        running_loss.append(loss.item())
-        running_acc.append(preference_accuracy(rewards.detach(), best).item())
+        accuracy = preference_accuracy(rewards.detach(), best) * weight
+        step_stats = dist.mean_of(dict(loss=loss, accuracy=accuracy))  # [dist] whole batch
+        running_loss.append(step_stats["loss"])
+        running_acc.append(step_stats["accuracy"])
         bar.set_postfix(
             loss=f"{np.mean(running_loss[-10:]):.3f}", acc=f"{np.mean(running_acc[-10:]):.2f}"
         )
@@ -742,13 +753,16 @@ def build_reward_model(
         )
         rows = label_comparisons(comparisons, labeler)
         labels_out = Path(labels_out or out.with_suffix(".labels.jsonl"))
-        labels.write_comparisons(labels_out, rows)  # kept for `python reward.py eval`
+        if dist.is_main():  # [dist] rank 0 alone writes (every rank sampled the same rows)
+            labels.write_comparisons(labels_out, rows)  # kept for `python reward.py eval`
         cfg = dataclasses.replace(cfg, labels=str(labels_out))
     rm, metrics = train_reward_model(
         rows, cfg, model, task, seed, policy=policy, device=device, query_data=query_data
     )
     print(f"reward model: {json.dumps(metrics)}")
-    save_reward_model(rm, out)
+    if dist.is_main():  # [dist] rank 0 alone writes; the others wait for the file (ppo.py reads it)
+        save_reward_model(rm, out)
+    dist.barrier()
     return out
 
 
@@ -971,10 +985,12 @@ def cmd_train(argv):
         flat=("train",),
     )
     device = cli.pick_device(a.device)
+    dist.init(device)  # [dist] under torchrun: joins the process group; nothing otherwise
     out = build_reward_model(
         a.train, a.model, a.task, a.out, a.seed, a.labeler, device=device, query_data=a.query_data
     )
     print(f"train: wrote {out}")
+    dist.finish()
 
 
 def cmd_eval(argv):
