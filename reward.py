@@ -29,6 +29,10 @@ that path --task sentiment). `reward.py train` without --labels does all three s
 build_reward_model, the one function ppo.py calls when it is given no reward model (its --rm.*
 flags are the same options as `reward.py train`'s).
 
+Several GPUs or machines: `torchrun --nproc_per_node 8 reward.py train ...` splits each step's
+comparisons and the normalization samples over the processes and all-reduces gradients and
+statistics (dist.py; the distributed lines are marked [dist]).
+
 Shape letters: B = batch (comparisons), N = candidates per comparison, T = sequence length, C =
 channels, Q = query length, R = response length.
 """
