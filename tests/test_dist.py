@@ -430,7 +430,9 @@ def test_torchrun_ppo_kill_one_rank_then_resume(tmp_path, tiny_rm):
     names |= {"policy", "value_head.safetensors"}
     assert names <= {p.name for p in whole.iterdir()} and not list(whole.rglob("*.tmp"))
     assert [m["update"] for m in metrics_of(whole)] == [1, 2, 3, 4]
-    assert text.count("update     3/4") == 1 and text.count("query (end)") == 2, text[-3000:]
+    assert text.count("update     3/4") == 1 and text.count("response (truncated)") == 2, text[
+        -3000:
+    ]
     ckpt = torch.load(whole / "checkpoint.pt", weights_only=False)
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
 
