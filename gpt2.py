@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 import cli
 import kernels  # attention and token log-probs: Triton kernels or PyTorch (imports no triton)
@@ -238,6 +239,9 @@ class GPT2(nn.Module):
         )
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # (V, C) weight
+        # activation checkpointing (set_grad_checkpoint): an attribute, not a config field, so it
+        # never enters saved configs or the tiny model's cache key
+        self.grad_checkpoint = False
         self.apply(self._init_weights)
         # GPT-2 scales residual projections by 1/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
@@ -250,6 +254,14 @@ class GPT2(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, Linear):
             nn.init.zeros_(module.bias)
+
+    def set_grad_checkpoint(self, on: bool = True) -> "GPT2":
+        """Activation checkpointing: when gradients are on, keep only each block's input and
+        recompute its activations in the backward (about one more forward's compute, for
+        activation memory of one block instead of all n_layer). Same values and gradients; it is
+        what lets gpt2-large and gpt2-xl train on one GPU."""
+        self.grad_checkpoint = on
+        return self
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
@@ -299,8 +311,13 @@ class GPT2(nn.Module):
             )
         idx = idx.masked_fill(~mask, 0)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        checkpointing = self.grad_checkpoint and cache is None and torch.is_grad_enabled()
         for block in self.transformer.h:
-            x = block(x, key_mask, cache)
+            if checkpointing:
+                # non-reentrant: works with inputs that need no grad, restores autocast on recompute
+                x = torch.utils.checkpoint.checkpoint(block, x, key_mask, use_reentrant=False)
+            else:
+                x = block(x, key_mask, cache)
         if cache is not None:
             cache.len += T
         return self.transformer.ln_f(x)  # (B, T, C)
