@@ -54,7 +54,17 @@ from tqdm import tqdm
 import cli
 import labels
 import tasks
-from gpt2 import GPT2, PAD_ID, GPT2Config, generate, get_tokenizer, left_pad, real_tokens
+from gpt2 import (
+    GPT2,
+    PAD_ID,
+    GPT2Config,
+    autocast,
+    generate,
+    get_tokenizer,
+    left_pad,
+    real_tokens,
+    resolve_precision,
+)
 from optim import AdamTF
 
 CHECKPOINT_FORMAT = "rlhf-gpt2 reward model"
@@ -146,7 +156,7 @@ class RewardModel(nn.Module):
         # (B,) index of the last real token
         last = (mask.long() * torch.arange(T, device=tokens.device)).argmax(1)
         h_last = h[torch.arange(tokens.shape[0], device=tokens.device), last]  # (B, C)
-        return self.head(h_last)[:, 0]  # (B,)
+        return self.head(h_last)[:, 0].float()  # (B,) fp32, also under autocast
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Normalized rewards (B,) of sequences concat(query, response), tokens/attention_mask
@@ -510,6 +520,19 @@ def check_rows_fit(rows: list[dict], config: GPT2Config, path: str = "labels"):
             )
 
 
+def train_step(rm: RewardModel, opt, rows: list[dict], device="cpu", precision="auto"):
+    """One optimizer step on a batch of label rows: the rewards under gpt2.autocast, the
+    preference loss and its gradient's start in fp32 outside it. Returns (loss, accuracy)."""
+    with autocast(device, precision):
+        rewards, best = comparison_rewards(rm, rows, device)  # (B, N), (B,)
+    rewards = rewards.float()
+    loss = preference_loss(rewards, best)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item(), preference_accuracy(rewards.detach(), best).item()
+
+
 def train_reward_model(
     rows: list[dict],
     cfg: TrainConfig,
@@ -520,6 +543,8 @@ def train_reward_model(
     device="cpu",
     test_rows: list[dict] | None = None,
     query_data: str = "",
+    precision: str = "auto",
+    grad_checkpoint: bool = False,
 ):
     """Train a reward model on label rows; returns (RewardModel, metrics).
 
@@ -528,7 +553,8 @@ def train_reward_model(
     head init, data order and normalization samples (OpenAI: run.seed 1). policy: rho if already
     loaded, else tasks.load_base_model(model). It is used frozen, for the normalization samples
     (on the task's queries, from query_data when given); the reward model gets its own copy of
-    its weights.
+    its weights. precision: gpt2.autocast's (every forward, sampling included); grad_checkpoint:
+    activation checkpointing of the trained copy.
     """
     torch.manual_seed(seed)
     random.seed(seed)
@@ -545,6 +571,7 @@ def train_reward_model(
     # rho's weights, a fresh random head
     rm = RewardModel(copy.deepcopy(policy), base_model=model).to(device)
     rm.requires_grad_(True)  # every weight trains, even if the caller froze rho (ppo.py does)
+    rm.lm.set_grad_checkpoint(grad_checkpoint)
     N = len(train_rows[0]["sample_tokens"])
     if cfg.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
@@ -560,20 +587,22 @@ def train_reward_model(
 
     # 1. normalize the random head's rewards under rho (OpenAI: normalize_before)
     if cfg.normalize_before:
-        metrics["norm_before"] = normalize(
-            rm,
-            policy,
-            task,
-            cfg.normalize_samples,
-            cfg.rollout_batch_size,
-            seed,
-            cfg.normalize_truncated,
-            device,
-            query_data,
-        )
+        with autocast(device, precision):
+            metrics["norm_before"] = normalize(
+                rm,
+                policy,
+                task,
+                cfg.normalize_samples,
+                cfg.rollout_batch_size,
+                seed,
+                cfg.normalize_truncated,
+                device,
+                query_data,
+            )
         print(_norm_line("before", metrics["norm_before"]))
     if held_out:
-        metrics["test_before"] = evaluate(rm, held_out, cfg.eval_batch_size)
+        with autocast(device, precision):
+            metrics["test_before"] = evaluate(rm, held_out, cfg.eval_batch_size)
         print(
             f"train: held-out accuracy before training {metrics['test_before']['accuracy']:.3f} "
             f"(chance {1 / N:.3f}), loss {metrics['test_before']['loss']:.4f} (uniform "
@@ -596,13 +625,9 @@ def train_reward_model(
         lr = cfg.lr * (1 - start / n_seen)
         for g in opt.param_groups:
             g["lr"] = lr
-        rewards, best = comparison_rewards(rm, batch, device)  # (B, N), (B,)
-        loss = preference_loss(rewards, best)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running_loss.append(loss.item())
-        running_acc.append(preference_accuracy(rewards.detach(), best).item())
+        loss, accuracy = train_step(rm, opt, batch, device, precision)
+        running_loss.append(loss)
+        running_acc.append(accuracy)
         bar.set_postfix(
             loss=f"{np.mean(running_loss[-10:]):.3f}", acc=f"{np.mean(running_acc[-10:]):.2f}"
         )
@@ -622,28 +647,31 @@ def train_reward_model(
 
     # 3. normalize again under rho, discarding the trained gain/bias (OpenAI: normalize_after)
     if cfg.normalize_after:
-        metrics["norm_after"] = normalize(
-            rm,
-            policy,
-            task,
-            cfg.normalize_samples,
-            cfg.rollout_batch_size,
-            seed + 1000,
-            cfg.normalize_truncated,
-            device,
-            query_data,
-        )
+        with autocast(device, precision):
+            metrics["norm_after"] = normalize(
+                rm,
+                policy,
+                task,
+                cfg.normalize_samples,
+                cfg.rollout_batch_size,
+                seed + 1000,
+                cfg.normalize_truncated,
+                device,
+                query_data,
+            )
         print(_norm_line("after", metrics["norm_after"]))
 
     # 4. held-out accuracy, and one example pair so a person can see what the model prefers
     if held_out:
-        metrics["test"] = evaluate(rm, held_out, cfg.eval_batch_size)
+        with autocast(device, precision):
+            metrics["test"] = evaluate(rm, held_out, cfg.eval_batch_size)
         print(
             f"train: held-out accuracy {metrics['test']['accuracy']:.3f} on {len(held_out)} "
             "comparisons "
             f"(chance {1 / N:.3f}), loss {metrics['test']['loss']:.4f}"
         )
-        print_example(rm, held_out[0])
+        with autocast(device, precision):
+            print_example(rm, held_out[0])
     rm.meta.update(
         task=task.name,
         seed=seed,
@@ -697,6 +725,8 @@ def build_reward_model(
     labels_out=None,
     reuse: bool = False,
     query_data: str = "",
+    precision: str = "auto",
+    grad_checkpoint: bool = False,
 ) -> Path:
     """Make a reward model and save it to `out`; returns its path. `reward.py train` and ppo.py
     (when it is given no reward model) both run this.
@@ -731,21 +761,31 @@ def build_reward_model(
             f"reward model: sampling {cfg.num_comparisons} comparisons from ρ, labeling them with "
             f"the scripted '{labeler.name}' labeler, then training"
         )
-        comparisons = sample_comparisons(
-            policy,
-            task,
-            cfg.num_comparisons,
-            seed=seed,
-            device=device,
-            query_data=query_data,
-            require_stop=cfg.require_stop,
-        )
+        with autocast(device, precision):
+            comparisons = sample_comparisons(
+                policy,
+                task,
+                cfg.num_comparisons,
+                seed=seed,
+                device=device,
+                query_data=query_data,
+                require_stop=cfg.require_stop,
+            )
         rows = label_comparisons(comparisons, labeler)
         labels_out = Path(labels_out or out.with_suffix(".labels.jsonl"))
         labels.write_comparisons(labels_out, rows)  # kept for `python reward.py eval`
         cfg = dataclasses.replace(cfg, labels=str(labels_out))
     rm, metrics = train_reward_model(
-        rows, cfg, model, task, seed, policy=policy, device=device, query_data=query_data
+        rows,
+        cfg,
+        model,
+        task,
+        seed,
+        policy=policy,
+        device=device,
+        query_data=query_data,
+        precision=precision,
+        grad_checkpoint=grad_checkpoint,
     )
     print(f"reward model: {json.dumps(metrics)}")
     save_reward_model(rm, out)
@@ -890,6 +930,11 @@ class TrainArgs:
     """seed of the head init, data order and normalization samples (OpenAI: run.seed 1)"""
     device: str = "auto"
     """auto (cuda if available), cpu or cuda"""
+    precision: str = "auto"
+    """'bf16' (autocast: bf16 matmuls, fp32 weights and losses) or 'fp32'; 'auto': bf16 on CUDA,
+    fp32 on CPU"""
+    grad_checkpoint: bool = False
+    """activation checkpointing: recompute each transformer block in the backward (less memory)"""
     train: TrainConfig = field(default_factory=TrainConfig)
     """the reward model's own options (flags without a prefix here; --rm.<flag> in ppo.py)"""
 
@@ -971,8 +1016,21 @@ def cmd_train(argv):
         flat=("train",),
     )
     device = cli.pick_device(a.device)
+    try:
+        precision = resolve_precision(a.precision, device)
+    except ValueError as e:
+        raise SystemExit(f"error: --precision: {e}")
     out = build_reward_model(
-        a.train, a.model, a.task, a.out, a.seed, a.labeler, device=device, query_data=a.query_data
+        a.train,
+        a.model,
+        a.task,
+        a.out,
+        a.seed,
+        a.labeler,
+        device=device,
+        query_data=a.query_data,
+        precision=precision,
+        grad_checkpoint=a.grad_checkpoint,
     )
     print(f"train: wrote {out}")
 
