@@ -26,7 +26,7 @@ class CountStopsRM:
         return (response == 13).float().sum(1)
 
 
-def setup_ppo(precision="fp32", batch_size=8, micro=4, nminibatches=2, noptepochs=2):
+def setup_ppo(precision="fp32", batch_size=4, micro=2, nminibatches=2, noptepochs=2):
     torch.manual_seed(0)
     ref = gpt2.GPT2.from_config("tiny").eval().requires_grad_(False)
     policy = ppo.PolicyAndValue(copy.deepcopy(ref).requires_grad_(True)).eval()
@@ -151,52 +151,52 @@ def run_update(policy, cfg, batch, R):
 
 
 def test_out_of_memory_halves_the_micro_batch_and_redoes_the_minibatch(monkeypatch, capsys):
-    """An out-of-memory error in the first micro-batch halves the size (4 -> 2) and redoes the
-    minibatch; every minibatch then runs at size 2, so the weights are bit-for-bit those of a run
-    at size 2 from the start (torch.equal: the same operations in the same order; the failed
+    """An out-of-memory error in the first micro-batch halves the size (2 -> 1) and redoes the
+    minibatch; every minibatch then runs at size 1, so the weights are bit-for-bit those of a run
+    at size 1 from the start (torch.equal: the same operations in the same order; the failed
     attempt left nothing behind: no optimizer step, gradients zeroed). Later in the update (epoch
-    2), the minibatches before it ran at 4: the result matches the run without any error up to
+    2), the minibatches before it ran at 2: the result matches the run without any error up to
     float summation order (assert_close at fp32 rounding), since each micro-batch's loss is
     weighted by its share of the minibatch."""
-    policy, cfg, batch, R = setup_ppo("fp32", micro=4)
-    plain4, stats4 = run_update(policy, copy.deepcopy(cfg), batch, R)
-    plain2, stats2 = run_update(policy, dataclasses_replace(cfg, micro_batch_size=2), batch, R)
+    policy, cfg, batch, R = setup_ppo("fp32", micro=2)
+    plain2, stats2 = run_update(policy, copy.deepcopy(cfg), batch, R)
+    plain1, stats1 = run_update(policy, dataclasses_replace(cfg, micro_batch_size=1), batch, R)
 
     cfg_first = copy.deepcopy(cfg)
     count = inject_oom(monkeypatch, {1})
     first, stats_first = run_update(policy, cfg_first, batch, R)
-    assert cfg_first.micro_batch_size == 2  # kept for the rest of the run
+    assert cfg_first.micro_batch_size == 1  # kept for the rest of the run
     assert "out of memory" in capsys.readouterr().out
-    # 2 epochs x 2 minibatches x 2 micro-batches of 2, plus the failed call
+    # 2 epochs x 2 minibatches x 2 micro-batches of 1, plus the failed call
     assert count[0] == 1 + 2 * 2 * 2
-    for (n, p), q in zip(first.named_parameters(), plain2.parameters()):
+    for (n, p), q in zip(first.named_parameters(), plain1.parameters()):
         assert torch.equal(p, q), n
-    for k in stats2:
-        assert torch.equal(stats_first[k], stats2[k]), k
+    for k in stats1:
+        assert torch.equal(stats_first[k], stats1[k]), k
 
     monkeypatch.undo()
     cfg_late = copy.deepcopy(cfg)
-    # epoch 1 runs 2 minibatches x 1 micro-batch of 4 (calls 1, 2); call 4 is epoch 2's second
+    # epoch 1 runs 2 minibatches x 1 micro-batch of 2 (calls 1, 2); call 4 is epoch 2's second
     # minibatch
     inject_oom(monkeypatch, {4})
     late, stats_late = run_update(policy, cfg_late, batch, R)
-    assert cfg_late.micro_batch_size == 2
+    assert cfg_late.micro_batch_size == 1
     moved = False
-    for (n, p), q, p0 in zip(late.named_parameters(), plain4.parameters(), policy.parameters()):
+    for (n, p), q, p0 in zip(late.named_parameters(), plain2.parameters(), policy.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
         moved |= not torch.equal(p, p0)
     assert moved
     # the stats keep their (E, M, U) shape at the final size; the earlier entries repeat
     assert stats_late["ppo/policy/approxkl"].shape == (2, 2, 2)
     torch.testing.assert_close(
-        stats_late["ppo/loss/policy"].mean(), stats4["ppo/loss/policy"].mean(), rtol=1e-5, atol=1e-6
+        stats_late["ppo/loss/policy"].mean(), stats2["ppo/loss/policy"].mean(), rtol=1e-5, atol=1e-6
     )
 
 
 def test_out_of_memory_in_the_rollout_and_at_size_one(monkeypatch):
     """The rollout's chunked forwards halve the same way (same old log-probs and values, the
     size kept); at micro-batch size 1 the error is raised as is."""
-    policy, cfg, batch, R = setup_ppo("fp32", micro=4)
+    policy, cfg, batch, R = setup_ppo("fp32", micro=2)
     ref = copy.deepcopy(policy.lm).requires_grad_(False)
     task = tasks.get_task("sentiment")
     queries = tasks.QuerySource(task, "train", seed=0).next_batch(cfg.batch_size, formatted=False)
@@ -205,7 +205,7 @@ def test_out_of_memory_in_the_rollout_and_at_size_one(monkeypatch):
     inject_oom(monkeypatch, {2})
     cfg_oom = copy.deepcopy(cfg)
     recovered = ppo.rollout(*args, cfg_oom, 0.1, torch.Generator().manual_seed(0), "cpu")
-    assert cfg_oom.micro_batch_size == 2
+    assert cfg_oom.micro_batch_size == 1
     for k in ("logprobs", "values", "ref_logprobs", "scores"):
         torch.testing.assert_close(recovered[k], clean[k], rtol=1e-5, atol=1e-6, msg=k)
 
