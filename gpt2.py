@@ -138,7 +138,7 @@ def autocast(device, precision: str):
     Under it the weights, the optimizer and its state stay fp32 (autocast casts per op); matmuls
     (Linear, attention, the LM head's logits) run in bf16; the residual stream and LayerNorm stay
     fp32; log-softmax, log-probs, entropy, values, scores, losses and statistics are fp32
-    (token_logprobs upcasts the logits, the heads' outputs are .float()). bf16 needs no loss
+    (kernels.token_logprobs upcasts the logits, the heads' outputs are .float()). bf16 needs no loss
     scaling: it has fp32's exponent range."""
     precision = resolve_precision(precision, device)
     if precision == "fp32":
