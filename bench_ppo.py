@@ -9,10 +9,12 @@ It takes ppo.py's flags (the same Config, resolved the same way) and runs ppo.py
 and ppo_update() on randomly initialized weights (no download; the timing does not depend on the
 weights): one warm-up update, then --bench-updates timed ones. Every flag that changes the work is
 honoured: --model, --task (query and response lengths), --batch-size, --nminibatches,
---noptepochs, --micro-batch-size, --value-model (a separate value network doubles the trunk's
-work), --adam, --device. Precision follows the device, as in training: bf16 autocast on CUDA, fp32
-on CPU. It prints the settings used and the split of each update: rollout (of it: generation),
-train (forward + backward + optimizer), and of train the optimizer steps alone.
+--noptepochs, --micro-batch-size (auto included; an out-of-memory error halves it, as in training,
+and the size the run ended with is printed), --value-model (a separate value network doubles the
+trunk's work), --adam, --device, --precision (as in training: bf16 autocast on CUDA, fp32 on CPU
+by default), --grad-checkpoint. It prints the settings used and the split of each update: rollout
+(of it: generation), train (forward + backward + optimizer), and of train the optimizer steps
+alone.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def bench(cfg: ppo.Config) -> dict:
     of the timed ones (seconds, tokens/s, peak GiB on CUDA)."""
     n_timed = cfg.bench_updates
     device = cli.pick_device(cfg.device)
+    cfg.precision = gpt2.resolve_precision(cfg.precision, device)
+    cfg.micro_batch_size = ppo.resolve_micro_batch_size(cfg, device)
     task = tasks.get_task(cfg.task)
     torch.manual_seed(cfg.seed)
     ref = gpt2.GPT2.from_config(cfg.model).to(device).eval().requires_grad_(False)
@@ -62,13 +66,15 @@ def bench(cfg: ppo.Config) -> dict:
     raw_queries = torch.randint(
         0, 50000, (cfg.batch_size, task.query_length), generator=shuffle_gen
     ).tolist()
-    precision = "bf16 autocast" if device.startswith("cuda") else "fp32"
+    precision = "bf16 autocast" if cfg.precision == "bf16" else "fp32"
     n_params = sum(p.numel() for p in params)
     print(
         f"bench: {cfg.model} (random weights, {n_params / 1e6:.1f}M trainable) on {device}, "
         f"{precision} | task {task.name}: batch {cfg.batch_size}, {task.query_length} + "
         f"{task.response_length} tokens | {cfg.noptepochs} epochs x {cfg.nminibatches} "
-        f"minibatches, micro-batch {cfg.micro_batch_size} | value model {cfg.value_model} | "
+        f"minibatches, micro-batch {cfg.micro_batch_size}"
+        f"{', activation checkpointing' if cfg.grad_checkpoint else ''} | "
+        f"value model {cfg.value_model} | "
         f"adam {cfg.adam} | kernels {ref.config.use_kernels}"
     )
     rows = []
@@ -108,6 +114,7 @@ def bench(cfg: ppo.Config) -> dict:
         + " | ".join(f"{k} {v:.3f}" for k, v in mean.items())
     )
     update = mean["update_s"]
+    print(f"micro-batch size {cfg.micro_batch_size} at the end (halved on out-of-memory errors)")
     print(
         f"split: rollout {mean['rollout_s'] / update:.0%} (generation "
         f"{mean['generate_s'] / update:.0%}), train {mean['train_s'] / update:.0%} (optimizer "

@@ -57,7 +57,15 @@ def _default(f: dataclasses.Field):
     raise TypeError(f"field {f.name} needs a default to become a command-line flag")
 
 
-_TYPES = {"int": int, "float": float, "str": str}
+def _int_or_str(text: str) -> int | str:
+    """A number where the text is one, else the text (e.g. --micro-batch-size 32 or auto)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+_TYPES = {"int": int, "float": float, "str": str, "int | str": _int_or_str}
 
 
 def _scalar_type(f: dataclasses.Field, default):

@@ -30,6 +30,7 @@ H), V = vocabulary (50257), R = response length (new tokens), N = flattened toke
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -43,6 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 import cli
 import kernels  # attention and token log-probs: Triton kernels or PyTorch (imports no triton)
@@ -111,6 +113,43 @@ ACTIVATIONS = {
     "silu": F.silu,
     "swish": F.silu,
 }
+
+
+# --------------------------------------------------------------------------------------------------
+# Precision: one switch for every forward (sampling, scoring, training)
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolve_precision(precision: str, device) -> str:
+    """'auto' -> 'bf16' on CUDA, 'fp32' elsewhere (bf16 matmuls are slow on most CPUs); 'bf16' and
+    'fp32' are kept on any device, so the CPU can run the GPU's exact bf16 code path."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(device, precision: str):
+    """The mixed-precision context every forward runs in: torch.autocast to bfloat16 on the
+    device's type (CUDA or CPU alike) for 'bf16', nothing for 'fp32'.
+
+    Under it the weights, the optimizer and its state stay fp32 (autocast casts per op); matmuls
+    (Linear, attention, the LM head's logits) run in bf16; the residual stream and LayerNorm stay
+    fp32; log-softmax, log-probs, entropy, values, scores, losses and statistics are fp32
+    (kernels.token_logprobs upcasts the logits, the heads' outputs are .float()). bf16 needs no loss
+    scaling: it has fp32's exponent range."""
+    precision = resolve_precision(precision, device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast casts matmul inputs to on t's device, or None when autocast is off."""
+    kind = t.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,6 +277,9 @@ class GPT2(nn.Module):
         )
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # (V, C) weight
+        # activation checkpointing (set_grad_checkpoint): an attribute, not a config field, so it
+        # never enters saved configs or the tiny model's cache key
+        self.grad_checkpoint = False
         self.apply(self._init_weights)
         # GPT-2 scales residual projections by 1/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
@@ -250,6 +292,14 @@ class GPT2(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, Linear):
             nn.init.zeros_(module.bias)
+
+    def set_grad_checkpoint(self, on: bool = True) -> "GPT2":
+        """Activation checkpointing: when gradients are on, keep only each block's input and
+        recompute its activations in the backward (about one more forward's compute, for
+        activation memory of one block instead of all n_layer). Same values and gradients; it is
+        what lets gpt2-large and gpt2-xl train on one GPU."""
+        self.grad_checkpoint = on
+        return self
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
@@ -299,8 +349,13 @@ class GPT2(nn.Module):
             )
         idx = idx.masked_fill(~mask, 0)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        checkpointing = self.grad_checkpoint and cache is None and torch.is_grad_enabled()
         for block in self.transformer.h:
-            x = block(x, key_mask, cache)
+            if checkpointing:
+                # non-reentrant: works with inputs that need no grad, restores autocast on recompute
+                x = torch.utils.checkpoint.checkpoint(block, x, key_mask, use_reentrant=False)
+            else:
+                x = block(x, key_mask, cache)
         if cache is not None:
             cache.len += T
         return self.transformer.ln_f(x)  # (B, T, C)
@@ -847,7 +902,9 @@ def generate(
     """
     B, T = tokens.shape
     temperature = max(temperature, 1e-10)  # as lm-human-preferences: T = 0 would divide by zero
-    cache = KVCache(model.config, B, T + max_new_tokens, tokens.device, model.lm_head_weight.dtype)
+    # keys and values are written in the dtype the attention matmuls read (bf16 under autocast)
+    cache_dtype = autocast_dtype(tokens) or model.lm_head_weight.dtype
+    cache = KVCache(model.config, B, T + max_new_tokens, tokens.device, cache_dtype)
     # pads anywhere (PAD_ID or mask 0) move to the left: the same prompts, and the last position
     # is real
     tokens, mask = left_align(tokens, real_tokens(tokens, attention_mask))
@@ -904,6 +961,10 @@ def response_logprobs(
     R = n_response
     hidden = model.hidden_states(tokens, attention_mask)  # (B, T, C)
     h = hidden[:, T - R - 1 : T - 1]  # (B, R, C): the state before each response token predicts it
+    if autocast_dtype(h) is not None:
+        # the LM head's GEMM in the autocast dtype (fp32 accumulation, fp32 softmax statistics):
+        # both token_logprobs paths run their GEMMs in hidden's dtype, autocast or not
+        h = h.to(autocast_dtype(h))
     real = real_tokens(tokens, attention_mask)[:, T - R :]  # (B, R)
     targets = tokens[:, T - R :].masked_fill(~real, 0)  # (B, R)
     lp, ent = kernels.token_logprobs(

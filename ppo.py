@@ -52,7 +52,6 @@ E = PPO epochs, M = minibatches per epoch, U = micro-batches per minibatch (grad
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -119,9 +118,11 @@ class Config:
     """minibatches per epoch: one optimizer step each (the released code: 1)"""
     noptepochs: int = 4
     """PPO epochs over each rollout batch, reshuffled every epoch"""
-    micro_batch_size: int = 64
+    micro_batch_size: int | str = 64
     """episodes per forward/backward; gradients are accumulated over a minibatch (memory only,
-    not the math)"""
+    not the math). Halved, and kept halved, when a micro-batch runs out of device memory. 'auto':
+    start from the whole minibatch on CUDA (the first out-of-memory error finds the size that
+    fits), the minibatch capped at 64 on CPU"""
     lr: float = 1e-5
     """Adam learning rate, annealed linearly to 0 over the updates"""
     adam: str = "tf"
@@ -174,6 +175,13 @@ class Config:
     """episodes on held-out queries for score_before / score_after in summary.json"""
     device: str = "auto"
     """'auto' (cuda when available), 'cpu' or 'cuda'"""
+    precision: str = "auto"
+    """'bf16' (autocast: bf16 matmuls, fp32 weights, log-probs and losses) or 'fp32'; 'auto': bf16
+    on CUDA, fp32 on CPU. Also used for the reward model this run trains"""
+    grad_checkpoint: bool = False
+    """activation checkpointing: recompute each transformer block in the backward instead of
+    storing its activations (less memory, ~1/3 more compute; gpt2-large/xl on one GPU). Also used
+    for the reward model this run trains"""
     bench: bool = False
     """time PPO updates on random weights at this config (default: the 124M sentiment setting;
     bench_ppo.py) and exit"""
@@ -476,6 +484,9 @@ def make_policy(cfg: Config, ref, reward_model) -> PolicyAndValue:
         policy = policy_with_reward_value(ref, reward_model)
     elif cfg.value_model != "shared":
         raise SystemExit(f"error: --value-model {cfg.value_model!r}: use 'shared' or 'reward'")
+    for trunk in (policy.lm, policy.value_trunk):
+        if trunk is not None:
+            trunk.set_grad_checkpoint(cfg.grad_checkpoint)
     return policy.eval()
 
 
@@ -483,21 +494,56 @@ def make_policy(cfg: Config, ref, reward_model) -> PolicyAndValue:
 # Rollout (steps 1-3) and the PPO update (steps 4-5)
 
 
-def autocast(device: str):
-    """bf16 autocast on CUDA (matmuls in bf16, log-softmax and losses in fp32); plain fp32 on
-    CPU."""
-    return (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        if device == "cuda"
-        else contextlib.nullcontext()
-    )
+def resolve_micro_batch_size(cfg: Config, device: str) -> int:
+    """--micro-batch-size as a number. 'auto' on CUDA: the whole minibatch, and the first
+    micro-batch that runs out of memory halves it (that first forward is the probe, at the real
+    sequence length); on CPU nothing raises a catchable out-of-memory error (the OS swaps or kills
+    the process), so 'auto' is the minibatch capped at 64, the default size."""
+    mb_size = exact_div(cfg.batch_size, cfg.nminibatches, "--batch-size / --nminibatches")
+    if cfg.micro_batch_size == "auto":
+        return mb_size if str(device).startswith("cuda") else min(mb_size, 64)
+    try:
+        size = int(cfg.micro_batch_size)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise SystemExit(
+            f"error: --micro-batch-size {cfg.micro_batch_size!r}: give a positive number or 'auto'"
+        )
+    return min(size, mb_size)
+
+
+def shrink_micro_batch(cfg: Config, where: str) -> int:
+    """After an out-of-memory error: the largest divisor of the micro-batch size that is at most
+    half of it (exactly half for even sizes), stored in cfg so the rest of the run, config.json
+    and the checkpoint keep it. At size 1 there is nothing left to halve: the caller re-raises."""
+    old = cfg.micro_batch_size
+    new = max(d for d in range(1, old // 2 + 1) if old % d == 0)
+    cfg.micro_batch_size = new
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # give the failed attempt's blocks back before the retry
+    tqdm.write(f"out of memory in {where} at micro-batch size {old}: halved to {new}, kept")
+    return new
 
 
 @torch.no_grad()
-def forward_in_chunks(fn, chunk: int, *tensors):
-    """fn(*tensors) -> tuple of (b, ...) tensors, run over the batch `chunk` rows at a time and
-    concatenated."""
-    parts = [fn(*(x[i : i + chunk] for x in tensors)) for i in range(0, tensors[0].size(0), chunk)]
+def forward_in_chunks(fn, cfg: Config, *tensors):
+    """fn(*tensors) -> tuple of (b, ...) tensors, run over the batch cfg.micro_batch_size rows at
+    a time and concatenated. A chunk that runs out of memory is run again at half the size (the
+    size is kept, see shrink_micro_batch); rows are independent, so nothing else is redone."""
+    parts, i, n = [], 0, tensors[0].size(0)
+    while i < n:
+        chunk, oom = cfg.micro_batch_size, False
+        try:
+            parts.append(fn(*(x[i : i + chunk] for x in tensors)))
+        except torch.OutOfMemoryError:
+            if chunk == 1:
+                raise
+            oom = True  # handled outside the except block, which holds the failed frames
+        if oom:
+            shrink_micro_batch(cfg, "the rollout")
+            continue
+        i += chunk
     return tuple(torch.cat(p) for p in zip(*parts))
 
 
@@ -509,13 +555,14 @@ def rollout(
     Returns a dict of (B, ...) tensors plus timings."""
     t0 = time.perf_counter()
     R = task.response_length
+    cfg.micro_batch_size = resolve_micro_batch_size(cfg, device)  # the chunk of the forwards
     # what the policy reads: prefix + query + suffix; the released code's pads between query and
     # suffix (summaries) are dropped, which computes the same (tasks.policy_context)
     queries = [tasks.policy_context(task, q) for q in raw_queries]
     q_tokens, q_mask = gpt2.left_pad(queries, device=device)  # (B, Q)
     # 1. rollout: fixed-length responses from π at the task's temperature (EOS does not stop
     #    sampling)
-    with autocast(device):
+    with gpt2.autocast(device, cfg.precision):
         # (B, R)
         responses, _ = gpt2.generate(
             policy.lm, q_tokens, q_mask, R, cfg.temperature, generator=generator
@@ -528,15 +575,14 @@ def rollout(
     # old log-probs and values come from the SAME forward function as training (as
     # lm-human-preference-details), not from the sampling loop, so on the first minibatch of the
     # first epoch the ratio is exactly 1
-    with autocast(device):
-        chunk = cfg.micro_batch_size
+    with gpt2.autocast(device, cfg.precision):
         logprobs, _, values = forward_in_chunks(
-            lambda tok, msk: policy(tok, msk, R, cfg.temperature), chunk, tokens, mask
+            lambda tok, msk: policy(tok, msk, R, cfg.temperature), cfg, tokens, mask
         )
         ref_logprobs, _ = forward_in_chunks(
             # (B, R)
             lambda tok, msk: gpt2.response_logprobs(ref, tok, msk, R, cfg.temperature)[:2],
-            chunk,
+            cfg,
             tokens,
             mask,
         )
@@ -548,7 +594,7 @@ def rollout(
         raw_tokens, raw_mask = gpt2.left_pad(raw_queries, device=device)  # (B, Q')
         (scores,) = forward_in_chunks(
             lambda q, msk, r: (reward_model.score(q, msk, r),),
-            chunk,
+            cfg,
             raw_tokens,
             raw_mask,
             truncated,
@@ -579,18 +625,63 @@ def ppo_update(
 ) -> dict:
     """Steps 4-5: noptepochs passes over shuffled minibatches, one optimizer step per minibatch,
     gradients accumulated over micro-batches. Returns stats as (E, M, U) tensors (averaged for
-    logging, so no minibatch is left out)."""
+    logging, so no minibatch is left out).
+
+    A micro-batch that runs out of device memory halves cfg.micro_batch_size (kept for the rest of
+    the run) and its minibatch's accumulation is redone from zero_grad: nothing was stepped, and
+    each micro-batch's loss is weighted by its share of the minibatch, so the gradient is the same
+    minibatch mean at any micro-batch size (up to float summation order)."""
     # [dist] B is this rank's share of --batch-size; a minibatch is every rank's mb_size rows
     B, E, M = dist.share(cfg.batch_size, "--batch-size"), cfg.noptepochs, cfg.nminibatches
     mb_size = exact_div(B, M, "--batch-size / --nminibatches (per process)")
-    micro_size = min(cfg.micro_batch_size, mb_size)
-    n_micro = exact_div(mb_size, micro_size, "minibatch size / --micro-batch-size")
+    cfg.micro_batch_size = resolve_micro_batch_size(cfg, device)  # a number from here on
+    exact_div(mb_size, cfg.micro_batch_size, "minibatch size / --micro-batch-size")
     stats = {}
 
     def record(epoch, minibatch, micro, name, value):
-        stats.setdefault(name, torch.zeros(E, M, n_micro))[epoch, minibatch, micro] = (
-            value.item() if torch.is_tensor(value) else value
-        )
+        stats.setdefault(name, torch.zeros(E, M, mb_size // cfg.micro_batch_size))[
+            epoch, minibatch, micro
+        ] = value.item() if torch.is_tensor(value) else value
+
+    def accumulate(epoch, minibatch, idx, advantages, returns, old_values, old_logprobs):
+        """5. PPO: clipped policy loss + vf_coef · clipped value loss, summed over micro-batches
+        into the gradients; returns the minibatch's loss."""
+        micro_size = cfg.micro_batch_size
+        optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=device)
+        for micro in range(mb_size // micro_size):
+            j = slice(micro * micro_size, (micro + 1) * micro_size)
+            with gpt2.autocast(device, cfg.precision):
+                new_logprobs, entropy, vpred = policy(
+                    # (micro_size, R)
+                    batch["tokens"][idx][j],
+                    batch["mask"][idx][j],
+                    n_response,
+                    cfg.temperature,
+                )
+            # the losses and their statistics in fp32, outside autocast
+            pg_loss, pg_stats = ppo_policy_loss(
+                new_logprobs.float(), old_logprobs[j], advantages[j], cfg.cliprange
+            )
+            vf_loss, vf_stats = value_loss(
+                vpred.float(), old_values[j], returns[j], cfg.cliprange_value
+            )
+            loss = pg_loss + cfg.vf_coef * vf_loss
+            # each micro-batch is a mean over micro_size·R tokens: rescale to the minibatch mean
+            (loss * (micro_size / mb_size)).backward()
+            total += loss.detach() * (micro_size / mb_size)
+            at = (epoch, minibatch, micro)
+            for k, v in pg_stats.items():
+                record(*at, f"ppo/policy/{k}", v)
+            record(*at, "ppo/policy/entropy", entropy.float().mean())
+            record(*at, "ppo/loss/policy", pg_loss)
+            record(*at, "ppo/loss/value", vf_loss)
+            record(*at, "ppo/val/clipfrac", vf_stats["clipfrac"])
+            record(*at, "ppo/val/error", vf_stats["error"])
+            record(*at, "ppo/val/vpred", vpred.mean())
+            record(*at, "ppo/returns/mean", returns_mean)
+            record(*at, "ppo/returns/var", returns_var)
+        return total
 
     for epoch in range(E):
         perm = torch.randperm(B, generator=shuffle_gen).to(device)  # a fresh shuffle every epoch
@@ -606,40 +697,23 @@ def ppo_update(
             advantages, returns = compute_gae(rewards, old_values, cfg.gamma, cfg.lam)
             advantages = whiten(advantages)
             returns_mean, returns_var = dist.mean_var(returns)  # [dist] the whole minibatch's
-            # 5. PPO: clipped policy loss + vf_coef · clipped value loss, summed over micro-batches
-            optimizer.zero_grad(set_to_none=True)
-            total = torch.zeros((), device=device)
-            for micro in range(n_micro):
-                j = slice(micro * micro_size, (micro + 1) * micro_size)
-                with autocast(device):
-                    new_logprobs, entropy, vpred = policy(
-                        # (micro_size, R)
-                        batch["tokens"][idx][j],
-                        batch["mask"][idx][j],
-                        n_response,
-                        cfg.temperature,
-                    )
-                pg_loss, pg_stats = ppo_policy_loss(
-                    new_logprobs.float(), old_logprobs[j], advantages[j], cfg.cliprange
-                )
-                vf_loss, vf_stats = value_loss(
-                    vpred, old_values[j], returns[j], cfg.cliprange_value
-                )
-                loss = pg_loss + cfg.vf_coef * vf_loss
-                # each micro-batch is a mean over micro_size·R tokens: rescale to the minibatch mean
-                (loss * (micro_size / mb_size)).backward()
-                total += loss.detach() * (micro_size / mb_size)
-                at = (epoch, minibatch, micro)
-                for k, v in pg_stats.items():
-                    record(*at, f"ppo/policy/{k}", v)
-                record(*at, "ppo/policy/entropy", entropy.float().mean())
-                record(*at, "ppo/loss/policy", pg_loss)
-                record(*at, "ppo/loss/value", vf_loss)
-                record(*at, "ppo/val/clipfrac", vf_stats["clipfrac"])
-                record(*at, "ppo/val/error", vf_stats["error"])
-                record(*at, "ppo/val/vpred", vpred.mean())
-                record(*at, "ppo/returns/mean", returns_mean)
-                record(*at, "ppo/returns/var", returns_var)
+            args = (epoch, minibatch, idx, advantages, returns, old_values, old_logprobs)
+            while True:
+                oom = False
+                try:
+                    total = accumulate(*args)
+                except torch.OutOfMemoryError:
+                    if cfg.micro_batch_size == 1:
+                        raise
+                    oom = True  # handled outside the except block, which holds the failed frames
+                if not oom:
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                old = cfg.micro_batch_size
+                shrink_micro_batch(cfg, f"the PPO update (epoch {epoch}, minibatch {minibatch})")
+                # the stats recorded so far: each old micro-batch becomes old/new equal entries
+                for k, v in stats.items():
+                    stats[k] = v.repeat_interleave(old // cfg.micro_batch_size, dim=2)
             # [dist] average the minibatch's gradients over ranks: once per optimizer step, after
             # the last micro-batch; the mean loss too, so every rank sees a NaN and stops together
             dist.average_gradients(policy)
@@ -907,6 +981,11 @@ def setup(cfg: Config) -> Run:
     optimizer, KL controller, data; a resumed run's state is loaded back."""
     device = cli.pick_device(cfg.device)
     dist.init(device)  # [dist] joins torchrun's process group; nothing without torchrun
+    try:
+        cfg.precision = gpt2.resolve_precision(cfg.precision, device)
+    except ValueError as e:
+        raise SystemExit(f"error: --precision: {e}")
+    cfg.micro_batch_size = resolve_micro_batch_size(cfg, device)
     run_dir = Path(cfg.run_dir)
     if dist.is_main():  # [dist] rank 0 alone writes
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -951,6 +1030,8 @@ def setup(cfg: Config) -> Run:
                 labels_out=run_dir / "labels.jsonl",
                 reuse=True,
                 query_data=cfg.query_data,
+                precision=cfg.precision,
+                grad_checkpoint=cfg.grad_checkpoint,
             )
         except (ValueError, tasks.DownloadError) as e:
             raise SystemExit(f"error: {e}")
@@ -1110,6 +1191,7 @@ def train(cfg: Config) -> dict:
     enc = gpt2.get_tokenizer()
     t_start = time.time()
     last = {}
+    micro_saved = json.loads((run.run_dir / "config.json").read_text())["micro_batch_size"]
     stop = n_updates if not cfg.stop_after else min(n_updates, cfg.stop_after)
     bar = tqdm(
         range(run.start, stop),
@@ -1147,6 +1229,10 @@ def train(cfg: Config) -> dict:
                 f"(`python reward.py eval`)."
             )
         t_train = time.perf_counter() - t0
+        if cfg.micro_batch_size != micro_saved:
+            # out of memory halved it: a resumed run starts from the size that fits
+            cli.atomic_write(run.run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+            micro_saved = cfg.micro_batch_size
         # 6. KL controller: adapt β toward the target with this batch's mean KL (released code:
         #    after every update), then log
         metrics = rollout_stats(batch, true_scores, kl_ctl.value)

@@ -59,7 +59,17 @@ import cli
 import dist
 import labels
 import tasks
-from gpt2 import GPT2, PAD_ID, GPT2Config, generate, get_tokenizer, left_pad, real_tokens
+from gpt2 import (
+    GPT2,
+    PAD_ID,
+    GPT2Config,
+    autocast,
+    generate,
+    get_tokenizer,
+    left_pad,
+    real_tokens,
+    resolve_precision,
+)
 from optim import AdamTF
 
 CHECKPOINT_FORMAT = "rlhf-gpt2 reward model"
@@ -151,7 +161,7 @@ class RewardModel(nn.Module):
         # (B,) index of the last real token
         last = (mask.long() * torch.arange(T, device=tokens.device)).argmax(1)
         h_last = h[torch.arange(tokens.shape[0], device=tokens.device), last]  # (B, C)
-        return self.head(h_last)[:, 0]  # (B,)
+        return self.head(h_last)[:, 0].float()  # (B,) fp32, also under autocast
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Normalized rewards (B,) of sequences concat(query, response), tokens/attention_mask
@@ -516,6 +526,29 @@ def check_rows_fit(rows: list[dict], config: GPT2Config, path: str = "labels"):
             )
 
 
+def train_step(rm: RewardModel, opt, rows: list[dict], device="cpu", precision="auto"):
+    """One optimizer step on a batch of label rows: the rewards under gpt2.autocast, the
+    preference loss and its gradient's start in fp32 outside it. Returns the whole batch's
+    (loss, accuracy).
+
+    [dist] Each rank takes its part of the rows; weighting its mean by its share (1 on one process)
+    makes the rank-averaged gradient and statistics the whole batch's mean even when the batch does
+    not split evenly (a rank with no rows reads one at weight 0)."""
+    mine = dist.split(rows)
+    weight = len(mine) * dist.world_size / len(rows)
+    with autocast(device, precision):
+        rewards, best = comparison_rewards(rm, mine or rows[:1], device)  # (B, N), (B,)
+    rewards = rewards.float()
+    loss = preference_loss(rewards, best) * weight
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    dist.average_gradients(rm)  # [dist] once per step
+    opt.step()
+    accuracy = preference_accuracy(rewards.detach(), best) * weight
+    stats = dist.mean_of(dict(loss=loss, accuracy=accuracy))  # [dist] the whole batch's
+    return stats["loss"], stats["accuracy"]
+
+
 def train_reward_model(
     rows: list[dict],
     cfg: TrainConfig,
@@ -526,6 +559,8 @@ def train_reward_model(
     device="cpu",
     test_rows: list[dict] | None = None,
     query_data: str = "",
+    precision: str = "auto",
+    grad_checkpoint: bool = False,
 ):
     """Train a reward model on label rows; returns (RewardModel, metrics).
 
@@ -534,7 +569,8 @@ def train_reward_model(
     head init, data order and normalization samples (OpenAI: run.seed 1). policy: rho if already
     loaded, else tasks.load_base_model(model). It is used frozen, for the normalization samples
     (on the task's queries, from query_data when given); the reward model gets its own copy of
-    its weights.
+    its weights. precision: gpt2.autocast's (every forward, sampling included); grad_checkpoint:
+    activation checkpointing of the trained copy.
     """
     torch.manual_seed(seed)
     random.seed(seed)
@@ -552,6 +588,7 @@ def train_reward_model(
     rm = RewardModel(copy.deepcopy(policy), base_model=model).to(device)
     dist.broadcast_module(rm)  # [dist] every rank starts from rank 0's weights
     rm.requires_grad_(True)  # every weight trains, even if the caller froze rho (ppo.py does)
+    rm.lm.set_grad_checkpoint(grad_checkpoint)
     N = len(train_rows[0]["sample_tokens"])
     if cfg.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
@@ -567,20 +604,22 @@ def train_reward_model(
 
     # 1. normalize the random head's rewards under rho (OpenAI: normalize_before)
     if cfg.normalize_before:
-        metrics["norm_before"] = normalize(
-            rm,
-            policy,
-            task,
-            cfg.normalize_samples,
-            cfg.rollout_batch_size,
-            seed,
-            cfg.normalize_truncated,
-            device,
-            query_data,
-        )
+        with autocast(device, precision):
+            metrics["norm_before"] = normalize(
+                rm,
+                policy,
+                task,
+                cfg.normalize_samples,
+                cfg.rollout_batch_size,
+                seed,
+                cfg.normalize_truncated,
+                device,
+                query_data,
+            )
         print(_norm_line("before", metrics["norm_before"]))
     if held_out:
-        metrics["test_before"] = evaluate(rm, held_out, cfg.eval_batch_size)
+        with autocast(device, precision):
+            metrics["test_before"] = evaluate(rm, held_out, cfg.eval_batch_size)
         print(
             f"train: held-out accuracy before training {metrics['test_before']['accuracy']:.3f} "
             f"(chance {1 / N:.3f}), loss {metrics['test_before']['loss']:.4f} (uniform "
@@ -603,21 +642,9 @@ def train_reward_model(
         lr = cfg.lr * (1 - start / n_seen)
         for g in opt.param_groups:
             g["lr"] = lr
-        # [dist] each rank takes its part of the step's comparisons; weighting its mean by its
-        # share (1 on one process) makes the rank-averaged gradient and stats the whole batch's
-        # mean even when the batch does not split evenly (a rank with no rows reads one at weight 0)
-        mine = dist.split(batch)
-        weight = len(mine) * dist.world_size / len(batch)
-        rewards, best = comparison_rewards(rm, mine or batch[:1], device)  # (B, N), (B,)
-        loss = preference_loss(rewards, best) * weight
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        dist.average_gradients(rm)  # [dist] once per step
-        opt.step()
-        accuracy = preference_accuracy(rewards.detach(), best) * weight
-        step_stats = dist.mean_of(dict(loss=loss, accuracy=accuracy))  # [dist] whole batch
-        running_loss.append(step_stats["loss"])
-        running_acc.append(step_stats["accuracy"])
+        loss, accuracy = train_step(rm, opt, batch, device, precision)
+        running_loss.append(loss)
+        running_acc.append(accuracy)
         bar.set_postfix(
             loss=f"{np.mean(running_loss[-10:]):.3f}", acc=f"{np.mean(running_acc[-10:]):.2f}"
         )
@@ -637,28 +664,31 @@ def train_reward_model(
 
     # 3. normalize again under rho, discarding the trained gain/bias (OpenAI: normalize_after)
     if cfg.normalize_after:
-        metrics["norm_after"] = normalize(
-            rm,
-            policy,
-            task,
-            cfg.normalize_samples,
-            cfg.rollout_batch_size,
-            seed + 1000,
-            cfg.normalize_truncated,
-            device,
-            query_data,
-        )
+        with autocast(device, precision):
+            metrics["norm_after"] = normalize(
+                rm,
+                policy,
+                task,
+                cfg.normalize_samples,
+                cfg.rollout_batch_size,
+                seed + 1000,
+                cfg.normalize_truncated,
+                device,
+                query_data,
+            )
         print(_norm_line("after", metrics["norm_after"]))
 
     # 4. held-out accuracy, and one example pair so a person can see what the model prefers
     if held_out:
-        metrics["test"] = evaluate(rm, held_out, cfg.eval_batch_size)
+        with autocast(device, precision):
+            metrics["test"] = evaluate(rm, held_out, cfg.eval_batch_size)
         print(
             f"train: held-out accuracy {metrics['test']['accuracy']:.3f} on {len(held_out)} "
             "comparisons "
             f"(chance {1 / N:.3f}), loss {metrics['test']['loss']:.4f}"
         )
-        print_example(rm, held_out[0])
+        with autocast(device, precision):
+            print_example(rm, held_out[0])
     rm.meta.update(
         task=task.name,
         seed=seed,
@@ -712,6 +742,8 @@ def build_reward_model(
     labels_out=None,
     reuse: bool = False,
     query_data: str = "",
+    precision: str = "auto",
+    grad_checkpoint: bool = False,
 ) -> Path:
     """Make a reward model and save it to `out`; returns its path. `reward.py train` and ppo.py
     (when it is given no reward model) both run this.
@@ -746,22 +778,32 @@ def build_reward_model(
             f"reward model: sampling {cfg.num_comparisons} comparisons from ρ, labeling them with "
             f"the scripted '{labeler.name}' labeler, then training"
         )
-        comparisons = sample_comparisons(
-            policy,
-            task,
-            cfg.num_comparisons,
-            seed=seed,
-            device=device,
-            query_data=query_data,
-            require_stop=cfg.require_stop,
-        )
+        with autocast(device, precision):
+            comparisons = sample_comparisons(
+                policy,
+                task,
+                cfg.num_comparisons,
+                seed=seed,
+                device=device,
+                query_data=query_data,
+                require_stop=cfg.require_stop,
+            )
         rows = label_comparisons(comparisons, labeler)
         labels_out = Path(labels_out or out.with_suffix(".labels.jsonl"))
         if dist.is_main():  # [dist] rank 0 alone writes (every rank sampled the same rows)
             labels.write_comparisons(labels_out, rows)  # kept for `python reward.py eval`
         cfg = dataclasses.replace(cfg, labels=str(labels_out))
     rm, metrics = train_reward_model(
-        rows, cfg, model, task, seed, policy=policy, device=device, query_data=query_data
+        rows,
+        cfg,
+        model,
+        task,
+        seed,
+        policy=policy,
+        device=device,
+        query_data=query_data,
+        precision=precision,
+        grad_checkpoint=grad_checkpoint,
     )
     print(f"reward model: {json.dumps(metrics)}")
     if dist.is_main():  # [dist] rank 0 alone writes; the others wait for the file (ppo.py reads it)
@@ -908,6 +950,11 @@ class TrainArgs:
     """seed of the head init, data order and normalization samples (OpenAI: run.seed 1)"""
     device: str = "auto"
     """auto (cuda if available), cpu or cuda"""
+    precision: str = "auto"
+    """'bf16' (autocast: bf16 matmuls, fp32 weights and losses) or 'fp32'; 'auto': bf16 on CUDA,
+    fp32 on CPU"""
+    grad_checkpoint: bool = False
+    """activation checkpointing: recompute each transformer block in the backward (less memory)"""
     train: TrainConfig = field(default_factory=TrainConfig)
     """the reward model's own options (flags without a prefix here; --rm.<flag> in ppo.py)"""
 
@@ -990,8 +1037,21 @@ def cmd_train(argv):
     )
     device = cli.pick_device(a.device)
     dist.init(device)  # [dist] under torchrun: joins the process group; nothing otherwise
+    try:
+        precision = resolve_precision(a.precision, device)
+    except ValueError as e:
+        raise SystemExit(f"error: --precision: {e}")
     out = build_reward_model(
-        a.train, a.model, a.task, a.out, a.seed, a.labeler, device=device, query_data=a.query_data
+        a.train,
+        a.model,
+        a.task,
+        a.out,
+        a.seed,
+        a.labeler,
+        device=device,
+        query_data=a.query_data,
+        precision=precision,
+        grad_checkpoint=a.grad_checkpoint,
     )
     print(f"train: wrote {out}")
     dist.finish()

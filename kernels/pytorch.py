@@ -48,6 +48,12 @@ def torch_attention(q, k, v, key_mask=None):
 # Per-token log-probs without the full (N, V) logits
 
 
+def _gemm_weight(weight, hidden):
+    """The LM head's weight in hidden's dtype: the logits' GEMM runs in the activations' dtype
+    (bf16 under autocast, with fp32 accumulation), as the Triton kernel does."""
+    return weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
+
+
 class _ChunkedLogprobs(torch.autograd.Function):
     """torch_token_logprobs' autograd function: `chunk` token rows at a time, with a hand-written
     backward.
@@ -66,15 +72,19 @@ class _ChunkedLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, chunk):
         logps, entropies, lses = [], [], []
-        for i in range(0, hidden.size(0), chunk):
-            # (n, V): one chunk only
-            z = (hidden[i : i + chunk] @ weight.T).float().mul_(1.0 / temperature)
-            lse = torch.logsumexp(z, -1)  # (n,)
-            logp_all = z.sub_(lse[:, None])  # (n, V) log p, in place
-            logps.append(logp_all.gather(-1, targets[i : i + chunk, None])[:, 0])
-            # H = −Σ p·log p (no cancellation)
-            entropies.append(-torch.linalg.vecdot(logp_all.exp(), logp_all))
-            lses.append(lse)
+        w = _gemm_weight(weight, hidden)
+        # autocast off: the logits' GEMM runs in hidden's dtype, exactly as the backward (which
+        # runs outside autocast) recomputes it; everything after the GEMM is fp32
+        with torch.autocast(hidden.device.type, enabled=False):
+            for i in range(0, hidden.size(0), chunk):
+                # (n, V): one chunk only
+                z = (hidden[i : i + chunk] @ w.T).float().mul_(1.0 / temperature)
+                lse = torch.logsumexp(z, -1)  # (n,)
+                logp_all = z.sub_(lse[:, None])  # (n, V) log p, in place
+                logps.append(logp_all.gather(-1, targets[i : i + chunk, None])[:, 0])
+                # H = −Σ p·log p (no cancellation)
+                entropies.append(-torch.linalg.vecdot(logp_all.exp(), logp_all))
+                lses.append(lse)
         logp, entropy, lse = torch.cat(logps), torch.cat(entropies), torch.cat(lses)
         ctx.save_for_backward(hidden, weight, targets, lse, entropy)
         ctx.temperature, ctx.chunk = temperature, chunk
@@ -90,28 +100,31 @@ class _ChunkedLogprobs(torch.autograd.Function):
         dw = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         if g_logp is None:
             g_logp = torch.zeros_like(lse)
-        for i in range(0, hidden.size(0), ctx.chunk):
-            h, j = hidden[i : i + ctx.chunk], slice(i, i + ctx.chunk)
-            logp = (h @ weight.T).float().mul_(inv_t).sub_(lse[j, None])  # (n, V) log p, recomputed
-            p = logp.exp()
-            # g = −p·(g_logp + g_ent·(log p + H)), built in place in the log p buffer; then + g_logp
-            # at the target
-            if g_ent is None:  # PPO's case: only the log-probs are in the loss
-                g = p.mul_(-g_logp[j, None])
-            else:
-                g = (
-                    logp.add_(entropy[j, None])
-                    .mul_(g_ent[j, None])
-                    .add_(g_logp[j, None])
-                    .mul_(p)
-                    .neg_()
-                )
-            g.scatter_add_(-1, targets[j, None], g_logp[j, None])
-            g.mul_(inv_t)  # (n, V) = ∂L/∂logits
-            if dh is not None:
-                dh[j] = g @ weight.float()
-            if dw is not None:
-                dw.addmm_(g.T, h.float())
+        w = _gemm_weight(weight, hidden)
+        with torch.autocast(hidden.device.type, enabled=False):  # the same GEMMs as the forward
+            for i in range(0, hidden.size(0), ctx.chunk):
+                h, j = hidden[i : i + ctx.chunk], slice(i, i + ctx.chunk)
+                # (n, V) log p, recomputed as the forward computed it (GEMM in hidden's dtype)
+                logp = (h @ w.T).float().mul_(inv_t).sub_(lse[j, None])
+                p = logp.exp()
+                # g = −p·(g_logp + g_ent·(log p + H)), built in place in the log p buffer; then
+                # + g_logp at the target
+                if g_ent is None:  # PPO's case: only the log-probs are in the loss
+                    g = p.mul_(-g_logp[j, None])
+                else:
+                    g = (
+                        logp.add_(entropy[j, None])
+                        .mul_(g_ent[j, None])
+                        .add_(g_logp[j, None])
+                        .mul_(p)
+                        .neg_()
+                    )
+                g.scatter_add_(-1, targets[j, None], g_logp[j, None])
+                g.mul_(inv_t)  # (n, V) = ∂L/∂logits
+                if dh is not None:
+                    dh[j] = g @ weight.float()
+                if dw is not None:
+                    dw.addmm_(g.T, h.float())
         return (
             dh.to(hidden.dtype) if dh is not None else None,
             dw.to(weight.dtype) if dw is not None else None,

@@ -11,9 +11,11 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import gpt2
 from gpt2 import GPT2, generate, left_pad, response_logprobs
+from kernels import token_logprobs
 
 transformers = pytest.importorskip("transformers")
 
@@ -343,3 +345,109 @@ def test_inverse_cdf_sampling_matches_probabilities():
         assert (freq[probs[row] == 0] == 0).all()  # zero-probability tokens are never drawn
         # ~4 standard errors at n = 20,000
         torch.testing.assert_close(freq, probs[row], atol=0.012, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grad_checkpoint_same_gradients(dtype):
+    """Activation checkpointing on and off: the same loss and gradients on a left-padded batch,
+    in fp32 and under bf16 autocast (the recompute must run under the same autocast as the
+    forward, or its bf16 activations would differ). On CPU the recompute is the same ops on the
+    same inputs, so the match is exact; checkpointing must also really recompute (each block runs
+    twice)."""
+    torch.manual_seed(0)
+    model = GPT2(gpt2.GPT2Config(n_layer=3, n_head=2, n_embd=32, vocab_size=97, n_positions=32))
+    tokens, mask = left_pad([[1, 2, 3, 4, 5, 6], [7, 8, 9], [10, 11, 12, 13]])
+    calls = []  # block forwards run (module hooks do not fire on the recompute, so wrap forward)
+    for block in model.transformer.h:
+        block.forward = lambda *a, _f=block.forward: calls.append(1) or _f(*a)
+
+    def grads(on: bool):
+        model.zero_grad(set_to_none=True)
+        model.set_grad_checkpoint(on)
+        calls.clear()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            lp, ent, hidden = response_logprobs(model, tokens, mask, 2, temperature=0.7)
+            loss = (lp * 1.3).sum() + ent.sum() + hidden.float().pow(2).mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, len(calls)
+
+    loss_off, g_off, calls_off = grads(False)
+    loss_on, g_on, calls_on = grads(True)
+    assert (calls_off, calls_on) == (3, 6)  # the recompute ran once per block
+    assert torch.equal(loss_on, loss_off)
+    for n in g_off:
+        assert torch.equal(g_on[n], g_off[n]), n
+    # no gradients wanted (rollout, reference model): no checkpointing, one run per block
+    with torch.no_grad():
+        calls.clear()
+        model(tokens, mask)
+        assert len(calls) == 3
+
+
+def test_response_logprobs_under_bf16_autocast():
+    """Under CPU bf16 autocast (the GPU's precision path): log-probs and entropy come back fp32,
+    equal to log_softmax of the bf16 GEMM's logits upcast to fp32, and the gradients match
+    autograd through that reference at bf16 tolerance (the trunk's backward runs bf16 GEMMs)."""
+    torch.manual_seed(0)
+    model = GPT2(gpt2.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=211, n_positions=32))
+    tokens, mask = left_pad([[1, 2, 3, 4, 5], [7, 8, 9]])
+    R, temp, w_lp = 2, 0.7, torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    with gpt2.autocast("cpu", "bf16"):
+        lp, ent, _ = response_logprobs(model, tokens, mask, R, temp)
+    assert lp.dtype == ent.dtype == torch.float32 and torch.isfinite(lp).all()
+    (lp * w_lp).sum().add(ent.sum()).backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model.zero_grad(set_to_none=True)
+    with gpt2.autocast("cpu", "bf16"):
+        hidden = model.hidden_states(tokens, mask)
+    T = tokens.size(1)
+    h = hidden[:, T - R - 1 : T - 1].to(torch.bfloat16).float()
+    logits = (h @ model.lm_head_weight.to(torch.bfloat16).float().T).to(torch.bfloat16)
+    logp = F.log_softmax(logits.float() / temp, -1)  # (B, R, V)
+    ref_lp = logp.gather(-1, tokens[:, T - R :, None])[..., 0]
+    ref_ent = -(logp.exp() * logp).sum(-1)
+    torch.testing.assert_close(lp, ref_lp, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ent, ref_ent, rtol=0, atol=1e-5)
+    (ref_lp * w_lp).sum().add(ref_ent.sum()).backward()
+    for n, p in model.named_parameters():
+        err = (got[n] - p.grad).abs().max() / p.grad.abs().max()
+        assert err < 2e-2, (n, err.item())  # bf16 keeps 8 bits: ~0.4% per rounding
+
+
+def test_token_logprobs_bf16_gemm_fp32_math():
+    """token_logprobs with bf16 hidden and an fp32 weight: the logits' GEMM runs in bf16, the
+    rest in fp32, the same inside autocast or outside (so the backward, which runs outside
+    autocast, recomputes the forward's logits); gradients against autograd through a bf16-rounded
+    GEMM with fp32 everything else."""
+    torch.manual_seed(2)
+    N, C, Vs = 19, 16, 301
+    h32, w = torch.randn(N, C), torch.randn(Vs, C, requires_grad=True)
+    hb = h32.to(torch.bfloat16).requires_grad_()
+    t = torch.randint(0, Vs, (N,))
+    adv = torch.randn(N)
+    lp, ent = token_logprobs(hb, w, t, temperature=0.7, use_kernels="off", chunk=4)
+    with gpt2.autocast("cpu", "bf16"):
+        lp_ac, ent_ac = token_logprobs(hb, w, t, temperature=0.7, use_kernels="off", chunk=4)
+    assert lp.dtype == ent.dtype == torch.float32
+    assert torch.equal(lp, lp_ac) and torch.equal(ent, ent_ac)
+    gh, gw = torch.autograd.grad((lp * adv).sum() + ent.sum(), (hb, w))
+    assert gh.dtype == torch.bfloat16 and gw.dtype == torch.float32
+
+    def bf16(x):  # rounded to bf16 in the forward, fp32 straight through in the backward
+        return x + (x.to(torch.bfloat16).float() - x).detach()
+
+    hr = hb.detach().float().requires_grad_()
+    wr = w.detach().clone().requires_grad_()
+    logp = F.log_softmax(bf16(hr @ bf16(wr).T) / 0.7, -1)
+    ref_lp, ref_ent = logp.gather(1, t[:, None])[:, 0], -(logp.exp() * logp).sum(-1)
+    torch.testing.assert_close(lp, ref_lp, rtol=0, atol=1e-5)
+    rh, rw = torch.autograd.grad((ref_lp * adv).sum() + ref_ent.sum(), (hr, wr))
+    torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-5)  # dW accumulates in fp32
+    # dh multiplies by the fp32 weight (the reference: its bf16 rounding) and comes back in bf16
+    assert (gh.float() - rh).abs().max() < 1e-2 * rh.abs().max()
+    # 'auto' is fp32 on the CPU, bf16 on CUDA; unknown names are refused
+    assert gpt2.resolve_precision("auto", "cpu") == "fp32"
+    assert gpt2.resolve_precision("auto", "cuda") == "bf16"
+    with pytest.raises(ValueError, match="precision must be"):
+        gpt2.resolve_precision("fp16", "cpu")
