@@ -1113,6 +1113,9 @@ def main(argv=None) -> int:
             return 2
     locale.setlocale(locale.LC_ALL, "")  # curses writes UTF-8 only under a UTF-8 locale
     os.environ.setdefault("ESCDELAY", "25")  # a lone Esc should not freeze the screen for a second
+    # Ctrl-C quits cleanly even when the shell that started us ignores SIGINT (a background job
+    # without job control inherits SIG_IGN, and Python then never raises KeyboardInterrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # kill / closing the terminal: leave the screen clean too
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)

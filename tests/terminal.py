@@ -129,7 +129,7 @@ class Terminal:
         self.screen.reset()  # after resize: tab stops are set for the new width
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
-    def wait_exit(self, timeout=10.0) -> int:
+    def wait_exit(self, timeout=30.0) -> int:
         """Wait for the program to exit, reading its last output; return its exit code."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
