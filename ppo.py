@@ -726,6 +726,11 @@ def ppo_update(
     # [dist] every rank's stats -> the whole batch's: means of equal-sized micro-batches, and the
     # extremes of the ratio
     ops = {"ppo/policy/ratio_max": "max", "ppo/policy/ratio_min": "min"}
+    if dist.world_size > 1:
+        # a rank that ran out of memory halved its own micro-batches, so ranks may hold different
+        # U: one entry per minibatch first (micro-batches within a rank are equal-sized)
+        within = dict(max=torch.amax, min=torch.amin, mean=torch.mean)
+        stats = {k: within[ops.get(k, "mean")](v, 2, keepdim=True) for k, v in stats.items()}
     return {k: dist.reduce(v, ops.get(k, "mean")) for k, v in stats.items()}
 
 
