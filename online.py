@@ -424,14 +424,9 @@ class Online:
     def _open(self, resume: bool):
         """Make online/ for a new run, or read it back for a resumed one."""
         s = self.s
+        check_fresh(self.dir.parent, resume)
         if self.state_path.exists():
             state = json.loads(self.state_path.read_text())
-            if not resume:
-                raise _error(
-                    f"{self.dir} already holds the queue of run {state.get('run_id')!r} "
-                    f"({self.state_path}); two runs cannot share one queue. Continue that run "
-                    f"with --resume {self.dir.parent}, or give another --run-dir (or --name)."
-                )
             changed = [
                 f"{k}: {state.get(k)!r} -> {getattr(s, k)!r}"
                 for k in Settings.STATE_KEYS
@@ -725,6 +720,22 @@ class Online:
             win_rate_interval=[wr["low"], wr["high"]],
             win_n=wr["n"],
             reward_model=str(self.rm_path),
+        )
+
+
+def check_fresh(run_dir: Path, resume: bool):
+    """A new (not resumed) online run must not start in a folder that holds another run's queue:
+    two runs cannot share one queue by accident."""
+    state = Path(run_dir) / "online" / "state.json"
+    if not resume and state.exists():
+        try:
+            run_id = json.loads(state.read_text()).get("run_id")
+        except (ValueError, AttributeError):
+            run_id = "?"
+        raise _error(
+            f"{state.parent} already holds the queue of run {run_id!r} ({state}); two runs cannot "
+            f"share one queue. Continue that run with --resume {run_dir}, or give another "
+            "--run-dir (or --name)."
         )
 
 

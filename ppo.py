@@ -960,9 +960,13 @@ def setup(cfg: Config) -> Run:
                if f.name not in ("labeler", "n_updates")},
             labeler=cfg.labeler or labeler_name, n_updates=n_updates,
         )  # fmt: skip
+        # config.json before the queue: label_tool.py --follow tells an online run by its "online":
+        # true, and a run killed from here on can be resumed (a resumed run keeps its own until
+        # Online has checked the flags against its state.json)
+        online.check_fresh(run_dir, bool(cfg.resume))
+        if not cfg.resume:
+            cli.atomic_write(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
         online_run = online.Online(settings, run_dir, ref, device, resume=bool(cfg.resume))
-        # config.json first: label_tool.py --follow tells an online run by its "online": true
-        cli.atomic_write(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
         reward_model = online_run.start()
     elif not cfg.reward_model:
         # the whole pipeline, one call: sample, label, train, save (reused by a resumed run)
