@@ -351,6 +351,7 @@ class Settings:
     rm_trainings: int
     validation_every: int
     max_label_lag: int
+    query_data: str
     batch_size: int
     n_updates: int
     rm: reward.TrainConfig
@@ -416,9 +417,9 @@ class Online:
         self.trainings: list[dict] = []  # one per completed training (trainings.jsonl)
         # queries for the comparisons: the train split in the seed's order, as `reward.py sample`;
         # exactly one query per queue item, so a resumed run skips as many as are queued
-        self.source = tasks.QuerySource(self.task, "train", seed=s.seed)
+        self.source = tasks.QuerySource(self.task, "train", seed=s.seed, query_data=s.query_data)
         if self.queue:
-            self.source.next_batch(len(self.queue), formatted=False)
+            self.source.next_queries(len(self.queue))
 
     # --- files
     def _open(self, resume: bool):
@@ -474,7 +475,8 @@ class Online:
             bar = cli_tqdm(n, "queue comparisons")
         for start in range(0, n, CHUNK_QUERIES):
             m = min(CHUNK_QUERIES, n - start)
-            queries = self.source.next_batch(m, formatted=False)
+            found = self.source.next_queries(m)
+            queries = [q.tokens for q in found]
             slots, pols, val = [], [], []
             for i in range(m):
                 j = n_rl_before + start + i
@@ -508,6 +510,9 @@ class Online:
                 )
                 for i, q in enumerate(queries)
             ]
+            for row, q in zip(rows, found):  # summaries: the reference, for the rouge labeler
+                if q.reference is not None:
+                    row["reference"] = q.reference
             self._append(rows)
             self.label_scripted()
             if bar:
@@ -526,7 +531,7 @@ class Online:
             if item["id"] in done:
                 continue
             t0 = time.perf_counter()
-            best = self.scripted.pick_best(item["query"], item["samples"])
+            best = self.scripted.pick_best(item["query"], item["samples"], item.get("reference"))
             labels.append_jsonl(
                 path,
                 dict(
@@ -588,7 +593,7 @@ class Online:
         cfg = dataclasses.replace(self.s.rm, labels=str(self.dir / "labels-*.jsonl"), num_train=0)
         rm, metrics = reward.train_reward_model(
             rows, cfg, self.s.model, self.s.task, self.s.seed + k, policy=self.ref,
-            device=self.device,
+            device=self.device, query_data=self.s.query_data,
         )  # fmt: skip
         record = dict(
             training=k,
