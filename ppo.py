@@ -38,13 +38,17 @@ Run it:
     python ppo.py --bench
     python ppo.py --help                          # every option, with its default
 
+    # online: labels of the current policy's samples during RL, the reward model retrained on them
+    python ppo.py --model tiny --online --labeler sentiment      # scripted labels, CPU demo
+    python ppo.py --model tiny --online --labeler human          # people label while it trains:
+    python label_tool.py --follow runs/sentiment-tiny-s1         #   in a second terminal
+
 Several GPUs or machines: the same script under torchrun, data parallel (dist.py; every distributed
 line below is marked [dist]; see README):
     torchrun --nproc_per_node 8 ppo.py
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 ppo.py
 
-What it does not do: DeepSpeed / model sharding, LoRA, online label collection (the style tasks are
-offline in the paper).
+What it does not do: DeepSpeed / model sharding, LoRA.
 
 Shape letters: B = episodes (batch), Q = query length, R = response length, T = Q + R, C = channels,
 E = PPO epochs, M = minibatches per epoch, U = micro-batches per minibatch (gradient accumulation).
@@ -53,6 +57,7 @@ E = PPO epochs, M = minibatches per epoch, U = micro-batches per minibatch (grad
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import pickle
@@ -70,6 +75,7 @@ from tqdm import tqdm
 import cli
 import dist
 import gpt2
+import online
 import reward
 import summarization
 import tasks
@@ -94,7 +100,9 @@ class Config:
     (reward.build_reward_model with the --rm.* options)"""
     labeler: str = ""
     """scripted labeler for the reward model's labels and for the true score (empty: the task's
-    own: sentiment, descriptiveness, or rouge for tldr/cnndm)"""
+    own: sentiment, descriptiveness, or rouge for tldr/cnndm); with --online, who labels the
+    queue: a scripted labeler's name, or 'human' (people with `label_tool.py --follow RUN_DIR`;
+    the true score is then the task's own labeler's)"""
     query_data: str = ""
     """local query data in the upstream format instead of the default (tldr: a JSON file, or a
     folder of {train,valid}-subset.json; cnndm: a folder with url_lists/ and the stories; books: a
@@ -106,6 +114,26 @@ class Config:
     rm: reward.TrainConfig = field(default_factory=reward.TrainConfig)
     """how the reward model is made when --reward-model is empty: --rm.<flag> takes the same
     options as `reward.py train --<flag>`"""
+
+    # online label collection (online.py): labels of the current policy's samples during RL
+    online: bool = False
+    """collect labels during RL on the current policy's samples and retrain the reward model on
+    them (online.py; the paper's summarization setting); off: one reward model from ρ's samples,
+    frozen (the released code)"""
+    labels_total: int = 4992
+    """--online: labels over the whole run, N; after n of E episodes the run has l(n) = N0 + (N -
+    N0)·(1 - (1 - n/E)²)"""
+    labels_initial: int = 1248
+    """--online: labels of ρ's samples before RL, N0 (the first reward model's)"""
+    rm_trainings: int = 20
+    """--online: reward model trainings in all (the paper: 20), at evenly spaced label counts
+    from N0; each from ρ with a fresh head on all labels so far, re-normalized"""
+    validation_every: int = 8
+    """--online: every k-th comparison during RL holds 2 samples of ρ and 2 of π (π's win rate
+    over ρ; also training labels); 0: none"""
+    max_label_lag: int = 0
+    """--online: updates PPO may go on with the old reward model when the labels a retraining
+    needs have not arrived; then it waits for them"""
 
     # PPO (defaults: lm-human-preferences launch.py, books tasks; per-task and tiny overrides in
     # TASK_DEFAULTS, TINY_DEFAULTS)
@@ -234,6 +262,11 @@ TINY_DEFAULTS = {
     "eval_episodes": 128,
     "sample_every": 10,
     "save_every": 10,
+    # --online: the same 800-label budget as the offline demo, 320 of them before RL, and 5
+    # trainings (20 trainings of 8 epochs would take longer than the whole offline demo)
+    "labels_total": 800,
+    "labels_initial": 320,
+    "rm_trainings": 5,
 }
 
 PRECEDENCE = """\
@@ -818,6 +851,7 @@ def metric_line(update: int, n_updates: int, metrics: dict) -> str:
         f"vf_err {metrics['ppo/val/error']:.4f} | "
         f"{metrics['time/rollout_tokens_per_s']:7.0f} tok/s | "
         f"rollout {metrics['time/rollout']:5.1f}s train {metrics['time/train']:5.1f}s"
+        + online.metric_part(metrics)  # --online: labels, trainings, win rate
     )
 
 
@@ -834,7 +868,7 @@ def print_samples(enc, queries, batch, true_scores, n: int = 4):
 
 
 def plot_curves(metrics: list[dict], path: Path, kl_target: float | None):
-    """curves.png: score, true score, KL and β against episodes."""
+    """curves.png: score, true score, KL and β against episodes (--online: and π's win rate)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -847,9 +881,18 @@ def plot_curves(metrics: list[dict], path: Path, kl_target: float | None):
         ("objective/kl", "KL(π‖ρ), nats"),
         ("objective/kl_coef", "β"),
     ]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
+    if any("online/win_rate" in row for row in metrics):  # --online: π's win rate over ρ
+        keys.append(("online/win_rate", "π's win rate over ρ (validation items, 95% interval)"))
+    fig, axes = plt.subplots(2, (len(keys) + 1) // 2, figsize=(5 * ((len(keys) + 1) // 2), 6.5))
     for ax, (key, title) in zip(axes.flat, keys):
-        if metrics and key in metrics[0]:
+        if key == "online/win_rate":
+            rows = [row for row in metrics if key in row]
+            xs = [row["episodes"] for row in rows]
+            ax.plot(xs, [row[key] for row in rows])
+            low, high = [r[key + "_low"] for r in rows], [r[key + "_high"] for r in rows]
+            ax.fill_between(xs, low, high, alpha=0.2)
+            ax.axhline(0.5, color="gray", ls="--", lw=1)
+        elif metrics and key in metrics[0]:
             ax.plot(x, [row[key] for row in metrics])
         if key == "objective/kl" and kl_target is not None:
             ax.axhline(kl_target, color="gray", ls="--", lw=1, label="target")
@@ -971,6 +1014,7 @@ class Run:
     start: int = 0  # updates already done (resumed runs)
     before: dict | None = None  # the evaluation before training
     seconds_before: float = 0.0  # time spent before a resume
+    online: online.Online | None = None  # --online: the queue, labels and retrainings
 
     @property
     def checkpoint_path(self) -> Path:
@@ -1001,12 +1045,15 @@ def setup(cfg: Config) -> Run:
     random.seed(dist.seed(cfg.seed))
     task = tasks.get_task(cfg.task)
     labeler_name = cfg.labeler or task.labeler
+    if labeler_name == "human":  # --online --labeler human: the true score is the task's labeler's
+        labeler_name = task.labeler
     try:
         labeler = tasks.get_labeler(labeler_name) if labeler_name else None
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     ckpt = None
-    if cfg.resume:
+    # --online: a run killed before its first checkpoint resumes its labels, PPO from the start
+    if cfg.resume and not (cfg.online and not (run_dir / "checkpoint.pt").exists()):
         ckpt = load_checkpoint(run_dir / "checkpoint.pt")
         n = ckpt.get("world_size", 1)
         if n != dist.world_size:  # [dist] each rank's random state is in the checkpoint
@@ -1020,7 +1067,27 @@ def setup(cfg: Config) -> Run:
     with dist.local_main_first():  # [dist] one process per machine fills the download cache
         ref = tasks.load_base_model(cfg.model, device=device).requires_grad_(False)
     dist.broadcast_module(ref)  # [dist] every rank starts from rank 0's weights
-    if not cfg.reward_model:
+    online_run = None
+    if cfg.online:  # online.py: the queue, the labels, the first reward model (waits for labels)
+        if cfg.reward_model:
+            raise SystemExit("error: --online trains its own reward models; drop --reward-model")
+        if dist.world_size > 1:  # [dist] the queue and its labels have one writer
+            raise SystemExit("error: --online runs in one process; start it without torchrun")
+        n_updates = math.ceil(cfg.total_episodes / cfg.batch_size)
+        settings = online.Settings(
+            **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(online.Settings)
+               if f.name not in ("labeler", "n_updates")},
+            labeler=cfg.labeler or labeler_name, n_updates=n_updates,
+        )  # fmt: skip
+        # config.json before the queue: label_tool.py --follow tells an online run by its "online":
+        # true, and a run killed from here on can be resumed (a resumed run keeps its own until
+        # Online has checked the flags against its state.json)
+        online.check_fresh(run_dir, bool(cfg.resume))
+        if not cfg.resume:
+            cli.atomic_write(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+        online_run = online.Online(settings, run_dir, ref, device, resume=bool(cfg.resume))
+        reward_model = online_run.start()
+    elif not cfg.reward_model:
         # the whole pipeline, one call: sample, label, train, save (reused by a resumed run)
         try:
             path = reward.build_reward_model(
@@ -1041,7 +1108,8 @@ def setup(cfg: Config) -> Run:
         except (ValueError, tasks.DownloadError) as e:
             raise SystemExit(f"error: {e}")
         cfg.reward_model = str(path)
-    reward_model = load_reward(cfg.reward_model, ref, device)
+    if not cfg.online:
+        reward_model = load_reward(cfg.reward_model, ref, device)
     policy = make_policy(cfg, ref, reward_model)
     params = [p for p in policy.parameters() if p.requires_grad]
     try:
@@ -1086,6 +1154,7 @@ def setup(cfg: Config) -> Run:
         sample_gen=torch.Generator(device=device).manual_seed(dist.seed(cfg.seed)),
         shuffle_gen=torch.Generator().manual_seed(dist.seed(cfg.seed + 1)),
         n_updates=math.ceil(cfg.total_episodes / cfg.batch_size),
+        online=online_run,
     )
     if ckpt is not None:
         policy.load_state_dict(ckpt["policy"])
@@ -1213,6 +1282,10 @@ def train(cfg: Config) -> dict:
         lr = cfg.lr * (1 - update / n_updates)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        # --online: queue comparisons of the current policy, take in labels, retrain when due
+        online_metrics = {}
+        if run.online is not None:
+            run.reward_model, online_metrics = run.online.before_update(update, policy.lm)
         # 1-3. rollout, score, rewards (see rollout())
         # [dist] every rank reads the same batch of queries and keeps its own block of it
         items = dist.shard(run.source.next_queries(cfg.batch_size))
@@ -1254,6 +1327,7 @@ def train(cfg: Config) -> dict:
                 "time/rollout": batch["t_rollout"],
                 "time/train": t_train,
                 "time/rollout_tokens_per_s": cfg.batch_size * R / max(batch["t_generate"], 1e-9),
+                **online_metrics,
             }
         )
         if dist.is_main():  # [dist] rank 0 alone writes
@@ -1307,6 +1381,9 @@ def summarize(run: Run, last: dict, seconds: float) -> dict:
     for k in ("novelty", "lead_copy", *summarization.ROUGE_TYPES):  # summarization tasks
         if k in after:
             summary[f"{k}_before"], summary[f"{k}_after"] = before.get(k), after[k]
+    if run.online is not None:
+        summary["reward_model"] = str(run.online.rm_path)
+        summary["online"] = run.online.summary()
     # the paper's headline number, judged by the scripted labeler: evaluate.py does it (imported
     # here, not at the top: evaluate.py imports this file)
     from evaluate import end_of_run
