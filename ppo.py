@@ -532,7 +532,12 @@ def resolve_micro_batch_size(cfg: Config, device: str) -> int:
     micro-batch that runs out of memory halves it (that first forward is the probe, at the real
     sequence length); on CPU nothing raises a catchable out-of-memory error (the OS swaps or kills
     the process), so 'auto' is the minibatch capped at 64, the default size."""
-    mb_size = exact_div(cfg.batch_size, cfg.nminibatches, "--batch-size / --nminibatches")
+    # [dist] this process's minibatch: its share of --batch-size, split into --nminibatches
+    mb_size = exact_div(
+        dist.share(cfg.batch_size, "--batch-size"),
+        cfg.nminibatches,
+        "--batch-size / --nminibatches (per process)",
+    )
     if cfg.micro_batch_size == "auto":
         return mb_size if str(device).startswith("cuda") else min(mb_size, 64)
     try:
