@@ -150,8 +150,9 @@ class Args:
     n: int = 256
     """held-out queries, one comparison each"""
     labeler: str = ""
-    """a scripted labeler (sentiment, descriptiveness) that judges at once, or 'human' to write the
-    pairs and print the label_tool.py command (default: the task's scripted labeler, else human)"""
+    """a scripted labeler (sentiment, descriptiveness, rouge) that judges at once, or 'human' to
+    write the pairs and print the label_tool.py command (default: the task's scripted labeler, else
+    human)"""
     report: bool = False
     """do not sample: read the labels files of the pairs already written and print the win rates"""
     labels: list[str] = field(default_factory=list)

@@ -53,8 +53,8 @@ VOCAB_SIZE = 50257
 OPENAI_PAD_ID = 50259
 MAX_CANDIDATES = 9  # label_tool picks with the keys 1..9
 
-# One line shown above every item. The paper's labelers got written instructions (their full text is
-# lost, see docs/pitfalls.md); these follow its wording: sentiment = "positive and happy",
+# One line shown above every item. The paper's labelers got written instructions (their full text
+# was never released); these follow its wording: sentiment = "positive and happy",
 # descriptiveness = "vivid".
 TASK_INSTRUCTIONS: dict[str, str] = {
     "sentiment": "Pick the continuation with the most positive and happy sentiment.",

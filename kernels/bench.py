@@ -1,6 +1,6 @@
 """Benchmark the Triton kernels against PyTorch: time and peak memory per shape.
 
-    python -m kernels.bench                      # everything; on a GPU: the issue's shapes, bf16
+    python -m kernels.bench                      # everything; on a GPU: the shapes below, bf16
     python -m kernels.bench --what attention --dtype fp16 --reps 50
     python -m kernels.bench --help
 
@@ -13,7 +13,7 @@ Compared (forward, and forward + backward):
   (fp32) → gather, at N ∈ {64·24, 512·24} tokens, d = 768, V = 50257. The backward takes a per-token
   weight, as PPO's advantages do.
 Time is the median of --reps runs (CUDA events), peak memory is torch.cuda.max_memory_allocated
-above what the inputs already hold. Issue goals (H100): attention fwd+bwd ≥ 0.8x SDPA flash without
+above what the inputs already hold. Goals (H100): attention fwd+bwd ≥ 0.8x SDPA flash without
 a mask and faster than SDPA with a mask; log-probs fwd+bwd ≥ 1.5x faster than naive with ≤ 10% of
 its peak memory at N = 512·24.
 

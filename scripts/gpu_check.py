@@ -63,7 +63,7 @@ def summarize_tests(out: str) -> str:
 
 
 def summarize_kernels(out: str) -> str:
-    """One line per 'ours' row at the issue's shapes: the speed (and memory) against the
+    """One line per 'ours' row at kernels.bench's GPU shapes: the speed (and memory) against the
     baseline, as kernels.bench prints it."""
     keep = []
     for line in out.splitlines():

@@ -2,8 +2,9 @@
 
 - Without a GPU, Triton kernels run under the interpreter, which must be switched on before any
   kernel is defined.
-- tiktoken's GPT-2 files come from a shared/tiktoken_cache folder beside the checkout when one
-  exists and TIKTOKEN_CACHE_DIR is unset (offline machines, CI).
+- tiktoken's GPT-2 files: $TIKTOKEN_CACHE_DIR (CI sets it), else the checkout's .tiktoken_cache/
+  when it exists (offline machines; the same folder scripts/gpu_check.py reads), else tiktoken
+  downloads them once.
 """
 
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-_cache = ROOT.parent / "shared" / "tiktoken_cache"
+_cache = ROOT / ".tiktoken_cache"
 if "TIKTOKEN_CACHE_DIR" not in os.environ and _cache.is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(_cache)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
