@@ -30,7 +30,7 @@ Importing this package imports no triton and runs no kernel: CPU users need not 
 import importlib
 import warnings
 
-from .pytorch import torch_attention, torch_token_logprobs
+from .pytorch import BACKWARD_ROWS, FORWARD_ROWS, torch_attention, torch_token_logprobs
 
 MODES = ("auto", "on", "off")
 
@@ -100,18 +100,25 @@ def attention(q, k, v, key_mask=None, use_kernels: str = "auto"):
 
 
 def token_logprobs(
-    hidden, weight, targets, temperature: float = 1.0, use_kernels: str = "auto", chunk: int = 1024
+    hidden,
+    weight,
+    targets,
+    temperature: float = 1.0,
+    use_kernels: str = "auto",
+    chunk: int = FORWARD_ROWS,
+    backward_chunk: int = BACKWARD_ROWS,
 ):
     """Log-prob and entropy of softmax(hidden @ weight.T / temperature) at targets; differentiable.
 
     hidden (N, C), weight (V, C), targets (N,) -> logprobs (N,), entropy (N,), in fp32. The Triton
     kernel makes one pass over the vocabulary in column chunks; the PyTorch path works `chunk` token
-    rows at a time. Neither holds the (N, V) logits for the backward.
+    rows at a time (`backward_chunk` in the backward). Neither holds the (N, V) logits for the
+    backward.
     """
     module = _triton_module("token_logprobs", use_kernels, hidden, hidden, weight)
     if module is not None:
         return module.token_logprobs(hidden, weight, targets, temperature)
-    return torch_token_logprobs(hidden, weight, targets, temperature, chunk)
+    return torch_token_logprobs(hidden, weight, targets, temperature, chunk, backward_chunk)
 
 
 __all__ = ["MODES", "attention", "token_logprobs", "torch_attention", "torch_token_logprobs"]

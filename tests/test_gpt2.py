@@ -426,9 +426,13 @@ def test_token_logprobs_bf16_gemm_fp32_math():
     hb = h32.to(torch.bfloat16).requires_grad_()
     t = torch.randint(0, Vs, (N,))
     adv = torch.randn(N)
-    lp, ent = token_logprobs(hb, w, t, temperature=0.7, use_kernels="off", chunk=4)
+    lp, ent = token_logprobs(
+        hb, w, t, temperature=0.7, use_kernels="off", chunk=4, backward_chunk=4
+    )
     with gpt2.autocast("cpu", "bf16"):
-        lp_ac, ent_ac = token_logprobs(hb, w, t, temperature=0.7, use_kernels="off", chunk=4)
+        lp_ac, ent_ac = token_logprobs(
+            hb, w, t, temperature=0.7, use_kernels="off", chunk=4, backward_chunk=4
+        )
     assert lp.dtype == ent.dtype == torch.float32
     assert torch.equal(lp, lp_ac) and torch.equal(ent, ent_ac)
     gh, gw = torch.autograd.grad((lp * adv).sum() + ent.sum(), (hb, w))

@@ -386,24 +386,43 @@ def test_vocab_chunk_size_bounds_extra_memory():
 # the PyTorch path of the log-probs (token chunks, hand-written backward)
 
 
-def test_token_logprobs_chunked_matches_naive():
+@pytest.fixture(params=["recompute", "keep"])
+def logits_kept(request, monkeypatch):
+    """Both backward paths of the PyTorch log-probs: the logits recomputed per chunk, or the
+    forward's log p kept (kernels/pytorch.py::KEEP_LOGITS_BYTES); yields whether they are kept."""
+    keep = request.param == "keep"
+    monkeypatch.setattr(kernels.pytorch, "KEEP_LOGITS_BYTES", 2**40 if keep else 0)
+    return keep
+
+
+def _kept_logp(out):
+    """The (N, V) log p the forward kept for the backward, or None."""
+    return out.grad_fn.saved_tensors[-1]
+
+
+def test_token_logprobs_chunked_matches_naive(logits_kept):
     torch.manual_seed(0)
     N, C, Vs = 37, 16, 1001
     h = torch.randn(N, C, requires_grad=True)
     w = torch.randn(Vs, C, requires_grad=True)
     t = torch.randint(0, Vs, (N,))
-    lp, ent = kernels.token_logprobs(h, w, t, temperature=0.7, use_kernels="off", chunk=8)
+    lp, ent = kernels.token_logprobs(
+        h, w, t, temperature=0.7, use_kernels="off", chunk=8, backward_chunk=8
+    )
     logp = F.log_softmax(h @ w.T / 0.7, -1)
     ref_lp, ref_ent = logp.gather(1, t[:, None])[:, 0], -(logp.exp() * logp).sum(-1)
     torch.testing.assert_close(lp, ref_lp)
     torch.testing.assert_close(ent, ref_ent)
+    assert (_kept_logp(lp) is not None) == logits_kept
+    if logits_kept:
+        torch.testing.assert_close(_kept_logp(lp), logp)
     g1 = torch.autograd.grad((lp * 1.3 + ent).sum(), (h, w))
     g2 = torch.autograd.grad((ref_lp * 1.3 + ref_ent).sum(), (h, w))
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_token_logprobs_gradients_of_each_output_alone_match_fp64():
+def test_token_logprobs_gradients_of_each_output_alone_match_fp64(logits_kept):
     """The hand-written backward with only log-probs in the loss (PPO's case) and with only
     entropy, against autograd through log_softmax in fp64; then a weight that needs no gradient
     (dW skipped)."""
@@ -414,7 +433,10 @@ def test_token_logprobs_gradients_of_each_output_alone_match_fp64():
     adv = torch.randn(N, dtype=torch.float64)
     for pick in (0, 1):
         h, w = h64.float().requires_grad_(), w64.float().requires_grad_()
-        out = kernels.token_logprobs(h, w, t, temperature=0.7, use_kernels="off", chunk=5)
+        out = kernels.token_logprobs(
+            h, w, t, temperature=0.7, use_kernels="off", chunk=5, backward_chunk=5
+        )
+        assert (_kept_logp(out[pick]) is not None) == logits_kept
         g = torch.autograd.grad((out[pick] * adv.float()).sum(), (h, w))
         hr, wr = h64.clone().requires_grad_(), w64.clone().requires_grad_()
         logp = F.log_softmax(hr @ wr.T / 0.7, -1)
@@ -424,7 +446,7 @@ def test_token_logprobs_gradients_of_each_output_alone_match_fp64():
             torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-4)
     h = h64.float().requires_grad_()
     # weight without grad: dW is skipped
-    lp, _ = kernels.token_logprobs(h, w64.float(), t, use_kernels="off", chunk=7)
+    lp, _ = kernels.token_logprobs(h, w64.float(), t, use_kernels="off", chunk=7, backward_chunk=7)
     (gh,) = torch.autograd.grad(lp.sum(), h)
     assert torch.isfinite(gh).all() and gh.abs().sum() > 0
 
