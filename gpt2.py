@@ -362,7 +362,8 @@ class GPT2(nn.Module):
 
     def forward(self, idx, attention_mask=None):
         """Logits (B, T, V) for token ids idx (B, T). For training on long batches, prefer
-        response_logprobs, which never holds the full (B, T, V) logits."""
+        response_logprobs, which computes the logits at the response positions only, a chunk at a
+        time."""
         return self.hidden_states(idx, attention_mask) @ self.lm_head_weight.T  # (B, T, V)
 
     # ----------------------------------------------------------------------------------------------

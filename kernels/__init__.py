@@ -2,7 +2,8 @@
 
 - attention(q, k, v, key_mask, use_kernels): causal self-attention over a left-padded batch.
 - token_logprobs(hidden, weight, targets, temperature, use_kernels): per-token log-probs and entropy
-  of softmax(hidden · Wᵀ / temperature), without ever holding the (N, V) logits.
+  of softmax(hidden · Wᵀ / temperature), without holding the (N, V) logits for the backward (the
+  PyTorch path keeps them when they are small: kernels/pytorch.py's KEEP_LOGITS_BYTES).
 
 Which path runs, by use_kernels:
 - 'auto' (the default): the Triton kernel for CUDA tensors of a shape it supports (attention: head
@@ -113,7 +114,7 @@ def token_logprobs(
     hidden (N, C), weight (V, C), targets (N,) -> logprobs (N,), entropy (N,), in fp32. The Triton
     kernel makes one pass over the vocabulary in column chunks; the PyTorch path works `chunk` token
     rows at a time (`backward_chunk` in the backward). Neither holds the (N, V) logits for the
-    backward.
+    backward, except the PyTorch path when they fit in KEEP_LOGITS_BYTES.
     """
     module = _triton_module("token_logprobs", use_kernels, hidden, hidden, weight)
     if module is not None:

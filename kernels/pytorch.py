@@ -17,6 +17,7 @@ vocabulary, n token rows in one chunk.
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 # --------------------------------------------------------------------------------------------------
 # Attention
@@ -50,9 +51,10 @@ def torch_attention(q, k, v, key_mask=None):
 
 
 # Token rows per chunk. After the forward's GEMM come a few passes over the chunk's (n, V) logits
-# (max, exp, two sums): 128 rows x 50,257 x 4 bytes = 26 MB, about a CPU's last-level cache, so
-# those passes read cache rather than memory. The backward adds dW += gᵀ·h per chunk, which reads
-# and writes all of the (V, C) dW each time (154 MB at C = 768), so it takes bigger chunks.
+# (scale, max, shift, exp, two sums): 128 rows x 50,257 x 4 bytes = 26 MB, about a CPU's last-level
+# cache, so those passes read cache rather than memory. The backward adds dW += gᵀ·h per chunk,
+# which reads and writes all of the (V, C) dW each time (154 MB at C = 768), so it takes bigger
+# chunks.
 # Measured on 2 CPU cores, forward of 768 rows at C = 128 (the tiny model's rollout): 0.42 s at
 # 1,024 rows per chunk, 0.20 s at 128; forward + backward of 192 rows at C = 768 (124M): 0.60 s at
 # 1,024, 0.67 s at 128 in both directions.
@@ -78,10 +80,11 @@ class _ChunkedLogprobs(torch.autograd.Function):
 
     Forward, per chunk: z = h·Wᵀ/τ (n, V); with s = z − max(z) and e = exp(s) (so every exponent is
     at most 0), lse = max(z) + log Σe, log p = s − log Σe, and the entropy −Σ p·log p = log Σe −
-    Σ e·s / Σe (a sum of two non-negative terms: no cancellation). Four passes over the logits after
-    the GEMM. Saved for the backward: h, W, targets, lse and entropy (two floats per token), and
-    the (N, V) log p only when they fit in KEEP_LOGITS_BYTES. Backward, per chunk: log p (kept, or
-    recomputed as z − lse), p = e^{log p}:
+    Σ e·s / Σe (a sum of two non-negative terms: no cancellation). Six passes over the logits after
+    the GEMM (scale, max, shift, exp, two sums), with one temporary (n, V) buffer. Saved for the
+    backward: h, W, targets, lse and entropy (two floats per token), and the (N, V) log p only when
+    it fits in KEEP_LOGITS_BYTES. Backward, per chunk: log p (kept, or recomputed as z − lse),
+    p = e^{log p}:
         ∂L/∂z = [g_logp·(1[j=y] − p) − g_ent·p·(log p + entropy)] / τ
     and dh = (∂L/∂z)·W, dW = (∂L/∂z)ᵀ·h. The same math as the Triton kernel
     (kernels/triton_logprobs.py), which chunks the vocabulary instead. Against autograd through
@@ -97,14 +100,19 @@ class _ChunkedLogprobs(torch.autograd.Function):
         w = _gemm_weight(weight, hidden)
         # grad_wanted: the caller's grad mode (inside forward it is always off)
         keep = grad_wanted and N * V * 4 <= KEEP_LOGITS_BYTES
-        kept = torch.empty(N, V, device=hidden.device) if keep else None  # (N, V) fp32 log p
+        # (N, V) fp32 log p, or None
+        kept = torch.empty(N, V, dtype=torch.float32, device=hidden.device) if keep else None
         # autocast off: the logits' GEMM runs in hidden's dtype, exactly as the backward (which
         # runs outside autocast) recomputes it; everything after the GEMM is fp32
         with torch.autocast(hidden.device.type, enabled=False):
             for i in range(0, N, chunk):
                 # (n, V): one chunk only, in its rows of `kept` when log p is kept
-                z = hidden[i : i + chunk] @ w.T
-                s = kept[i : i + chunk].copy_(z) if keep else z.float()
+                if keep and hidden.dtype == torch.float32:  # the GEMM writes into `kept`
+                    s = torch.mm(hidden[i : i + chunk], w.T, out=kept[i : i + chunk])
+                elif keep:
+                    s = kept[i : i + chunk].copy_(hidden[i : i + chunk] @ w.T)
+                else:
+                    s = (hidden[i : i + chunk] @ w.T).float()
                 s.mul_(1.0 / temperature)
                 top = s.amax(-1)  # (n,)
                 s.sub_(top[:, None])  # z − max(z), in place
@@ -124,6 +132,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
         return logp, entropy
 
     @staticmethod
+    @once_differentiable  # no graph of the backward's own ops: a second derivative raises
     def backward(ctx, g_logp, g_ent):
         hidden, weight, targets, lse, entropy, kept = ctx.saved_tensors
         inv_t = 1.0 / ctx.temperature

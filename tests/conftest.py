@@ -19,7 +19,19 @@ if "TIKTOKEN_CACHE_DIR" not in os.environ and _cache.is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(_cache)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402  (after the environment is set)
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import kernels.pytorch as pytorch_paths  # noqa: E402  (after TRITON_INTERPRET)
+
+
+@pytest.fixture(params=["recompute", "keep"])
+def logits_kept(request, monkeypatch):
+    """Both backward paths of the PyTorch log-probs: the logits recomputed per chunk, or the
+    forward's log p kept (kernels/pytorch.py::KEEP_LOGITS_BYTES); yields whether they are kept."""
+    keep = request.param == "keep"
+    monkeypatch.setattr(pytorch_paths, "KEEP_LOGITS_BYTES", 2**40 if keep else 0)
+    return keep

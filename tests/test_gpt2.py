@@ -415,7 +415,7 @@ def test_response_logprobs_under_bf16_autocast():
         assert err < 2e-2, (n, err.item())  # bf16 keeps 8 bits: ~0.4% per rounding
 
 
-def test_token_logprobs_bf16_gemm_fp32_math():
+def test_token_logprobs_bf16_gemm_fp32_math(logits_kept):
     """token_logprobs with bf16 hidden and an fp32 weight: the logits' GEMM runs in bf16, the
     rest in fp32, the same inside autocast or outside (so the backward, which runs outside
     autocast, recomputes the forward's logits); gradients against autograd through a bf16-rounded
@@ -435,6 +435,7 @@ def test_token_logprobs_bf16_gemm_fp32_math():
         )
     assert lp.dtype == ent.dtype == torch.float32
     assert torch.equal(lp, lp_ac) and torch.equal(ent, ent_ac)
+    assert (lp.grad_fn.saved_tensors[-1] is not None) == logits_kept
     gh, gw = torch.autograd.grad((lp * adv).sum() + ent.sum(), (hb, w))
     assert gh.dtype == torch.bfloat16 and gw.dtype == torch.float32
 

@@ -386,15 +386,6 @@ def test_vocab_chunk_size_bounds_extra_memory():
 # the PyTorch path of the log-probs (token chunks, hand-written backward)
 
 
-@pytest.fixture(params=["recompute", "keep"])
-def logits_kept(request, monkeypatch):
-    """Both backward paths of the PyTorch log-probs: the logits recomputed per chunk, or the
-    forward's log p kept (kernels/pytorch.py::KEEP_LOGITS_BYTES); yields whether they are kept."""
-    keep = request.param == "keep"
-    monkeypatch.setattr(kernels.pytorch, "KEEP_LOGITS_BYTES", 2**40 if keep else 0)
-    return keep
-
-
 def _kept_logp(out):
     """The (N, V) log p the forward kept for the backward, or None."""
     return out.grad_fn.saved_tensors[-1]
@@ -416,7 +407,9 @@ def test_token_logprobs_chunked_matches_naive(logits_kept):
     assert (_kept_logp(lp) is not None) == logits_kept
     if logits_kept:
         torch.testing.assert_close(_kept_logp(lp), logp)
-    g1 = torch.autograd.grad((lp * 1.3 + ent).sum(), (h, w))
+    g1 = torch.autograd.grad((lp * 1.3 + ent).sum(), (h, w), retain_graph=True)
+    again = torch.autograd.grad((lp * 1.3 + ent).sum(), (h, w))  # the backward wrote nothing saved
+    assert all(torch.equal(a, b) for a, b in zip(g1, again))
     g2 = torch.autograd.grad((ref_lp * 1.3 + ref_ent).sum(), (h, w))
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
