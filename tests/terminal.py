@@ -93,6 +93,18 @@ class Terminal:
         self.stream.feed(data)
         return True
 
+    def poll(self, timeout=0.1) -> str:
+        """Read what the program wrote within `timeout` s (all of it, if more is ready) and return
+        the screen text. Sets self.closed once the program has closed the terminal."""
+        if self._pump(timeout):
+            while select.select([self.fd], [], [], 0)[0]:
+                if not self._pump(0):
+                    self.closed = True
+                    break
+        else:
+            self.closed = True
+        return self.text()
+
     def wait_for(self, pred, timeout=10.0, what=""):
         """Read output until pred(screen text) holds and return the text; fail with the screen
         shown. `pred` may be a string or a list of strings that must all be on screen."""

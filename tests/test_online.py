@@ -2,7 +2,8 @@
 win-rate statistic on known labels, a scripted online run on tiny (retrained the planned number of
 times; every label after the initial ones was made on a sample of the policy of its time, checked by
 sampling it again from a checkpoint), SIGKILL at a random moment then --resume, PPO waiting for
-labels written by this test after a delay, and bad input (a labels file of another run, a queue
+labels written by this test after a delay, the same with two label_tool.py --follow sessions in
+pseudo-terminals, and bad input (a labels file of another run, a queue
 edited by hand, a second run in the same folder).
 
 Runs are real `ppo.py` processes on the tiny model with small budgets (OMP_NUM_THREADS=1)."""
@@ -11,6 +12,7 @@ import copy
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+import terminal
 import torch
 
 import labels
@@ -28,6 +31,9 @@ import ppo
 import tasks
 
 ROOT = Path(__file__).resolve().parent.parent
+
+_why_not = terminal.missing()
+needs_terminal = pytest.mark.skipif(_why_not is not None, reason=_why_not or "")
 
 # --------------------------------------------------------------------------------------------------
 # The math, by hand
@@ -326,6 +332,74 @@ def test_waits_for_human_labels_then_continues(tmp_path):
     assert metrics[-1]["online/rm_trainings"] == K
     assert all(m["online/label_latency"] >= 2 for m in metrics)
     assert len(done) >= online.retrain_points(N, N0, K)[-1]
+
+
+@needs_terminal
+def test_two_people_label_in_terminals_while_the_run_waits(tmp_path):
+    """The whole human path: `ppo.py --labeler human` and two `label_tool.py --follow` sessions in
+    real pseudo-terminals (tests/terminal.py), each person pressing a key for every item their
+    screen shows. The run waits for them, goes on, and finishes with every training done; both
+    people's labels are in the files and in the trainings (two labels of one comparison are two
+    training rows); each tool sees the run finish and quits cleanly."""
+    run = tmp_path / "run"
+    p = subprocess.Popen(ppo_cmd(run, labeler="human"), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=env(), cwd=ROOT)  # fmt: skip
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(p.stdout), daemon=True)
+    reader.start()
+    tools, pressed, rng = {}, {}, random.Random(0)
+
+    def label_what_is_shown():
+        """One key per item each tool shows (its status line names it), never two for one
+        redraw; a tool that exits on its own fails the test at once."""
+        for who, tool in tools.items():
+            shown = re.search(r" (\d+)/(\d+) done \| item (\d+) \|", tool.poll(0.05))
+            assert not getattr(tool, "closed", False), (who, tool.output[-2000:])
+            if shown and pressed.get(who) != shown.group(1):
+                pressed[who] = shown.group(1)
+                tool.send(str(rng.randint(1, 4)))
+
+    try:
+        deadline = time.time() + 600
+        while p.poll() is None and time.time() < deadline:
+            if not tools and (run / "online" / "queue.jsonl").exists():
+                for who in ("ann", "bob"):
+                    tools[who] = terminal.Terminal(
+                        [sys.executable, str(ROOT / "label_tool.py"), "--follow", str(run),
+                         "--labeler", who], 30, 110, env={"PYTHONDONTWRITEBYTECODE": "1"},
+                    )  # fmt: skip
+            label_what_is_shown()
+        assert p.poll() == 0, "".join(out)[-4000:]
+        # the last comparisons, queued after the last training, are labeled after the run ends
+        while time.time() < deadline and not all(
+            "The run has finished" in tool.text() for tool in tools.values()
+        ):
+            label_what_is_shown()
+        for who, tool in tools.items():
+            tool.wait_for("The run has finished", timeout=5)
+            tool.send("q")
+            assert tool.wait_exit() == 0 and b"Traceback" not in tool.output, who
+        reader.join(5)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        for tool in tools.values():
+            tool.reap()
+    text = "".join(out)
+    assert "online: waiting for labels: the first reward model" in text
+    queued = {item["id"] for _, item in labels.read_jsonl(run / "online" / "queue.jsonl")}
+    by = {who: labels.read_labels(run / "online" / f"labels-{who}.jsonl") for who in tools}
+    for who, rows in by.items():
+        assert {r["id"] for r in rows} <= queued, who
+        assert all(r["labeler"] == who and r["best"] in range(4) for r in rows), who
+    both = {r["id"] for r in by["ann"]} & {r["id"] for r in by["bob"]}
+    assert len(both) >= N0  # both labeled the initial comparisons, at least
+    trainings = [json.loads(line) for line in (run / "online" / "trainings.jsonl").open()]
+    assert len(trainings) == K
+    assert trainings[-1]["labels"] > trainings[-1]["comparisons"]  # two people's rows, one item
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["online/rm_trainings"] == K
 
 
 # --------------------------------------------------------------------------------------------------
