@@ -288,16 +288,23 @@ def test_sigkill_then_resume(tmp_path):
 # PPO waits for people's labels
 
 
-def test_waits_for_human_labels_then_continues(tmp_path):
-    """--labeler human: the run queues the initial comparisons and waits, saying what for; this
-    test labels each queued item 2 s after it appears (writing labels-tester.jsonl as label_tool
-    would); the run goes on and finishes with every training done."""
-    run = tmp_path / "run"
+def start_human_run(run):
+    """`ppo.py --labeler human` in the background; its output is collected line by line into
+    `out` by the returned reader thread."""
     p = subprocess.Popen(ppo_cmd(run, labeler="human"), stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, env=env(), cwd=ROOT)  # fmt: skip
     out: list[str] = []
     reader = threading.Thread(target=lambda: out.extend(p.stdout), daemon=True)
     reader.start()
+    return p, out, reader
+
+
+def test_waits_for_human_labels_then_continues(tmp_path):
+    """--labeler human: the run queues the initial comparisons and waits, saying what for; this
+    test labels each queued item 2 s after it appears (writing labels-tester.jsonl as label_tool
+    would); the run goes on and finishes with every training done."""
+    run = tmp_path / "run"
+    p, out, reader = start_human_run(run)
     queue, labels_path = run / "online" / "queue.jsonl", run / "online" / "labels-tester.jsonl"
     seen: dict[str, float] = {}
     done: set = set()
@@ -342,11 +349,7 @@ def test_two_people_label_in_terminals_while_the_run_waits(tmp_path):
     people's labels are in the files and in the trainings (two labels of one comparison are two
     training rows); each tool sees the run finish and quits cleanly."""
     run = tmp_path / "run"
-    p = subprocess.Popen(ppo_cmd(run, labeler="human"), stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, env=env(), cwd=ROOT)  # fmt: skip
-    out: list[str] = []
-    reader = threading.Thread(target=lambda: out.extend(p.stdout), daemon=True)
-    reader.start()
+    p, out, reader = start_human_run(run)
     tools, pressed, rng = {}, {}, random.Random(0)
 
     def label_what_is_shown():
