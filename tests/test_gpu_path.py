@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_ppo import CountStopsRM, small_setup
 
 import gpt2
 import ppo
@@ -19,29 +20,11 @@ import tasks
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class CountStopsRM:
-    """A stand-in reward model: the number of '.' tokens in the (truncated) response."""
-
-    def score(self, query, query_mask, response):
-        return (response == 13).float().sum(1)
-
-
 def setup_ppo(precision="fp32", batch_size=4, micro=2, nminibatches=2, noptepochs=2):
-    torch.manual_seed(0)
-    ref = gpt2.GPT2.from_config("tiny").eval().requires_grad_(False)
-    policy = ppo.PolicyAndValue(copy.deepcopy(ref).requires_grad_(True)).eval()
-    cfg = ppo.Config(
-        model="tiny",
-        batch_size=batch_size,
-        micro_batch_size=micro,
-        nminibatches=nminibatches,
-        noptepochs=noptepochs,
-        lr=1e-3,
-        device="cpu",
-        precision=precision,
+    """test_ppo.py's small setup at this precision, and one rollout from it."""
+    ref, policy, cfg, task, queries = small_setup(
+        batch_size, micro, nminibatches, noptepochs=noptepochs, precision=precision
     )
-    task = tasks.get_task("sentiment")
-    queries = tasks.QuerySource(task, "train", seed=0).next_batch(batch_size, formatted=False)
     gen = torch.Generator().manual_seed(0)
     batch = ppo.rollout(policy, ref, CountStopsRM(), task, queries, cfg, 0.1, gen, "cpu")
     return policy, cfg, batch, task.response_length

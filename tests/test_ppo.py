@@ -144,7 +144,9 @@ class CountStopsRM:
         return (response == 13).float().sum(1)
 
 
-def small_setup(batch_size=8, micro=2, nminibatches=2):
+def small_setup(batch_size=8, micro=2, nminibatches=2, **cfg_overrides):
+    """ρ, π (a copy of ρ with a value head), a tiny-model Config (any field overridable) and a
+    batch of raw sentiment queries. Also used by test_optim.py and test_gpu_path.py."""
     import copy
 
     import gpt2
@@ -160,6 +162,7 @@ def small_setup(batch_size=8, micro=2, nminibatches=2):
         nminibatches=nminibatches,
         lr=1e-3,
         device="cpu",
+        **cfg_overrides,
     )
     task = tasks.get_task("sentiment")
     queries = tasks.QuerySource(task, "train", seed=0).next_batch(batch_size, formatted=False)
