@@ -533,15 +533,9 @@ def judge(
     # 2. the blind pairs file; the key beside it
     rng = random.Random(secrets.randbits(64))  # not the seed: the order must not be guessable
     rows, key, query_index = make_pairs(task.name, queries, pol[0], oth[0], rng, references)
-    meta = dict(
-        run=str(run_dir),
-        against=against,
-        task=task.name,
-        model=cfg.model,
-        n=n,
-        seed=seed,
-        query_index=query_index,
-    )
+    # what names this evaluation, in key.json and in summary.json
+    names = dict(run=str(run_dir), against=against, task=task.name, model=cfg.model, n=n)
+    meta = dict(names, seed=seed, query_index=query_index)
     write_pairs(out, rows, key, meta)
     print(f"wrote {len(rows)} blind pairs to {out / 'pairs.jsonl'} (the key: {out / 'key.json'})")
 
@@ -550,11 +544,7 @@ def judge(
     texts_p = [enc.decode(r) for r in pol[0]]
     texts_o = [enc.decode(r) for r in oth[0]]
     summary = dict(
-        run=str(run_dir),
-        against=against,
-        task=task.name,
-        model=cfg.model,
-        n=n,
+        names,
         distinct_queries=distinct,
         temperature=cfg.temperature,
         score_policy=pol[1].mean().item(),
