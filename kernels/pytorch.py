@@ -140,7 +140,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
         dw = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         if g_logp is None:
             g_logp = torch.zeros_like(lse)
-        w = _gemm_weight(weight, hidden)
+        # the weight in hidden's dtype, only for recomputing the logits (a cast copies all of it)
+        w = _gemm_weight(weight, hidden) if kept is None else None
         with torch.autocast(hidden.device.type, enabled=False):  # the same GEMMs as the forward
             for i in range(0, hidden.size(0), ctx.chunk):
                 h, j = hidden[i : i + ctx.chunk], slice(i, i + ctx.chunk)
