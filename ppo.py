@@ -482,16 +482,16 @@ class PolicyAndValue(nn.Module):
     def forward(self, tokens, mask, n_response: int, temperature: float):
         """tokens, mask (B, T) = left-padded query + response -> logprobs, entropy, values (B,
         R)."""
+        # hidden (B, R, C): the state before each response token
         logprobs, entropy, hidden = gpt2.response_logprobs(
             self.lm, tokens, mask, n_response, temperature
         )
         if self.value_trunk is not None:
-            hidden = self.value_trunk.hidden_states(tokens, mask)  # (B, T, C)
-        T = tokens.size(1)
+            # the same R positions of the value network (its final block runs only there)
+            hidden = self.value_trunk.hidden_states(tokens, mask, last=n_response + 1)[:, :-1]
         # V at the state before each response token: values[:, context_length - 1 : -1] in the
         # released code
-        # (B, R)
-        values = self.value_head(hidden[:, T - n_response - 1 : T - 1]).squeeze(-1).float()
+        values = self.value_head(hidden).squeeze(-1).float()  # (B, R)
         return logprobs, entropy, values
 
 

@@ -67,7 +67,6 @@ from gpt2 import (
     generate,
     get_tokenizer,
     left_pad,
-    real_tokens,
     resolve_precision,
 )
 from optim import AdamTF
@@ -152,15 +151,12 @@ class RewardModel(nn.Module):
         -> (B,).
 
         Pads may sit anywhere (mask 0 or PAD_ID: left padding, OpenAI's right-padded queries,
-        PAD_ID after a truncated response): the model removes them from attention and positions,
-        and we read the last real position. (OpenAI reads position -1 after copying each pad's
-        output from the last real token before it, as hidden_states does too; the same value.)"""
-        mask = real_tokens(tokens, attention_mask)
-        h = self.lm.hidden_states(tokens, mask)  # (B, T, C)
-        T = tokens.shape[1]
-        # (B,) index of the last real token
-        last = (mask.long() * torch.arange(T, device=tokens.device)).argmax(1)
-        h_last = h[torch.arange(tokens.shape[0], device=tokens.device), last]  # (B, C)
+        PAD_ID after a truncated response): the model removes them from attention and positions.
+        We read position -1, as OpenAI does: a pad there holds the output of the last real token
+        before it (hidden_states copies it, as OpenAI's model.py does), so it is the last real
+        token's output either way."""
+        # (B, C), with the final block run at that one position only
+        h_last = self.lm.hidden_states(tokens, attention_mask, last=1)[:, 0]
         return self.head(h_last)[:, 0].float()  # (B,) fp32, also under autocast
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -150,8 +150,47 @@ def test_sampling_logprobs_equal_recomputed(model, temperature):
     with torch.no_grad():
         re_lp, ent, hidden = response_logprobs(model, full, full_mask, 10, temperature)
     torch.testing.assert_close(lp, re_lp, atol=1e-5, rtol=0)
-    assert hidden.shape == (*full.shape, model.config.n_embd)
+    # the third output: the hidden state before each response token
+    T = full.size(1)
+    want = model.hidden_states(full, full_mask)[:, T - 11 : T - 1]
+    torch.testing.assert_close(hidden, want, atol=1e-5, rtol=1e-5)
     assert (ent > 0).all()
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_last_positions_match_transformers(model, hf_model, n):
+    """hidden_states(last=n) runs the final block at the last n positions only: its logits there
+    are transformers' (left-padded rows, one of them shorter than n), and its gradients are those
+    of the full forward's last n positions, with and without activation checkpointing."""
+    tokens, mask = left_pad(prompts())
+    T = tokens.size(1)
+    with torch.no_grad():
+        h = model.hidden_states(tokens, mask, last=n)  # (B, n, C)
+    assert h.shape == (tokens.size(0), n, model.config.n_embd)
+    ref = hf_logits(hf_model, tokens, mask)[:, T - n :]
+    real = mask[:, T - n :]
+    torch.testing.assert_close((h @ model.lm_head_weight.T)[real], ref[real], atol=1e-4, rtol=1e-4)
+
+    w = torch.randn(
+        tokens.size(0), n, model.config.n_embd, generator=torch.Generator().manual_seed(3)
+    )
+
+    def grads(last, checkpoint):
+        model.zero_grad(set_to_none=True)
+        model.set_grad_checkpoint(checkpoint)
+        try:
+            out = model.hidden_states(tokens, mask, last=last)[:, -n:]
+            (out * w).sum().backward()
+        finally:
+            model.set_grad_checkpoint(False)
+        return {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    full = grads(None, False)
+    for checkpoint in (False, True):
+        got = grads(n, checkpoint)
+        for k in full:
+            torch.testing.assert_close(got[k], full[k], atol=1e-5, rtol=1e-4, msg=k)
+    model.zero_grad(set_to_none=True)
 
 
 def test_sampling_seed_and_stop_token(model):

@@ -97,6 +97,11 @@ def test_hidden_states_pads_anywhere(model, mask_kind):
                 last = j
             elif last is not None:
                 assert torch.equal(ours[b, j], ours[b, last])
+    # the last n positions only (the final block runs there): the same outputs, pads included
+    for n in (1, 3, 9):
+        with torch.no_grad():
+            some = model.hidden_states(tokens, mask, last=n)  # (B, n, C)
+        torch.testing.assert_close(some, ours[:, -n:], atol=1e-6, rtol=1e-6)
 
 
 def test_generate_pads_anywhere(model):
