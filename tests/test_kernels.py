@@ -391,14 +391,17 @@ def _kept_logp(out):
     return out.grad_fn.saved_tensors[-1]
 
 
-def test_token_logprobs_chunked_matches_naive(logits_kept):
+# chunks of 8 rows, or one chunk of 64 holding all 37 (the forward's logits and the kept log p are
+# then stored (V, N), transposed), with a backward in chunks of 8 or 64
+@pytest.mark.parametrize("chunk, backward_chunk", [(8, 8), (64, 8), (64, 64)])
+def test_token_logprobs_chunked_matches_naive(logits_kept, chunk, backward_chunk):
     torch.manual_seed(0)
     N, C, Vs = 37, 16, 1001
     h = torch.randn(N, C, requires_grad=True)
     w = torch.randn(Vs, C, requires_grad=True)
     t = torch.randint(0, Vs, (N,))
     lp, ent = kernels.token_logprobs(
-        h, w, t, temperature=0.7, use_kernels="off", chunk=8, backward_chunk=8
+        h, w, t, temperature=0.7, use_kernels="off", chunk=chunk, backward_chunk=backward_chunk
     )
     logp = F.log_softmax(h @ w.T / 0.7, -1)
     ref_lp, ref_ent = logp.gather(1, t[:, None])[:, 0], -(logp.exp() * logp).sum(-1)
