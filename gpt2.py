@@ -326,8 +326,8 @@ class GPT2(nn.Module):
     def hidden_states(
         self, idx, attention_mask=None, cache: KVCache | None = None, last: int | None = None
     ):
-        """Final hidden states (after ln_f) for token ids idx (B, T): (B, T, C), or (B, last, C)
-        for the last `last` positions only.
+        """Final hidden states (after ln_f) for token ids idx (B, T): (B, T, C), or
+        (B, min(last, T), C) for the last `last` positions only.
 
         attention_mask (B, T): 1 for real tokens, 0 for pads; PAD_ID is a pad whatever the mask
         says. Pads may sit anywhere: each row gives exactly what the row without its pads gives,
@@ -346,8 +346,11 @@ class GPT2(nn.Module):
         up to float rounding (GEMMs of other shapes).
         """
         B, T = idx.shape
-        if last is not None and cache is not None:
-            raise ValueError("hidden_states: `last` does not combine with a KV cache")
+        if last is not None and (cache is not None or last < 1):
+            raise ValueError(
+                f"hidden_states: last={last}: give a positive number of positions, without a KV "
+                "cache"
+            )
         last = None if last is None or last >= T else last
         mask = real_tokens(idx, attention_mask)  # (B, T)
         if cache is None and not is_left_padded(mask):
@@ -999,11 +1002,9 @@ def response_logprobs(
     # (B, R, C): the state before each response token predicts it; the final block runs at the
     # last R + 1 positions only (hidden_states' `last`)
     hidden = model.hidden_states(tokens, attention_mask, last=R + 1)[:, :-1]
-    h = hidden
-    if autocast_dtype(h) is not None:
-        # the LM head's GEMM in the autocast dtype (fp32 accumulation, fp32 softmax statistics):
-        # both token_logprobs paths run their GEMMs in hidden's dtype, autocast or not
-        h = h.to(autocast_dtype(h))
+    # the LM head's GEMM in the autocast dtype (fp32 accumulation, fp32 softmax statistics): both
+    # token_logprobs paths run their GEMMs in hidden's dtype, autocast or not
+    h = hidden if autocast_dtype(hidden) is None else hidden.to(autocast_dtype(hidden))
     real = real_tokens(tokens, attention_mask)[:, T - R :]  # (B, R)
     targets = tokens[:, T - R :].masked_fill(~real, 0)  # (B, R)
     lp, ent = kernels.token_logprobs(

@@ -191,6 +191,17 @@ def test_last_positions_match_transformers(model, hf_model, n):
         for k in full:
             torch.testing.assert_close(got[k], full[k], atol=1e-5, rtol=1e-4, msg=k)
     model.zero_grad(set_to_none=True)
+    # more positions than the sequence has: all of them; nonsense or a KV cache: refused
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.hidden_states(tokens, mask, last=T + 5), model.hidden_states(tokens, mask)
+        )
+        for bad in (0, -1):
+            with pytest.raises(ValueError, match="positive number"):
+                model.hidden_states(tokens, mask, last=bad)
+        cache = gpt2.KVCache(model.config, tokens.size(0), T, tokens.device, torch.float32)
+        with pytest.raises(ValueError, match="KV cache"):
+            model.hidden_states(tokens, mask, cache, last=1)
 
 
 def test_sampling_seed_and_stop_token(model):

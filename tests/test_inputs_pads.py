@@ -97,11 +97,21 @@ def test_hidden_states_pads_anywhere(model, mask_kind):
                 last = j
             elif last is not None:
                 assert torch.equal(ours[b, j], ours[b, last])
-    # the last n positions only (the final block runs there): the same outputs, pads included
+    # the last n positions only (the final block runs there): the same outputs, pads included,
+    # and the same gradients
     for n in (1, 3, 9):
         with torch.no_grad():
             some = model.hidden_states(tokens, mask, last=n)  # (B, n, C)
         torch.testing.assert_close(some, ours[:, -n:], atol=1e-6, rtol=1e-6)
+    w = torch.randn(ours[:, -3:].shape, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for last in (3, None):
+        model.zero_grad(set_to_none=True)
+        (model.hidden_states(tokens, mask, last=last)[:, -3:] * w).sum().backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    model.zero_grad(set_to_none=True)
+    for k, want in grads[1].items():  # float rounding, relative to gradients of up to ~300
+        torch.testing.assert_close(grads[0][k], want, atol=1e-6 * want.abs().max(), rtol=1e-5)
 
 
 def test_generate_pads_anywhere(model):
