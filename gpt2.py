@@ -398,6 +398,13 @@ class GPT2(nn.Module):
             cache.len += T
         return self.transformer.ln_f(x)  # (B, T, C) or (B, last, C)
 
+    def response_states(self, idx, attention_mask, n_response: int):
+        """(B, R, C): the hidden state before each of the last R = n_response tokens of idx (B, T),
+        the state that predicts that token, where log-probs and values are read. The final block
+        runs at the last R + 1 positions only (`last`), and the state after the last token, which
+        predicts nothing in the sequence, is dropped."""
+        return self.hidden_states(idx, attention_mask, last=n_response + 1)[:, :-1]
+
     def forward(self, idx, attention_mask=None):
         """Logits (B, T, V) for token ids idx (B, T). For training on long batches, prefer
         response_logprobs, which computes the logits at the response positions only, a chunk at a
@@ -999,9 +1006,7 @@ def response_logprobs(
     """
     B, T = tokens.shape
     R = n_response
-    # (B, R, C): the state before each response token predicts it; the final block runs at the
-    # last R + 1 positions only (hidden_states' `last`)
-    hidden = model.hidden_states(tokens, attention_mask, last=R + 1)[:, :-1]
+    hidden = model.response_states(tokens, attention_mask, R)  # (B, R, C)
     # the LM head's GEMM in the autocast dtype (fp32 accumulation, fp32 softmax statistics): both
     # token_logprobs paths run their GEMMs in hidden's dtype, autocast or not
     h = hidden if autocast_dtype(hidden) is None else hidden.to(autocast_dtype(hidden))

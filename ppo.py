@@ -487,8 +487,7 @@ class PolicyAndValue(nn.Module):
             self.lm, tokens, mask, n_response, temperature
         )
         if self.value_trunk is not None:
-            # the same R positions of the value network (its final block runs only there)
-            hidden = self.value_trunk.hidden_states(tokens, mask, last=n_response + 1)[:, :-1]
+            hidden = self.value_trunk.response_states(tokens, mask, n_response)  # the same R states
         # V at the state before each response token: values[:, context_length - 1 : -1] in the
         # released code
         values = self.value_head(hidden).squeeze(-1).float()  # (B, R)
