@@ -50,13 +50,11 @@ from pathlib import Path
 
 import torch
 
-import cli
 import gpt2
 import label_tool
-import labels
 import ppo
-import tasks
-from labels import FormatError
+from machinery import cli, labels, tasks
+from machinery.labels import FormatError
 
 # --------------------------------------------------------------------------------------------------
 # The statistics: small pure functions, imported by tests/test_evaluate.py

@@ -46,8 +46,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-import cli
-import kernels  # attention and token log-probs: Triton kernels or PyTorch (imports no triton)
+import gpt2_kernels  # attention and token log-probs: Triton kernels or PyTorch (imports no triton)
+from machinery import cli
 
 # OpenAI's padding id in label files (n_vocab + 2, "for historical reasons"); never fed to the model
 PAD_ID = 50259
@@ -138,8 +138,8 @@ def autocast(device, precision: str):
     Under it the weights, the optimizer and its state stay fp32 (autocast casts per op); matmuls
     (Linear, attention, the LM head's logits) run in bf16; the residual stream and LayerNorm stay
     fp32; log-softmax, log-probs, entropy, values, scores, losses and statistics are fp32
-    (kernels.token_logprobs upcasts the logits, the heads' outputs are .float()). bf16 needs no loss
-    scaling: it has fp32's exponent range."""
+    (gpt2_kernels.token_logprobs upcasts the logits, the heads' outputs are .float()). bf16 needs
+    no loss scaling: it has fp32's exponent range."""
     precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -153,7 +153,7 @@ def autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Attention: kernels.attention runs the fused Triton kernel or PyTorch's SDPA (see kernels/)
+# Attention: gpt2_kernels.attention runs the fused Triton kernel or PyTorch's SDPA
 
 
 class KVCache:
@@ -238,7 +238,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.append(self.layer, k, v)
             key_mask = cache.key_mask[:, : k.size(2)] if cache.padded else None
         # full sequences (training, scoring, prefill) may run the fused kernel, decoding steps SDPA
-        y = kernels.attention(q, k, v, key_mask, self.use_kernels)  # (B, H, T, D)
+        y = gpt2_kernels.attention(q, k, v, key_mask, self.use_kernels)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, -1, C)  # re-assemble the heads side by side
         return self.c_proj(y)
 
@@ -990,7 +990,7 @@ def generate(
 
 
 # --------------------------------------------------------------------------------------------------
-# Per-token log-probs without the full (N, V) logits (kernels.token_logprobs: Triton or PyTorch)
+# Per-token log-probs without the full (N, V) logits (gpt2_kernels.token_logprobs)
 
 
 def response_logprobs(
@@ -1012,7 +1012,7 @@ def response_logprobs(
     h = hidden if autocast_dtype(hidden) is None else hidden.to(autocast_dtype(hidden))
     real = real_tokens(tokens, attention_mask)[:, T - R :]  # (B, R)
     targets = tokens[:, T - R :].masked_fill(~real, 0)  # (B, R)
-    lp, ent = kernels.token_logprobs(
+    lp, ent = gpt2_kernels.token_logprobs(
         h.reshape(B * R, -1),
         model.lm_head_weight,
         targets.reshape(-1),
@@ -1063,7 +1063,7 @@ def main(argv=None):
     enc = get_tokenizer()
     try:
         if args.model == "tiny":
-            import tasks  # lazy: tasks imports this file
+            from machinery import tasks  # lazy: tasks imports this file
 
             model = tasks.load_base_model("tiny", device=device, use_kernels=args.kernels)
         else:

@@ -62,9 +62,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cli
-import labels
-from labels import FormatError
+from machinery import cli, labels
+from machinery.labels import FormatError
 
 
 @dataclass

@@ -72,14 +72,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-import cli
-import dist
 import gpt2
-import online
 import reward
-import summarization
-import tasks
-from optim import AdamTF  # noqa: F401 (the released code's Adam, for tests)
+from machinery import cli, dist, online, summarization, tasks
+from machinery.optim import AdamTF  # noqa: F401 (the released code's Adam, for tests)
 from reward import make_adam
 
 # --------------------------------------------------------------------------------------------------
@@ -1403,7 +1399,7 @@ def summarize(run: Run, last: dict, seconds: float) -> dict:
 def main(argv=None):
     cfg = parse_args(argv)
     if cfg.bench:
-        import bench_ppo
+        from bench import bench_ppo
 
         return bench_ppo.bench(cfg)
     return train(cfg)

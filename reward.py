@@ -55,10 +55,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import cli
-import dist
-import labels
-import tasks
 from gpt2 import (
     GPT2,
     PAD_ID,
@@ -69,7 +65,8 @@ from gpt2 import (
     left_pad,
     resolve_precision,
 )
-from optim import AdamTF
+from machinery import cli, dist, labels, tasks
+from machinery.optim import AdamTF
 
 CHECKPOINT_FORMAT = "rlhf-gpt2 reward model"
 CHECKPOINT_VERSION = 1

@@ -3,7 +3,7 @@
 - Without a GPU, Triton kernels run under the interpreter, which must be switched on before any
   kernel is defined.
 - tiktoken's GPT-2 files: $TIKTOKEN_CACHE_DIR (CI sets it), else the checkout's .tiktoken_cache/
-  when it exists (offline machines; the same folder scripts/gpu_check.py reads), else tiktoken
+  when it exists (offline machines; the same folder bench/gpu_check.py reads), else tiktoken
   downloads them once.
 """
 
@@ -25,13 +25,14 @@ import torch  # noqa: E402  (after the environment is set)
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import kernels.pytorch as pytorch_paths  # noqa: E402  (after TRITON_INTERPRET)
+import gpt2_kernels.pytorch as pytorch_paths  # noqa: E402  (after TRITON_INTERPRET)
 
 
 @pytest.fixture(params=["recompute", "keep"])
 def logits_kept(request, monkeypatch):
     """Both backward paths of the PyTorch log-probs: the logits recomputed per chunk, or the
-    forward's log p kept (kernels/pytorch.py::KEEP_LOGITS_BYTES); yields whether they are kept."""
+    forward's log p kept (gpt2_kernels/pytorch.py::KEEP_LOGITS_BYTES); yields whether they are
+    kept."""
     keep = request.param == "keep"
     monkeypatch.setattr(pytorch_paths, "KEEP_LOGITS_BYTES", 2**40 if keep else 0)
     return keep

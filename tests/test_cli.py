@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-import cli
+from machinery import cli
 
 
 @dataclass
@@ -111,7 +111,10 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_raises(tmp_path):
 
 
 def test_cli_is_standard_library_only():
-    code = "import sys, cli; print([m for m in ('torch', 'numpy') if m in sys.modules])"
+    code = (
+        "import sys; from machinery import cli; "
+        "print([m for m in ('torch', 'numpy') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

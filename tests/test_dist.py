@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import dist
 import gpt2
+from machinery import dist
 
 REAL_GENERATE = gpt2.generate
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def test_reductions_over_two_ranks_equal_the_math_on_all_the_data(tmp_path):
     same computation on the concatenation of both, and every rank must get the same answer."""
     results = run_ranks(
         """
-        import dist
+        from machinery import dist
         dist.init("cpu")
         g = torch.Generator().manual_seed(dist.rank)
         x = torch.randn(3 + dist.rank, 5, generator=g) * 2 + dist.rank  # (3 or 4, 5)
@@ -175,7 +175,7 @@ def test_first_update_two_ranks_equal_one_rank(tmp_path, monkeypatch):
     mean for losses and fractions, max / min for ratio_max / ratio_min. Whitening of rewards and
     advantages must use the whole minibatch (mean/var all-reduced), or the advantages differ."""
     import ppo
-    import tasks
+    from machinery import tasks
 
     ref, policy, cfg = make_setup()
 
@@ -196,7 +196,8 @@ def test_first_update_two_ranks_equal_one_rank(tmp_path, monkeypatch):
         f"""
 import sys
 sys.path.insert(0, "tests")
-import dist, ppo
+import ppo
+from machinery import dist
 from test_dist import make_setup
 dist.init("cpu")
 ref, policy, cfg = make_setup()
@@ -262,7 +263,7 @@ def fake_generate(model, tokens, attention_mask, max_new_tokens, temperature, ge
 def tiny_rm(tmp_path_factory):
     """A reward model on the tiny base model: ρ's weights and a random head (no training)."""
     import reward
-    import tasks
+    from machinery import tasks
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("rm") / "rm.pt"
@@ -342,9 +343,8 @@ def test_torchrun_reward_train(tmp_path):
     """`torchrun --nproc_per_node 2 reward.py train` on tiny: 11 training comparisons in steps of 4
     (the last step's 3 split 2 + 1), normalization over both ranks' samples; one checkpoint,
     written by rank 0, and its log once."""
-    import labels
     import reward
-    import tasks
+    from machinery import labels, tasks
 
     rows = reward.sample_comparisons(tasks.load_base_model("tiny"), "sentiment", 13, n_samples=2)
     labels_path = tmp_path / "labels.jsonl"

@@ -13,7 +13,7 @@ import threading
 import pytest
 from upstream_data import story_name, tldr_posts, write_cnndm
 
-import tasks
+from machinery import tasks
 
 
 class Bucket(http.server.BaseHTTPRequestHandler):

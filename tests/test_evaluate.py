@@ -13,8 +13,8 @@ import terminal
 
 import evaluate
 import gpt2
-import labels
 from evaluate import agreement, outcomes_by_labeler, pool, preference_line, win_rate
+from machinery import labels
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -336,7 +336,7 @@ def test_a_run_exports_its_policy_and_reports_the_scripted_win_rate(tiny_run):
 def test_scripted_judge_agrees_with_its_pairs_and_key(tiny_run, tmp_path, capsys):
     """The printed rate is what the sentiment labeler says about the pairs file, read through the
     key: the key names the policy's samples and the scores are the labeler's."""
-    import tasks
+    from machinery import tasks
 
     run_dir, _ = tiny_run
     out = tmp_path / "eval"

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import gpt2
-import tasks
 from gpt2 import GPT2, GPT2Config, left_pad
+from machinery import tasks
 
 transformers = pytest.importorskip("transformers")
 

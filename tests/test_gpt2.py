@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import gpt2
 from gpt2 import GPT2, generate, left_pad, response_logprobs
-from kernels import token_logprobs
+from gpt2_kernels import token_logprobs
 
 transformers = pytest.importorskip("transformers")
 

@@ -15,7 +15,7 @@ from test_ppo import CountStopsRM, small_setup
 import gpt2
 import ppo
 import reward
-import tasks
+from machinery import tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -220,11 +220,11 @@ def dataclasses_replace(cfg, **changes):
 
 
 def test_gpu_check_dry_mode(tmp_path):
-    """scripts/gpu_check.py --dry: every stage runs on the CPU on tiny shapes and the table names
+    """bench/gpu_check.py --dry: every stage runs on the CPU on tiny shapes and the table names
     each stage, ok, and the device; the table is also written to $OUT."""
     env = {**os.environ, "OUT": str(tmp_path)}
     p = subprocess.run(
-        [sys.executable, "scripts/gpu_check.py", "--dry"],
+        [sys.executable, "bench/gpu_check.py", "--dry"],
         cwd=ROOT,
         env=env,
         capture_output=True,

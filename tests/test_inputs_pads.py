@@ -203,7 +203,7 @@ def test_rollout_pads_anywhere(model):
 
     import ppo
     import reward
-    import tasks
+    from machinery import tasks
 
     torch.manual_seed(2)
     rm = reward.RewardModel(copy.deepcopy(model)).eval()

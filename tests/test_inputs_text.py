@@ -9,10 +9,9 @@ import pytest
 
 import gpt2
 import label_tool
-import labels
-import tasks
 from gpt2 import EOT_ID
-from labels import FormatError
+from machinery import labels, tasks
+from machinery.labels import FormatError
 
 EOT_TEXT = "<|endoftext|>"
 

@@ -1,5 +1,5 @@
-"""Property tests of the Triton kernels (kernels/) against PyTorch, of the kernels' PyTorch paths,
-and of the dispatch between them.
+"""Property tests of the Triton kernels (gpt2_kernels/) against PyTorch, of the kernels' PyTorch
+paths, and of the dispatch between them.
 
 On a machine without CUDA the kernels run under Triton's interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1 before anything imports triton), which executes the kernel code on CPU tensors,
@@ -8,9 +8,10 @@ ahead-of-time compile test (tests/test_kernels_aot.py) only. Criteria: fp32 with
 fp32 reference; fp16 no worse than 2× PyTorch's own fp16 error against the fp32 reference
 (FlashAttention's test criterion); no NaN; exactly zero output and gradient at padding.
 
-References: attention is checked against the model's own PyTorch path (kernels.torch_attention);
-log-probs against token_logprobs_reference below, the textbook full-logits computation (in fp64
-where the tests need ground truth), which lives here because no product code needs it.
+References: attention is checked against the model's own PyTorch path
+(gpt2_kernels.torch_attention); log-probs against token_logprobs_reference below, the textbook
+full-logits computation (in fp64 where the tests need ground truth), which lives here because no
+product code needs it.
 Run: python -m pytest -q tests/test_kernels.py   (about a minute on 2 CPU cores)
 """
 
@@ -27,10 +28,10 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import kernels
-from kernels import torch_attention, torch_token_logprobs
-from kernels.triton_attention import attention
-from kernels.triton_logprobs import token_logprobs
+import gpt2_kernels
+from gpt2_kernels import torch_attention, torch_token_logprobs
+from gpt2_kernels.triton_attention import attention
+from gpt2_kernels.triton_logprobs import token_logprobs
 
 # The interpreter is slow (~0.1-0.7 s per attention call): few, derandomized examples, no deadline.
 FEW = settings(
@@ -170,7 +171,7 @@ def test_attention_fp32_gpu_tiles(monkeypatch):
     # (32x32, 16x32, 32x16)
     import importlib
 
-    attn_module = importlib.import_module("kernels.triton_attention")
+    attn_module = importlib.import_module("gpt2_kernels.triton_attention")
     monkeypatch.setattr(attn_module, "_tiles_fp32", lambda dtype: dtype == torch.float32)
     B, H, T, D = 2, 1, 45, 32
     g = torch.Generator(device=DEVICE).manual_seed(5)
@@ -374,7 +375,7 @@ def test_token_logprobs_mixed_dtypes_and_bad_input():
 
 
 def test_vocab_chunk_size_bounds_extra_memory():
-    from kernels.triton_logprobs import CHUNK_ELEMENTS, vocab_chunk_size
+    from gpt2_kernels.triton_logprobs import CHUNK_ELEMENTS, vocab_chunk_size
 
     for N in (1, 64, 12288, 65536):
         vc = vocab_chunk_size(N, 50257)
@@ -400,7 +401,7 @@ def test_token_logprobs_chunked_matches_naive(logits_kept, chunk, backward_chunk
     h = torch.randn(N, C, requires_grad=True)
     w = torch.randn(Vs, C, requires_grad=True)
     t = torch.randint(0, Vs, (N,))
-    lp, ent = kernels.token_logprobs(
+    lp, ent = gpt2_kernels.token_logprobs(
         h, w, t, temperature=0.7, use_kernels="off", chunk=chunk, backward_chunk=backward_chunk
     )
     logp = F.log_softmax(h @ w.T / 0.7, -1)
@@ -429,7 +430,7 @@ def test_token_logprobs_gradients_of_each_output_alone_match_fp64(logits_kept):
     adv = torch.randn(N, dtype=torch.float64)
     for pick in (0, 1):
         h, w = h64.float().requires_grad_(), w64.float().requires_grad_()
-        out = kernels.token_logprobs(
+        out = gpt2_kernels.token_logprobs(
             h, w, t, temperature=0.7, use_kernels="off", chunk=5, backward_chunk=5
         )
         assert (_kept_logp(out[pick]) is not None) == logits_kept
@@ -442,7 +443,9 @@ def test_token_logprobs_gradients_of_each_output_alone_match_fp64(logits_kept):
             torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-4)
     h = h64.float().requires_grad_()
     # weight without grad: dW is skipped
-    lp, _ = kernels.token_logprobs(h, w64.float(), t, use_kernels="off", chunk=7, backward_chunk=7)
+    lp, _ = gpt2_kernels.token_logprobs(
+        h, w64.float(), t, use_kernels="off", chunk=7, backward_chunk=7
+    )
     (gh,) = torch.autograd.grad(lp.sum(), h)
     assert torch.isfinite(gh).all() and gh.abs().sum() > 0
 
@@ -461,30 +464,32 @@ def _qkv_mask(D, T=9, seed=0):
 
 def test_package_runs_the_triton_path_when_on_and_pytorch_when_off():
     q, k, v, mask = _qkv_mask(32)
-    assert torch.equal(kernels.attention(q, k, v, mask, use_kernels="on"), attention(q, k, v, mask))
     assert torch.equal(
-        kernels.attention(q, k, v, mask, use_kernels="off"), torch_attention(q, k, v, mask)
+        gpt2_kernels.attention(q, k, v, mask, use_kernels="on"), attention(q, k, v, mask)
+    )
+    assert torch.equal(
+        gpt2_kernels.attention(q, k, v, mask, use_kernels="off"), torch_attention(q, k, v, mask)
     )
     hidden, weight, targets, _, _ = _make_logprob_inputs(7, 32, 1000, False, 0)
     for mode, fn in (("on", token_logprobs), ("off", torch_token_logprobs)):
-        got = kernels.token_logprobs(hidden, weight, targets, 0.7, use_kernels=mode)
+        got = gpt2_kernels.token_logprobs(hidden, weight, targets, 0.7, use_kernels=mode)
         for a, b in zip(got, fn(hidden, weight, targets, 0.7)):
             assert torch.equal(a, b)
     if DEVICE == "cpu":  # 'auto' on CPU tensors is the PyTorch path
-        assert torch.equal(kernels.attention(q, k, v, mask), torch_attention(q, k, v, mask))
+        assert torch.equal(gpt2_kernels.attention(q, k, v, mask), torch_attention(q, k, v, mask))
     with pytest.raises(ValueError, match="use_kernels must be"):
-        kernels.attention(q, k, v, mask, use_kernels="yes")
+        gpt2_kernels.attention(q, k, v, mask, use_kernels="yes")
 
 
 @pytest.fixture
 def pretend_gpu(monkeypatch):
     """'auto' treats every tensor as a GPU tensor (the kernels then run under the interpreter), with
     no fallback reported yet; counts the calls that reach each Triton function."""
-    import kernels.triton_attention as ta
-    import kernels.triton_logprobs as tlp
+    import gpt2_kernels.triton_attention as ta
+    import gpt2_kernels.triton_logprobs as tlp
 
-    monkeypatch.setattr(kernels, "_on_gpu", lambda t: True)
-    monkeypatch.setattr(kernels, "_reported", set())
+    monkeypatch.setattr(gpt2_kernels, "_on_gpu", lambda t: True)
+    monkeypatch.setattr(gpt2_kernels, "_reported", set())
     calls = {"attention": 0, "token_logprobs": 0}
 
     def counted(module, name):
@@ -510,20 +515,20 @@ def test_auto_falls_back_on_unsupported_head_dim_once_and_on_refuses(pretend_gpu
     q, k, v, mask = _qkv_mask(D)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        outs = [kernels.attention(q, k, v, mask, use_kernels="auto") for _ in range(3)]
+        outs = [gpt2_kernels.attention(q, k, v, mask, use_kernels="auto") for _ in range(3)]
     said = _fallback_messages(caught, f"head dim {D}")
     assert len(said) == 1 and "PyTorch path" in said[0], [str(w.message) for w in caught]
     assert pretend_gpu["attention"] == 0, "an unsupported head dim reached the kernel"
     for o in outs:
         assert torch.equal(o, torch_attention(q, k, v, mask))
     with pytest.raises(ValueError, match=f"head dim D={D} unsupported"):
-        kernels.attention(q, k, v, mask, use_kernels="on")
+        gpt2_kernels.attention(q, k, v, mask, use_kernels="on")
     # a supported head dim under the same conditions does run the kernel, and says nothing
     q, k, v, mask = _qkv_mask(32)
     before = pretend_gpu["attention"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        got = kernels.attention(q, k, v, mask, use_kernels="auto")
+        got = gpt2_kernels.attention(q, k, v, mask, use_kernels="auto")
     assert pretend_gpu["attention"] == before + 1 and not _fallback_messages(caught, "falls back")
     torch.testing.assert_close(got, torch_attention(q, k, v, mask), atol=2e-5, rtol=1e-4)
 
@@ -557,37 +562,39 @@ def test_auto_falls_back_on_unsupported_logprob_dtype_once(pretend_gpu):
     hidden, weight, targets, _, _ = _make_logprob_inputs(7, 32, 1000, False, 1, torch.float64)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        outs = [kernels.token_logprobs(hidden, weight, targets, 0.7) for _ in range(3)]
+        outs = [gpt2_kernels.token_logprobs(hidden, weight, targets, 0.7) for _ in range(3)]
     assert len(_fallback_messages(caught, "torch.float64")) == 1
     assert pretend_gpu["token_logprobs"] == 0
     want = torch_token_logprobs(hidden, weight, targets, 0.7)
     for got in outs:
         assert all(torch.equal(a, b) for a, b in zip(got, want))
     with pytest.raises(ValueError, match="fp32/fp16/bf16"):
-        kernels.token_logprobs(hidden, weight, targets, 0.7, use_kernels="on")
+        gpt2_kernels.token_logprobs(hidden, weight, targets, 0.7, use_kernels="on")
 
 
 def test_auto_without_triton_falls_back_once_and_on_refuses(pretend_gpu, monkeypatch):
-    monkeypatch.setitem(sys.modules, "kernels.triton_attention", None)  # its import now fails
+    monkeypatch.setitem(sys.modules, "gpt2_kernels.triton_attention", None)  # its import now fails
     q, k, v, mask = _qkv_mask(32)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(3):
-            assert torch.equal(kernels.attention(q, k, v, mask), torch_attention(q, k, v, mask))
+            assert torch.equal(
+                gpt2_kernels.attention(q, k, v, mask), torch_attention(q, k, v, mask)
+            )
     assert len(_fallback_messages(caught, "triton is not installed")) == 1
     with pytest.raises(ImportError, match="needs triton"):
-        kernels.attention(q, k, v, mask, use_kernels="on")
+        gpt2_kernels.attention(q, k, v, mask, use_kernels="on")
 
 
 def test_gpt2_runs_where_triton_cannot_be_imported():
-    """A CPU user without triton: importing gpt2 and kernels, the forward, log-probs with their
+    """A CPU user without triton: importing gpt2 and gpt2_kernels, the forward, log-probs with their
     gradient and sampling all work, and use_kernels='on' says what is missing."""
     code = textwrap.dedent(
         """
         import sys
         sys.modules["triton"] = None  # every `import triton` now raises ImportError
         import torch
-        import gpt2, kernels
+        import gpt2, gpt2_kernels
         cfg = gpt2.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=16)
         model = gpt2.GPT2.from_config(cfg)
         tokens, mask = gpt2.left_pad([[1, 2, 3, 4], [5, 6]])
@@ -597,10 +604,11 @@ def test_gpt2_runs_where_triton_cannot_be_imported():
         new, new_lp = gpt2.generate(model, tokens, mask, max_new_tokens=3)
         assert torch.isfinite(logits).all() and torch.isfinite(lp).all() and new.shape == (2, 3)
         assert model.transformer.wte.weight.grad.abs().sum() > 0
-        assert not any(m.startswith("kernels.triton") for m in sys.modules)
+        assert not any(m.startswith("gpt2_kernels.triton") for m in sys.modules)
         try:
-            kernels.token_logprobs(torch.randn(3, 8), torch.randn(10, 8), torch.zeros(3).long(),
-                                   use_kernels="on")
+            gpt2_kernels.token_logprobs(
+                torch.randn(3, 8), torch.randn(10, 8), torch.zeros(3).long(), use_kernels="on"
+            )
         except ImportError as e:
             assert "needs triton" in str(e), e
         else:

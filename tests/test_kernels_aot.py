@@ -38,8 +38,8 @@ def jobs():
     """Every (kernel, arch, dtype, config) the wrappers can launch on a GPU: a list of plain
     dicts."""
     sys.path.insert(0, str(ROOT))
-    attn = importlib.import_module("kernels.triton_attention")
-    lp = importlib.import_module("kernels.triton_logprobs")
+    attn = importlib.import_module("gpt2_kernels.triton_attention")
+    lp = importlib.import_module("gpt2_kernels.triton_logprobs")
     out = []
     for cc in ARCHS:
         # fp32 models on a GPU take the exact-dot (ieee) path of the same kernels
@@ -173,7 +173,7 @@ def compile_job(job):
     from triton.compiler import ASTSource, make_backend
 
     module, name = job["kernel"].split(".")
-    fn = getattr(importlib.import_module(f"kernels.{module}"), name)
+    fn = getattr(importlib.import_module(f"gpt2_kernels.{module}"), name)
     sig, constexprs, divisible = _signature(fn, job["dtype"], job["const"])
     target = GPUTarget("cuda", job["cc"], 32)
     # tt.divisibility=16 hints, as a real launch gives them (API of triton ≥ 3.3; skipped if

@@ -22,7 +22,7 @@ import pytest
 import terminal
 from test_label_tool import Model, file_log, mapping
 
-import labels
+from machinery import labels
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = str(ROOT / "label_tool.py")

@@ -18,7 +18,7 @@ import pytest
 import terminal
 
 import label_tool
-import labels
+from machinery import labels
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = str(ROOT / "label_tool.py")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import labels
-from labels import FormatError
+from machinery import labels
+from machinery.labels import FormatError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -249,7 +249,7 @@ def test_task_instructions_cover_every_task():
 def test_labels_and_label_tool_import_no_torch():
     # label_tool.py must start fast: importing labels must not pull in torch (or numpy).
     code = (
-        "import sys, labels, label_tool; "
+        "import sys, label_tool; from machinery import labels; "
         "bad = [m for m in ('torch', 'numpy') if m in sys.modules]; print(bad)"
     )
     out = subprocess.run(
@@ -266,7 +266,7 @@ def test_labels_and_label_tool_import_no_torch():
 def test_cli_summary(tmp_path):
     p = write_lines(tmp_path / "l.jsonl", [label(0, 1), {"id": "c1", "skip": True}])
     out = subprocess.run(
-        [sys.executable, "labels.py", p],
+        [sys.executable, "-m", "machinery.labels", p],
         cwd=Path(__file__).parent.parent,
         capture_output=True,
         text=True,

@@ -25,10 +25,8 @@ import pytest
 import terminal
 import torch
 
-import labels
-import online
 import ppo
-import tasks
+from machinery import labels, online, tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ import torch
 import ppo
 import reward
 from gpt2 import GPT2, PRESETS
-from optim import AdamTF
+from machinery.optim import AdamTF
 
 F32_EPS = torch.finfo(torch.float32).eps
 

@@ -51,7 +51,7 @@ def test_score_lands_on_last_token_and_kl_penalty_everywhere():
 def test_penalty_replaces_score_without_stop_token():
     # the penalty is written once, in tasks.py; ppo.rollout applies it (checked in the rollout test
     # too)
-    import tasks
+    from machinery import tasks
 
     scores = torch.tensor([0.7, 3.0, -2.0])
     valid = torch.tensor([True, False, True])
@@ -150,7 +150,7 @@ def small_setup(batch_size=8, micro=2, nminibatches=2, **cfg_overrides):
     import copy
 
     import gpt2
-    import tasks
+    from machinery import tasks
 
     torch.manual_seed(0)
     ref = gpt2.GPT2.from_config("tiny").eval().requires_grad_(False)
@@ -170,7 +170,7 @@ def small_setup(batch_size=8, micro=2, nminibatches=2, **cfg_overrides):
 
 
 def test_first_minibatch_ratio_exactly_one_and_penalty_in_rollout():
-    import tasks
+    from machinery import tasks
 
     ref, policy, cfg, task, queries = small_setup()
     gen = torch.Generator().manual_seed(0)

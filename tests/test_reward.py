@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import reward
-import tasks
 from gpt2 import GPT2, PAD_ID, PRESETS, left_pad
+from machinery import tasks
 
 
 def tiny_random_rm(seed=0):

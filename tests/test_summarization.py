@@ -16,10 +16,9 @@ import terminal
 import torch
 from upstream_data import story_name, write_cnndm, write_tldr
 
-import labels
-import summarization as S
-import tasks
 from gpt2 import GPT2, PAD_ID, PRESETS, get_tokenizer
+from machinery import labels, tasks
+from machinery import summarization as S
 
 ROOT = Path(__file__).resolve().parent.parent
 SUFFIX = [198, 198, 14990, 26, 7707, 25]  # "\n\nTL;DR:"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import tasks
 from gpt2 import GPT2, PAD_ID, PRESETS, get_tokenizer, left_pad
+from machinery import tasks
 
 
 def test_task_values_follow_launch_py():

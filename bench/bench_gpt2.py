@@ -13,14 +13,18 @@ This is a benchmark script, not a test: it prints figures.
 """
 
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the stage files, run from anywhere
 
 import torch
 
-import cli
 from gpt2 import GPT2, PRESETS, generate
+from machinery import cli
 
 
 @dataclass

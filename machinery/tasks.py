@@ -64,10 +64,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import cli
-import summarization
 from gpt2 import EOT_ID, GPT2, PAD_ID, PRESETS, encode, get_tokenizer
-from labels import TASK_INSTRUCTIONS
+from machinery import cli, summarization
+from machinery.labels import TASK_INSTRUCTIONS
 
 ROOT = Path(__file__).resolve().parent
 ASSETS = ROOT / "assets"

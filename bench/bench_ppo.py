@@ -20,15 +20,18 @@ alone.
 from __future__ import annotations
 
 import copy
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the stage files, run from anywhere
 
 import torch
 
-import cli
 import gpt2
 import ppo
 import reward
-import tasks
+from machinery import cli, tasks
 
 
 def bench(cfg: ppo.Config) -> dict:

@@ -46,7 +46,7 @@ import json
 import os
 import sys
 
-import cli
+from machinery import cli
 
 VOCAB_SIZE = 50257
 # OpenAI's padding id in their label files, outside the vocab (same as gpt2.PAD_ID)

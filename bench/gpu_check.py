@@ -1,13 +1,14 @@
 """The device check: every number the one-GPU path needs, from one run of under 8 minutes on one
 H100 / H200, as one results table naming the device.
 
-    python scripts/gpu_check.py        # on the GPU; also writes $OUT/gpu_check.md if OUT is set
-    python scripts/gpu_check.py --dry  # CPU, tiny shapes: every stage still runs (a test runs it)
+    python bench/gpu_check.py        # on the GPU; also writes $OUT/gpu_check.md if OUT is set
+    python bench/gpu_check.py --dry  # CPU, tiny shapes: every stage still runs (a test runs it)
 
 Stages, each a subprocess with its own time limit (so one slow stage cannot eat the budget; a stage
 that fails or runs out of time is reported and the next one runs):
   1. tests    the kernel and model tests with the kernels compiled for the GPU (TRITON_INTERPRET=0)
-  2. kernels  `python -m kernels.bench`: attention and log-probs, time and peak memory against SDPA
+  2. kernels  `python bench/bench_kernels.py`: attention and log-probs, time and peak memory against
+     SDPA
               and the naive log-softmax
   3. ppo 124M `python bench_ppo.py` at the 124M sentiment setting (batch 512, 64 + 24 tokens, bf16):
               update time, tokens/s, peak memory
@@ -63,8 +64,8 @@ def summarize_tests(out: str) -> str:
 
 
 def summarize_kernels(out: str) -> str:
-    """One line per 'ours' row at kernels.bench's GPU shapes: the speed (and memory) against the
-    baseline, as kernels.bench prints it."""
+    """One line per 'ours' row at bench/bench_kernels.py's GPU shapes: the speed (and memory)
+    against the baseline, as bench/bench_kernels.py prints it."""
     keep = []
     for line in out.splitlines():
         if "x the speed of" not in line:
@@ -168,14 +169,14 @@ def stages(dry: bool, work: Path) -> list[Stage]:
             ),
             Stage(
                 "kernels",
-                [py, "-m", "kernels.bench", "--what", "logprobs", "--reps", "1"],
+                [py, "bench/bench_kernels.py", "--what", "logprobs", "--reps", "1"],
                 DRY_LIMIT_S,
                 {},
                 summarize_kernels,
             ),
             Stage(
                 "ppo tiny",
-                [py, "bench_ppo.py", "--model", "tiny", "--batch-size", "2"]
+                [py, "bench/bench_ppo.py", "--model", "tiny", "--batch-size", "2"]
                 + ["--micro-batch-size", "1", "--noptepochs", "1", "--bench-updates", "1"]
                 + common,
                 DRY_LIMIT_S,
@@ -184,7 +185,7 @@ def stages(dry: bool, work: Path) -> list[Stage]:
             ),
             Stage(
                 "ppo tiny, checkpointed",
-                [py, "bench_ppo.py", "--model", "tiny", "--batch-size", "2"]
+                [py, "bench/bench_ppo.py", "--model", "tiny", "--batch-size", "2"]
                 + ["--micro-batch-size", "auto", "--grad-checkpoint", "--noptepochs", "1"]
                 + ["--bench-updates", "1"]
                 + common,
@@ -213,17 +214,26 @@ def stages(dry: bool, work: Path) -> list[Stage]:
             {"TRITON_INTERPRET": "0"},
             summarize_tests,
         ),
-        Stage("kernels", [py, "-m", "kernels.bench"], 100, {}, summarize_kernels),
+        Stage("kernels", [py, "bench/bench_kernels.py"], 100, {}, summarize_kernels),
         Stage(
             "ppo 124M",
-            [py, "bench_ppo.py", "--model", "gpt2", "--precision", "bf16", "--bench-updates", "3"],
+            [
+                py,
+                "bench/bench_ppo.py",
+                "--model",
+                "gpt2",
+                "--precision",
+                "bf16",
+                "--bench-updates",
+                "3",
+            ],
             75,
             {},
             summarize_bench(64 + 24, 512, 4, goal_update_s=2.0),
         ),
         Stage(
             "ppo gpt2-large",
-            [py, "bench_ppo.py", "--model", "gpt2-large", "--precision", "bf16"]
+            [py, "bench/bench_ppo.py", "--model", "gpt2-large", "--precision", "bf16"]
             + ["--grad-checkpoint", "--micro-batch-size", "auto", "--bench-updates", "1"],
             100,
             {},

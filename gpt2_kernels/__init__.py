@@ -3,7 +3,7 @@
 - attention(q, k, v, key_mask, use_kernels): causal self-attention over a left-padded batch.
 - token_logprobs(hidden, weight, targets, temperature, use_kernels): per-token log-probs and entropy
   of softmax(hidden · Wᵀ / temperature), without holding the (N, V) logits for the backward (the
-  PyTorch path keeps them when they are small: kernels/pytorch.py's KEEP_LOGITS_BYTES).
+  PyTorch path keeps them when they are small: gpt2_kernels/pytorch.py's KEEP_LOGITS_BYTES).
 
 Which path runs, by use_kernels:
 - 'auto' (the default): the Triton kernel for CUDA tensors of a shape it supports (attention: head
@@ -22,8 +22,8 @@ Files:
 - triton_attention.py: fused causal attention with left padding (FlashAttention-2 style forward and
   backward).
 - triton_logprobs.py: fused LM-head log-prob + entropy, the vocabulary in chunks.
-- bench.py: `python -m kernels.bench` times the kernels against PyTorch (SDPA; naive matmul →
-  log_softmax → gather).
+- bench/bench_kernels.py (outside this folder) times the kernels against PyTorch (SDPA; naive
+  matmul → log_softmax → gather).
 
 Importing this package imports no triton and runs no kernel: CPU users need not install triton.
 """

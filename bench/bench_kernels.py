@@ -1,8 +1,8 @@
 """Benchmark the Triton kernels against PyTorch: time and peak memory per shape.
 
-    python -m kernels.bench                      # everything; on a GPU: the shapes below, bf16
-    python -m kernels.bench --what attention --dtype fp16 --reps 50
-    python -m kernels.bench --help
+    python bench/bench_kernels.py         # everything; on a GPU: the shapes below, bf16
+    python bench/bench_kernels.py --what attention --dtype fp16 --reps 50
+    python bench/bench_kernels.py --help
 
 Compared (forward, and forward + backward):
 - attention: ours with a left-padding mask, ours without, torch SDPA causal without a mask (flash
@@ -27,10 +27,13 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the stage files, run from anywhere
 
 import torch
 
-import cli
+from machinery import cli
 
 
 @dataclass
@@ -113,7 +116,7 @@ def report(title, rows):
 # attention
 
 
-def bench_attention(cfg, device, dtype, kernels):
+def bench_attention(cfg, device, dtype, gpt2_kernels):
     import torch.nn.functional as F
 
     cuda = device == "cuda"
@@ -139,8 +142,8 @@ def bench_attention(cfg, device, dtype, kernels):
         sdpa_mask = sdpa_mask | torch.eye(T, dtype=torch.bool, device=device)
 
         impls = {
-            "ours (mask)": lambda: kernels.attention(q, k, v, mask, use_kernels="on"),
-            "ours (no mask)": lambda: kernels.attention(q, k, v, use_kernels="on"),
+            "ours (mask)": lambda: gpt2_kernels.attention(q, k, v, mask, use_kernels="on"),
+            "ours (no mask)": lambda: gpt2_kernels.attention(q, k, v, use_kernels="on"),
             "sdpa causal, no mask": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
             "sdpa + padding mask": lambda: F.scaled_dot_product_attention(
                 q, k, v, attn_mask=sdpa_mask
@@ -178,7 +181,7 @@ def naive_logprobs(hidden, weight, targets):
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
-def bench_logprobs(cfg, device, dtype, kernels):
+def bench_logprobs(cfg, device, dtype, gpt2_kernels):
     cuda = device == "cuda"
     shapes = [(64 * 24, 768, 50257), (512 * 24, 768, 50257)] if cuda else [(64, 64, 2001)]
     g = torch.Generator(device="cpu").manual_seed(cfg.seed)
@@ -190,7 +193,7 @@ def bench_logprobs(cfg, device, dtype, kernels):
         # per-token upstream gradient, as in PPO
         advantages = torch.randn(N, generator=g).to(device)
         impls = {
-            "ours (logp + entropy)": lambda: kernels.token_logprobs(
+            "ours (logp + entropy)": lambda: gpt2_kernels.token_logprobs(
                 hidden, weight, targets, use_kernels="on"
             )[0],
             "naive matmul+log_softmax+gather": lambda: naive_logprobs(hidden, weight, targets),
@@ -223,10 +226,10 @@ def main():
         # the interpreter must be on before any @triton.jit runs, i.e. before the kernels are
         # imported: start again
         os.environ["TRITON_INTERPRET"] = "1"
-        os.execv(sys.executable, [sys.executable, "-m", "kernels.bench", *sys.argv[1:]])
+        os.execv(sys.executable, [sys.executable, __file__, *sys.argv[1:]])
     import triton
 
-    import kernels
+    import gpt2_kernels  # after TRITON_INTERPRET is set
 
     device = "cuda" if cuda else "cpu"
     dtype = (
@@ -244,9 +247,9 @@ def main():
     versions = f"torch {torch.__version__} | triton {triton.__version__}"
     print(f"device: {name} | {versions} | reps {cfg.reps}")
     if cfg.what in ("attention", "all"):
-        bench_attention(cfg, device, dtype, kernels)
+        bench_attention(cfg, device, dtype, gpt2_kernels)
     if cfg.what in ("logprobs", "all"):
-        bench_logprobs(cfg, device, dtype, kernels)
+        bench_logprobs(cfg, device, dtype, gpt2_kernels)
 
 
 if __name__ == "__main__":

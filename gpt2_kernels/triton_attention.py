@@ -33,10 +33,10 @@ causal staging: unmasked off-diagonal blocks, masked diagonal blocks); the key-p
 handling follows Tri Dao's flash_attn_triton.py. Our own code, written for triton 3.6-3.9 (raw
 pointer arithmetic; no block pointers, no tensor descriptors).
 
-Use it through kernels.attention(q, k, v, attention_mask, use_kernels), which picks this kernel or
-the PyTorch path (kernels/pytorch.py); importing this module imports triton. Checks: python -m
-pytest -q tests/test_kernels.py (CPU, Triton interpreter) and tests/test_kernels_aot.py (compiles
-for sm_80 and sm_90 without a GPU).
+Use it through gpt2_kernels.attention(q, k, v, attention_mask, use_kernels), which picks this kernel
+or the PyTorch path (gpt2_kernels/pytorch.py); importing this module imports triton. Checks:
+python -m pytest -q tests/test_kernels.py (CPU, Triton interpreter) and tests/test_kernels_aot.py
+(compiles for sm_80 and sm_90 without a GPU).
 
 Shape letters: B batch, H heads, T sequence length, D head dim.
 """
@@ -54,7 +54,7 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def unsupported(q, k, v):
     """Why this kernel cannot run q, k, v (a shape or dtype it does not cover), or None if it can.
-    kernels.attention falls back to PyTorch on these under use_kernels='auto'."""
+    gpt2_kernels.attention falls back to PyTorch on these under use_kernels='auto'."""
     if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
         return f"head dim {q.shape[-1]} is not one of {SUPPORTED_HEAD_DIMS}"
     if q.dtype not in KERNEL_DTYPES:
@@ -850,33 +850,33 @@ def _interpreting():
 
 
 def _check_inputs(q, k, v, attention_mask):
-    where = "(kernels/triton_attention.py)"
+    where = "(gpt2_kernels/triton_attention.py)"
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(
-            f"kernels.attention: q, k, v must all be (B, H, T, D); got {tuple(q.shape)}, "
+            f"gpt2_kernels.attention: q, k, v must all be (B, H, T, D); got {tuple(q.shape)}, "
             f"{tuple(k.shape)}, {tuple(v.shape)} {where}"
         )
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in KERNEL_DTYPES:
         raise ValueError(
-            "kernels.attention: q, k, v must share one dtype among fp32/fp16/bf16; got "
+            "gpt2_kernels.attention: q, k, v must share one dtype among fp32/fp16/bf16; got "
             f"{q.dtype}, {k.dtype}, {v.dtype} {where}"
         )
     if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
         raise ValueError(
-            f"kernels.attention: head dim D={q.shape[-1]} unsupported; use one of "
+            f"gpt2_kernels.attention: head dim D={q.shape[-1]} unsupported; use one of "
             f"{SUPPORTED_HEAD_DIMS}, or use_kernels='auto' or 'off' for the PyTorch path {where}"
         )
     if not (q.device == k.device == v.device):
-        raise ValueError(f"kernels.attention: q, k, v are on different devices {where}")
+        raise ValueError(f"gpt2_kernels.attention: q, k, v are on different devices {where}")
     if not q.is_cuda and not _interpreting():
         raise RuntimeError(
-            "kernels.attention: CPU tensors need TRITON_INTERPRET=1 set before the kernels are "
-            f"imported; use use_kernels='auto' or 'off' on CPU instead {where}"
+            "gpt2_kernels.attention: CPU tensors need TRITON_INTERPRET=1 set before the kernels "
+            f"are imported; use use_kernels='auto' or 'off' on CPU instead {where}"
         )
     B, H, T, D = q.shape
     if attention_mask is not None and tuple(attention_mask.shape) != (B, T):
         raise ValueError(
-            f"kernels.attention: attention_mask must be (B, T) = ({B}, {T}); got "
+            f"gpt2_kernels.attention: attention_mask must be (B, T) = ({B}, {T}); got "
             f"{tuple(attention_mask.shape)} {where}"
         )
 
@@ -896,9 +896,9 @@ def padding_starts(attention_mask, B, T, device):
         real_later = real.flip(1).long().cummax(dim=1).values.flip(1).bool()
         if (after_first & real_later).any():
             raise ValueError(
-                "kernels.attention: attention_mask has a padding hole between real tokens; only "
-                "left padding (and trailing right padding) is supported "
-                "(kernels/triton_attention.py)"
+                "gpt2_kernels.attention: attention_mask has a padding hole between real tokens; "
+                "only left padding (and trailing right padding) is supported "
+                "(gpt2_kernels/triton_attention.py)"
             )
     leading_pad = (real.long().cumsum(dim=1) == 0).sum(dim=1)  # (B,) zeros before the first 1
     return leading_pad.to(torch.int32)

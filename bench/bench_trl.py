@@ -42,14 +42,16 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the stage files, run from anywhere
 
 import torch
 
-import cli
 import ppo
 import reward
-import tasks
 from gpt2 import GPT2, PRESETS
+from machinery import cli, tasks
 
 PAD = 50256  # TRL's pad id (GPT-2's <|endoftext|>); the random queries never contain it
 

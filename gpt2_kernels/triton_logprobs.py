@@ -33,8 +33,9 @@ Based on: the online softmax of Milakov & Gimelshein (2018); the chunked "select
 Liger-Kernel and verl's fused log-prob + entropy (running max, sum and Σ e·z), reworked here to
 chunk the VOCABULARY instead of the tokens so that dW needs no cross-chunk accumulator.
 
-Use it through kernels.token_logprobs(hidden, weight, targets, temperature, use_kernels), which
-picks this kernel or the PyTorch path (kernels/pytorch.py); importing this module imports triton.
+Use it through gpt2_kernels.token_logprobs(hidden, weight, targets, temperature, use_kernels),
+which picks this kernel or the PyTorch path (gpt2_kernels/pytorch.py); importing this module
+imports triton.
 
 Shape letters: N tokens, d hidden size, V vocab, Vc vocab columns per chunk.
 """
@@ -52,7 +53,7 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def unsupported(hidden, weight):
     """Why this kernel cannot run on hidden and weight (a dtype it does not cover), or None if it
-    can. kernels.token_logprobs falls back to PyTorch on these under use_kernels='auto'."""
+    can. gpt2_kernels.token_logprobs falls back to PyTorch on these under use_kernels='auto'."""
     if hidden.dtype not in KERNEL_DTYPES:
         return f"hidden dtype {hidden.dtype} is not fp32, fp16 or bf16"
     if not weight.dtype.is_floating_point:
@@ -341,40 +342,41 @@ def token_logprobs(hidden, weight, targets, temperature=1.0, vocab_chunk=None):
     w.r.t. hidden and weight. vocab_chunk: columns per chunk (default: about 2²⁵ / N logits, a
     multiple of 128).
     """
-    where = "(kernels/triton_logprobs.py)"
+    where = "(gpt2_kernels/triton_logprobs.py)"
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(
-            "kernels.token_logprobs: hidden must be (N, d) and weight (V, d); got "
+            "gpt2_kernels.token_logprobs: hidden must be (N, d) and weight (V, d); got "
             f"{tuple(hidden.shape)} and {tuple(weight.shape)} {where}"
         )
     if targets.shape != (hidden.shape[0],):
         raise ValueError(
-            f"kernels.token_logprobs: targets must be (N,) = ({hidden.shape[0]},); got "
+            f"gpt2_kernels.token_logprobs: targets must be (N,) = ({hidden.shape[0]},); got "
             f"{tuple(targets.shape)} {where}"
         )
     if hidden.dtype not in KERNEL_DTYPES or not weight.dtype.is_floating_point:
         raise ValueError(
-            f"kernels.token_logprobs: hidden must be fp32/fp16/bf16, got {hidden.dtype} {where}"
+            "gpt2_kernels.token_logprobs: hidden must be fp32/fp16/bf16, "
+            f"got {hidden.dtype} {where}"
         )
     if not (hidden.device == weight.device == targets.device):
         raise ValueError(
-            f"kernels.token_logprobs: hidden, weight, targets are on different devices {where}"
+            f"gpt2_kernels.token_logprobs: hidden, weight, targets are on different devices {where}"
         )
     if not hidden.is_cuda and not _interpreting():
         raise RuntimeError(
-            "kernels.token_logprobs: CPU tensors need TRITON_INTERPRET=1 set before the kernels "
-            f"are imported; use use_kernels='auto' or 'off' on CPU instead {where}"
+            "gpt2_kernels.token_logprobs: CPU tensors need TRITON_INTERPRET=1 set before the "
+            f"kernels are imported; use use_kernels='auto' or 'off' on CPU instead {where}"
         )
     if not temperature > 0:
         raise ValueError(
-            f"kernels.token_logprobs: temperature must be > 0, got {temperature} {where}"
+            f"gpt2_kernels.token_logprobs: temperature must be > 0, got {temperature} {where}"
         )
     N, V = hidden.shape[0], weight.shape[0]
     if not targets.is_cuda and N > 0 and (targets.min() < 0 or targets.max() >= V):
         # (on CUDA this check would cost a host sync per call; an out-of-range id there gives
         # logp = −lse)
         raise ValueError(
-            f"kernels.token_logprobs: targets must lie in [0, {V}); got ids in "
+            f"gpt2_kernels.token_logprobs: targets must lie in [0, {V}); got ids in "
             f"[{int(targets.min())}, {int(targets.max())}]: replace padding ids (e.g. 50259) first "
             f"{where}"
         )

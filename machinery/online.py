@@ -65,11 +65,9 @@ from pathlib import Path
 
 import torch
 
-import cli
 import gpt2
-import labels
 import reward
-import tasks
+from machinery import cli, labels, tasks
 
 WIN_RATE_WINDOW = 50  # validation labels in the "recent" win rate (the newest ones)
 POLL_SECONDS = 0.5  # how often a waiting run looks for new labels

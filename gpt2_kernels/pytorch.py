@@ -87,7 +87,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
     p = e^{log p}:
         ∂L/∂z = [g_logp·(1[j=y] − p) − g_ent·p·(log p + entropy)] / τ
     and dh = (∂L/∂z)·W, dW = (∂L/∂z)ᵀ·h. The same math as the Triton kernel
-    (kernels/triton_logprobs.py), which chunks the vocabulary instead. Against autograd through
+    (gpt2_kernels/triton_logprobs.py), which chunks the vocabulary instead. Against autograd through
     log_softmax with activation checkpointing this makes about half the passes over the (n, V)
     logits (measured, 2 CPU cores: PPO's forward+backward of the tiny model at 32 x 88 tokens 1.32 s
     -> 0.76 s).
