@@ -51,7 +51,6 @@ from pathlib import Path
 import torch
 
 import gpt2
-import label_tool
 import ppo
 from machinery import cli, labels, tasks
 from machinery.labels import FormatError
@@ -110,7 +109,7 @@ def pool(by_labeler: dict[str, dict]) -> dict[str, float]:
 
 def agreement(by_labeler: dict[str, dict]) -> dict | None:
     """Agreement on the pairs labeled by two or more labelers: the fraction of agreeing pairs of
-    votes and Fleiss' kappa, over the categories 'policy' and 'other' (label_tool.py's functions).
+    votes and Fleiss' kappa, over the categories 'policy' and 'other' (labels.fleiss_kappa).
     None when no pair was labeled twice."""
     votes = collections.defaultdict(list)
     for per_pair in by_labeler.values():
@@ -121,8 +120,8 @@ def agreement(by_labeler: dict[str, dict]) -> dict | None:
         return None
     return dict(
         pairs=len(table),
-        percent=label_tool.percent_agreement(table),
-        kappa=label_tool.fleiss_kappa(table),
+        percent=labels.percent_agreement(table),
+        kappa=labels.fleiss_kappa(table),
     )
 
 
@@ -408,7 +407,7 @@ def human_report(out: Path, paths: list[Path], against: str) -> tuple[list[str],
 
 
 def label_command(out: Path, task: str) -> str:
-    who = label_tool._login_name()
+    who = labels.login_name()
     return (
         f"python label_tool.py {shlex.quote(str(out / 'pairs.jsonl'))} --out "
         f"{shlex.quote(str(out / f'labels_{who}.jsonl'))} --labeler {shlex.quote(who)}"

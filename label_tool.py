@@ -5,7 +5,7 @@ This is the human side of the paper's reward-model data (Ziegler et al. 2019, "F
 Models from Human Preferences"; openai/lm-human-preferences `label_types.py::PickBest`, label type
 best_of_4). OpenAI's labels came from Scale AI's web interface; this is a keyboard-first curses
 equivalent. It reads comparisons.jsonl (from `reward.py sample`) and appends to labels.jsonl (read
-by `reward.py train`); both formats are defined in labels.py.
+by `reward.py train`); both formats are defined in machinery/labels.py.
 
     python label_tool.py comparisons.jsonl --out labels.jsonl --labeler alice
     # label a `ppo.py --online` run's queue while it trains (writes RUN/online/labels-alice.jsonl)
@@ -44,11 +44,7 @@ Not done: no gold items, ties, flags or free-text comments; one labeler per term
 with their own --out, or their own --labeler with --follow).
 """
 
-import collections
 import curses
-import fcntl
-import getpass
-import json
 import locale
 import math
 import os
@@ -58,12 +54,12 @@ import signal
 import statistics
 import sys
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from machinery import cli, labels
 from machinery.labels import FormatError
+from machinery.termtext import clip, fmt_duration, wrap
 
 
 @dataclass
@@ -114,7 +110,7 @@ def parse_args(argv=None) -> Config:
         p.error(
             f"--task {cfg.task!r} is unknown; choose from {', '.join(labels.TASK_INSTRUCTIONS)}"
         )
-    cfg.labeler = cfg.labeler or _login_name()
+    cfg.labeler = cfg.labeler or labels.login_name()
     if cfg.follow:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.labeler):
             p.error(
@@ -127,108 +123,8 @@ def parse_args(argv=None) -> Config:
     return cfg
 
 
-def _login_name() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (containers)
-        return "anonymous"
-
-
 # --------------------------------------------------------------------------------------------------
-# Text: terminal cell widths, sanitizing, wrapping (pure functions, tested directly)
-
-
-def char_width(ch: str) -> int:
-    """Terminal cells taken by one code point: 0 for combining marks / format chars, 2 for wide
-    (CJK, emoji)."""
-    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
-        return 0
-    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
-
-
-def text_width(s: str) -> int:
-    return sum(char_width(c) for c in s)
-
-
-def sanitize(text: str) -> str:
-    """Make model output safe to print: no escape sequences, tabs as spaces, line/paragraph
-    separators as newlines.
-
-    A sampled response can contain anything, including ESC [ ... which would drive the terminal;
-    control characters are shown as their visible Unicode "control pictures" (ESC -> U+241B)
-    instead.
-    """
-    out = []
-    for c in text.replace("\r\n", "\n").replace("\t", "    "):
-        o = ord(c)
-        if c == "\n" or c in "\u2028\u2029":
-            out.append("\n")
-        elif o < 0x20:
-            out.append(chr(0x2400 + o))
-        elif o == 0x7F:
-            out.append("\u2421")
-        elif 0x80 <= o < 0xA0:
-            out.append("\ufffd")
-        else:
-            out.append(c)
-    return "".join(out)
-
-
-def wrap(text: str, width: int, first: str = "", indent: int = 0) -> list[str]:
-    """Word-wrap `text` to `width` terminal cells; `first` prefixes the first line, later lines are
-    indented.
-
-    Keeps explicit newlines, breaks words longer than a line, counts wide characters as 2 cells.
-    Never returns an empty list, and never loops on tiny widths (each line holds at least one
-    character).
-    """
-    width = max(1, width)
-    # too narrow for a hanging
-    if (first or indent) and (text_width(first) + 2 > width or indent + 2 > width):
-        # indent (a wide char needs 2 cells): the prefix gets its own line(s), the text plain lines
-        return (wrap(first.rstrip(), width) if first.strip() else []) + wrap(text, width)
-    lines, pad = [], " " * indent
-    for p_i, para in enumerate(sanitize(text).split("\n")):
-        # keep a paragraph's indent
-        lead = " " * min(len(para) - len(para.lstrip(" ")), max(0, width - indent - 2))
-        para = para.lstrip(" ")
-        cur = (first if p_i == 0 else pad) + lead
-        cur_w = base_w = text_width(cur)
-        pad_p = pad + lead  # its continuation lines hang at the same indent
-        for word in para.split(" "):
-            w = text_width(word)
-            sep = 1 if cur_w > base_w else 0
-            if cur_w + sep + w <= width:
-                cur, cur_w = cur + " " * sep + word, cur_w + sep + w
-                continue
-            if cur_w > base_w:  # the word moves to the next line
-                lines.append(cur)
-                cur, cur_w = pad_p, len(pad_p)
-                base_w = cur_w
-            while text_width(word) > width - cur_w:  # a word longer than a line: break it by cells
-                room, k, used = width - cur_w, 0, 0
-                while k < len(word) and used + char_width(word[k]) <= room:
-                    used += char_width(word[k])
-                    k += 1
-                k = max(k, 1)
-                lines.append(cur + word[:k])
-                word, cur = word[k:], pad_p
-                cur_w = base_w = len(pad_p)
-            cur, cur_w = cur + word, cur_w + text_width(word)
-        lines.append(cur)
-    return lines
-
-
-def clip(s: str, width: int) -> str:
-    """The longest prefix of `s` that fits in `width` cells."""
-    out, used = [], 0
-    for c in s:
-        w = char_width(c)
-        if used + w > width:
-            break
-        out.append(c)
-        used += w
-    return "".join(out)
+# The labeling session: state and file I/O, no curses (so tests can drive it directly too)
 
 
 def shuffled_order(item_id: str, labeler: str, seed: int, n: int) -> list[int]:
@@ -238,137 +134,6 @@ def shuffled_order(item_id: str, labeler: str, seed: int, n: int) -> list[int]:
     # str seeds are hashed with SHA-512: stable
     random.Random(f"{seed}|{labeler}|{item_id}").shuffle(order)
     return order
-
-
-def fmt_duration(seconds: float) -> str:
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-# --------------------------------------------------------------------------------------------------
-# Agreement statistics (pure functions, tested on hand-worked tables)
-
-
-def percent_agreement(table: list[list[int]]) -> float:
-    """Fraction of agreeing pairs of labels on the same item, averaged over items: the P-bar of
-    Fleiss' kappa.
-
-    table[i][j] = how many labelers picked candidate j on item i; every item needs >= 2 labels.
-    """
-    p_i = []
-    for row in table:
-        n = sum(row)
-        p_i.append((sum(c * c for c in row) - n) / (n * (n - 1)))
-    return sum(p_i) / len(p_i)
-
-
-def fleiss_kappa(table: list[list[int]]) -> float:
-    """Fleiss' kappa: (P-bar - P_e) / (1 - P_e), chance agreement P_e from the pooled category
-    frequencies.
-
-    Items may have different numbers of labels (n_i >= 2): each item's agreement P_i is averaged
-    with equal weight, and category proportions p_j are pooled over all labels; with a constant n
-    this is Fleiss (1971) exactly. Returns nan when every label is the same category (P_e = 1:
-    agreement beyond chance is undefined).
-    """
-    total = sum(sum(r) for r in table)
-    p_j = [sum(r[j] for r in table) / total for j in range(len(table[0]))]
-    p_e = sum(p * p for p in p_j)
-    if p_e >= 1.0:
-        return float("nan")
-    return (percent_agreement(table) - p_e) / (1.0 - p_e)
-
-
-def item_key(row: dict) -> str:
-    """Items are the same if they show the same tokens (ids may differ between comparisons
-    files)."""
-    return json.dumps([row["query_tokens"], row["sample_tokens"]])
-
-
-def stats_report(paths: list[str]) -> str:
-    """Counts, time per label, position bias and inter-labeler agreement for one or more labels
-    files."""
-    out, ratings, n_cand = [], collections.defaultdict(list), None
-    for path in paths:
-        if labels.is_json_list(path):  # OpenAI's released JSON: labels only, no log
-            rows, c = labels.read_labels(path), None
-        else:
-            items = labels.read_jsonl(path)
-            final, order, c = labels.resolve(items, path)
-            rows = [final[i][2] for i in order if final[i][1] == "label"]
-        if not rows:
-            out.append(f"{path}: no labels")
-            continue
-        who = collections.Counter(r.get("labeler", "?") for r in rows)
-        line = f"{path}: {len(rows)} labels by " + ", ".join(
-            f"{k} ({v})" for k, v in who.most_common()
-        )
-        if c is not None:
-            skipped = sum(1 for i in order if final[i][1] == "skip")
-            line += f"; {skipped} skipped, {c['undo']} undos, {len(items)} lines"
-        out.append(line)
-        secs = sorted(r["seconds"] for r in rows if r.get("seconds"))
-        if secs:
-            p90 = secs[min(len(secs) - 1, math.ceil(0.9 * len(secs)) - 1)]
-            out.append(
-                f"  time per label: median {statistics.median(secs):.1f} s, "
-                f"mean {statistics.fmean(secs):.1f} s, "
-                f"90th percentile {p90:.1f} s ({3600 / statistics.fmean(secs):.0f} labels/hour)"
-            )
-        n = len(rows[0]["sample_tokens"])
-        n_cand = n_cand or n
-        shown = [
-            r["order"].index(r["best"])
-            for r in rows
-            if isinstance(r.get("order"), list) and r["best"] in r["order"]
-        ]
-        if shown:  # a labeler who mostly presses "1" is not reading
-            hist = collections.Counter(shown)
-            out.append(
-                "  picked screen position: "
-                + "  ".join(f"{k + 1}: {hist[k] / len(shown):.0%}" for k in range(n))
-            )
-        hist = collections.Counter(r["best"] for r in rows)
-        out.append(
-            "  picked sample index:    "
-            + "  ".join(f"{k}: {hist[k] / len(rows):.0%}" for k in range(n))
-        )
-        for r in rows:
-            if len(r["sample_tokens"]) == n_cand:
-                ratings[item_key(r)].append(r["best"])
-    multi = [v for v in ratings.values() if len(v) >= 2]
-    if not multi:
-        out.append(
-            "agreement: no item is labeled more than once across these files "
-            "(give several labelers the same comparisons file, each with their own --out)"
-        )
-        return "\n".join(out)
-    table = [[v.count(j) for j in range(n_cand)] for v in multi]
-    sizes = collections.Counter(len(v) for v in multi)
-    out.append(
-        f"agreement on {len(multi)} items labeled more than once ("
-        + ", ".join(f"{k} labels: {v} items" for k, v in sorted(sizes.items()))
-        + "):"
-    )
-    out.append(
-        f"  percent agreement (pairs of labels that agree): {percent_agreement(table):.1%}"
-        f"   (chance with uniform picks: {1 / n_cand:.1%})"
-    )
-    kappa = fleiss_kappa(table)
-    out.append(
-        f"  Fleiss' kappa: {kappa:.3f}"
-        if not math.isnan(kappa)
-        else "  Fleiss' kappa: undefined (every label picked the same candidate index)"
-    )
-    return "\n".join(out)
-
-
-# --------------------------------------------------------------------------------------------------
-# The labeling session: state and file I/O, no curses (so tests can drive it directly too)
 
 
 class Session:
@@ -662,7 +427,7 @@ class Follow:
 
     def start(self, s: Session) -> None:
         """The run has made its queue: read it and our labels file, both checked against its id."""
-        self.state = _read_json(self.state_path)
+        self.state = labels.read_json(self.state_path)
         run_id = self.state.get("run_id")
         if not isinstance(run_id, str) or not run_id:
             raise FormatError(f"{self.state_path}: no `run_id` (a string); is this ppo.py's file?")
@@ -698,7 +463,7 @@ class Follow:
         if self.tail is None:
             if not self.ready():
                 return
-            self.lock = lock_labels_file(s.cfg.out)
+            self.lock = labels.lock_labels_file(s.cfg.out)
             if self.lock is None:
                 raise FormatError(busy_message(s.cfg))
             self.start(s)
@@ -728,13 +493,13 @@ class Follow:
 
     def _read_progress(self, s: Session) -> None:
         if self._changed(path := self.dir / "config.json"):
-            self.config = _read_json(path, missing_ok=True, quiet=True) or self.config
+            self.config = labels.read_json(path, missing_ok=True, quiet=True) or self.config
         if self._changed(path := self.dir / "metrics.jsonl"):
-            self.metrics = _last_json_line(path)
+            self.metrics = labels.last_json_line(path)
         if self._changed(path := self.dir / "summary.json"):
             self.finished = path.exists()
         if self._changed(self.state_path):
-            state = _read_json(self.state_path, missing_ok=True, quiet=True)
+            state = labels.read_json(self.state_path, missing_ok=True, quiet=True)
             if s.run_id and state.get("run_id", s.run_id) != s.run_id:
                 raise FormatError(
                     f"{self.state_path}: the run_id changed from {s.run_id!r} to "
@@ -781,44 +546,6 @@ class Follow:
                 "here by themselves. q quits (every decision is saved), u undoes the last one."
             )
         return f"{self.problem}\n\n{text}" if self.problem else text
-
-
-def _read_json(path: Path, missing_ok=False, quiet=False) -> dict:
-    """A JSON object from `path`; {} if missing (missing_ok) or, with quiet, if it does not parse
-    (progress only: the next change is read again)."""
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        if missing_ok:
-            return {}
-        raise FormatError(f"{path}: missing") from None
-    except (ValueError, OSError) as e:
-        if quiet:
-            return {}
-        raise FormatError(f"{path}: not a JSON file ({e})") from None
-    if not isinstance(obj, dict):
-        if quiet:
-            return {}
-        raise FormatError(f"{path}: expected a JSON object {{...}}")
-    return obj
-
-
-def _last_json_line(path: Path) -> dict:
-    """The last complete line of a JSONL file as a dict ({} if none); reads only its end."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 65536))
-            lines = f.read().split(b"\n")[:-1]  # after the last "\n": not written yet
-    except OSError:
-        return {}
-    for raw in reversed(lines):
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            return obj
-    return {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1055,19 +782,6 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def lock_labels_file(path):
-    """One writer per labels file: two sessions would show the same items and interleave their
-    lines. Returns the open file that holds the lock, or None if another session holds it. The
-    lock dies with the process (kill -9 included), so a crash never leaves a stale lock behind."""
-    lock = open(path, "ab")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        return None
-    return lock
-
-
 def busy_message(cfg: Config) -> str:
     own = "--labeler name" if cfg.follow else "--out (label_tool.py --stats compares them)"
     return (
@@ -1080,7 +794,7 @@ def main(argv=None) -> int:
     cfg = parse_args(argv)
     if cfg.stats:
         try:
-            print(stats_report(cfg.stats))
+            print(labels.stats_report(cfg.stats))
         except FormatError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
@@ -1106,7 +820,7 @@ def main(argv=None) -> int:
     # so that nothing is written into the run's folder before the run has made it.
     lock = None  # held until the process exits
     if not (s.follow and s.follow.tail is None):
-        lock = lock_labels_file(cfg.out)
+        lock = labels.lock_labels_file(cfg.out)
         if lock is None:
             print(f"error: {busy_message(cfg)}", file=sys.stderr)
             return 2

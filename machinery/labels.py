@@ -37,14 +37,22 @@ OpenAI's released labels (e.g. labels/sentiment/offline_5k.json: a JSON list of 
 sample0..sample3, best} as token ids right-padded with 50259) are read by `read_labels` too and
 converted to label rows.
 
-Run `python labels.py FILE` to validate a comparisons or labels file and print what it holds.
+Run `python -m machinery.labels FILE` to validate a comparisons or labels file and print what it
+holds. Also here, for the labelers: their default name, the one-writer lock on a labels file, and
+the agreement statistics that `label_tool.py --stats` and `evaluate.py --report` print.
 """
 
+import collections
 import datetime
+import fcntl
+import getpass
 import hashlib
 import json
+import math
 import os
+import statistics
 import sys
+from pathlib import Path
 
 from machinery import cli
 
@@ -451,6 +459,46 @@ def is_json_list(path) -> bool:
         raise FormatError(f"{path}: cannot read: {e.strerror}") from None
 
 
+def read_json(path: Path, missing_ok=False, quiet=False) -> dict:
+    """A JSON object from `path` (a followed run's state.json or config.json); {} if missing
+    (missing_ok) or, with quiet, if it does not parse (progress only: the next change is read
+    again). Otherwise FormatError says what is wrong."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if missing_ok:
+            return {}
+        raise FormatError(f"{path}: missing") from None
+    except (ValueError, OSError) as e:
+        if quiet:
+            return {}
+        raise FormatError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(obj, dict):
+        if quiet:
+            return {}
+        raise FormatError(f"{path}: expected a JSON object {{...}}")
+    return obj
+
+
+def last_json_line(path: Path) -> dict:
+    """The last complete line of a JSONL file (a run's metrics.jsonl) as a dict ({} if none);
+    reads only its end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 65536))
+            lines = f.read().split(b"\n")[:-1]  # after the last "\n": not written yet
+    except OSError:
+        return {}
+    for raw in reversed(lines):
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            return obj
+    return {}
+
+
 def _read_openai_json(path, vocab_size) -> list[dict]:
     """OpenAI's released label file -> our label rows (padding stripped, text decoded with
     GPT-2's BPE)."""
@@ -555,9 +603,149 @@ def repair_truncated_tail(path) -> str | None:
     return msg
 
 
+# --------------------------------------------------------------------------------------------------
+# Labelers: who they are, one writer per labels file, and how much they agree (`label_tool.py
+# --stats`, `evaluate.py --report`)
+
+
+def login_name() -> str:
+    """The labeler's default name: the login name, or "anonymous" without one."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "anonymous"
+
+
+def lock_labels_file(path):
+    """One writer per labels file: two sessions would show the same items and interleave their
+    lines. Returns the open file that holds the lock, or None if another session holds it. The
+    lock dies with the process (kill -9 included), so a crash never leaves a stale lock behind."""
+    lock = open(path, "ab")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
+
+def percent_agreement(table: list[list[int]]) -> float:
+    """Fraction of agreeing pairs of labels on the same item, averaged over items: the P-bar of
+    Fleiss' kappa.
+
+    table[i][j] = how many labelers picked candidate j on item i; every item needs >= 2 labels.
+    """
+    p_i = []
+    for row in table:
+        n = sum(row)
+        p_i.append((sum(c * c for c in row) - n) / (n * (n - 1)))
+    return sum(p_i) / len(p_i)
+
+
+def fleiss_kappa(table: list[list[int]]) -> float:
+    """Fleiss' kappa: (P-bar - P_e) / (1 - P_e), chance agreement P_e from the pooled category
+    frequencies.
+
+    Items may have different numbers of labels (n_i >= 2): each item's agreement P_i is averaged
+    with equal weight, and category proportions p_j are pooled over all labels; with a constant n
+    this is Fleiss (1971) exactly. Returns nan when every label is the same category (P_e = 1:
+    agreement beyond chance is undefined).
+    """
+    total = sum(sum(r) for r in table)
+    p_j = [sum(r[j] for r in table) / total for j in range(len(table[0]))]
+    p_e = sum(p * p for p in p_j)
+    if p_e >= 1.0:
+        return float("nan")
+    return (percent_agreement(table) - p_e) / (1.0 - p_e)
+
+
+def item_key(row: dict) -> str:
+    """Items are the same if they show the same tokens (ids may differ between comparisons
+    files)."""
+    return json.dumps([row["query_tokens"], row["sample_tokens"]])
+
+
+def stats_report(paths: list[str]) -> str:
+    """Counts, time per label, position bias and inter-labeler agreement for one or more labels
+    files."""
+    out, ratings, n_cand = [], collections.defaultdict(list), None
+    for path in paths:
+        if is_json_list(path):  # OpenAI's released JSON: labels only, no log
+            rows, c = read_labels(path), None
+        else:
+            items = read_jsonl(path)
+            final, order, c = resolve(items, path)
+            rows = [final[i][2] for i in order if final[i][1] == "label"]
+        if not rows:
+            out.append(f"{path}: no labels")
+            continue
+        who = collections.Counter(r.get("labeler", "?") for r in rows)
+        line = f"{path}: {len(rows)} labels by " + ", ".join(
+            f"{k} ({v})" for k, v in who.most_common()
+        )
+        if c is not None:
+            skipped = sum(1 for i in order if final[i][1] == "skip")
+            line += f"; {skipped} skipped, {c['undo']} undos, {len(items)} lines"
+        out.append(line)
+        secs = sorted(r["seconds"] for r in rows if r.get("seconds"))
+        if secs:
+            p90 = secs[min(len(secs) - 1, math.ceil(0.9 * len(secs)) - 1)]
+            out.append(
+                f"  time per label: median {statistics.median(secs):.1f} s, "
+                f"mean {statistics.fmean(secs):.1f} s, "
+                f"90th percentile {p90:.1f} s ({3600 / statistics.fmean(secs):.0f} labels/hour)"
+            )
+        n = len(rows[0]["sample_tokens"])
+        n_cand = n_cand or n
+        shown = [
+            r["order"].index(r["best"])
+            for r in rows
+            if isinstance(r.get("order"), list) and r["best"] in r["order"]
+        ]
+        if shown:  # a labeler who mostly presses "1" is not reading
+            hist = collections.Counter(shown)
+            out.append(
+                "  picked screen position: "
+                + "  ".join(f"{k + 1}: {hist[k] / len(shown):.0%}" for k in range(n))
+            )
+        hist = collections.Counter(r["best"] for r in rows)
+        out.append(
+            "  picked sample index:    "
+            + "  ".join(f"{k}: {hist[k] / len(rows):.0%}" for k in range(n))
+        )
+        for r in rows:
+            if len(r["sample_tokens"]) == n_cand:
+                ratings[item_key(r)].append(r["best"])
+    multi = [v for v in ratings.values() if len(v) >= 2]
+    if not multi:
+        out.append(
+            "agreement: no item is labeled more than once across these files "
+            "(give several labelers the same comparisons file, each with their own --out)"
+        )
+        return "\n".join(out)
+    table = [[v.count(j) for j in range(n_cand)] for v in multi]
+    sizes = collections.Counter(len(v) for v in multi)
+    out.append(
+        f"agreement on {len(multi)} items labeled more than once ("
+        + ", ".join(f"{k} labels: {v} items" for k, v in sorted(sizes.items()))
+        + "):"
+    )
+    out.append(
+        f"  percent agreement (pairs of labels that agree): {percent_agreement(table):.1%}"
+        f"   (chance with uniform picks: {1 / n_cand:.1%})"
+    )
+    kappa = fleiss_kappa(table)
+    out.append(
+        f"  Fleiss' kappa: {kappa:.3f}"
+        if not math.isnan(kappa)
+        else "  Fleiss' kappa: undefined (every label picked the same candidate index)"
+    )
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
-    """Validate a file and summarize it: `python labels.py comparisons.jsonl` or `python
-    labels.py labels.jsonl`."""
+    """Validate a file and summarize it: `python -m machinery.labels comparisons.jsonl` or
+    `python -m machinery.labels labels.jsonl`."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print(__doc__)

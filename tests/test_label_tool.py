@@ -5,7 +5,6 @@ queue, that the labels file always parses and holds exactly the decisions the sc
 """
 
 import json
-import math
 import os
 import random
 import re
@@ -18,7 +17,7 @@ import pytest
 import terminal
 
 import label_tool
-from machinery import labels
+from machinery import labels, termtext
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = str(ROOT / "label_tool.py")
@@ -76,53 +75,19 @@ def lines_of(path):
 # Pure helpers
 
 
-def test_fleiss_kappa_wikipedia_example():
-    # Fleiss (1971) as worked on Wikipedia: 10 items, 14 raters, 5 categories.
-    # P-bar = 0.378, P_e = 0.213, kappa = 0.210.
-    table = [
-        [0, 0, 0, 0, 14],
-        [0, 2, 6, 4, 2],
-        [0, 0, 3, 5, 6],
-        [0, 3, 9, 2, 0],
-        [2, 2, 8, 1, 1],
-        [7, 7, 0, 0, 0],
-        [3, 2, 6, 3, 0],
-        [2, 5, 3, 2, 2],
-        [6, 5, 2, 1, 0],
-        [0, 2, 2, 3, 7],
-    ]
-    assert label_tool.percent_agreement(table) == pytest.approx(0.378, abs=5e-4)
-    assert label_tool.fleiss_kappa(table) == pytest.approx(0.210, abs=5e-4)
-
-
-def test_fleiss_kappa_hand_worked_best_of_4():
-    """3 items, 2 labels each, 4 candidates. Item A: both pick 0; B: both pick 1; C: one picks 0,
-    one picks 2. P_i = 1, 1, 0 -> P-bar = 2/3. Pooled p = (3, 2, 1, 0)/6 -> P_e = (9 + 4 + 1)/36
-    = 7/18. kappa = (2/3 - 7/18) / (1 - 7/18) = (5/18) / (11/18) = 5/11."""
-    table = [[2, 0, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0]]
-    assert label_tool.percent_agreement(table) == pytest.approx(2 / 3)
-    assert label_tool.fleiss_kappa(table) == pytest.approx(5 / 11)
-    # Items with different numbers of labels: A has 3 labels (0, 0, 1): P_A = (4 + 1 - 3) / 6 = 1/3;
-    # B: (2, 2) -> 1. P-bar = 2/3; pooled p = (2, 1, 2, 0)/5 -> P_e = 9/25; kappa = (2/3 - 9/25) /
-    # (16/25) = (23/75) / (16/25) = 23/48.
-    assert label_tool.fleiss_kappa([[2, 1, 0, 0], [0, 0, 2, 0]]) == pytest.approx(23 / 48)
-    # everyone picked the same index: undefined
-    assert math.isnan(label_tool.fleiss_kappa([[2, 0], [2, 0]]))
-
-
 @pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 13, 40, 97])
 def test_wrap_fits_and_keeps_every_character(width):
     rows = labels.read_comparisons(MIXED)
     for text in [r["query"] for r in rows] + [s for r in rows for s in r["samples"]]:
-        out = label_tool.wrap(text, width, "[1] ", 4)
+        out = termtext.wrap(text, width, "[1] ", 4)
         # a 2-cell char needs 2 cells
-        assert out and all(label_tool.text_width(ln) <= max(width, 2) for ln in out)
+        assert out and all(termtext.text_width(ln) <= max(width, 2) for ln in out)
         shown = "".join(ln for ln in out).replace(" ", "")
-        assert shown == "[1]" + label_tool.sanitize(text).replace(" ", "").replace("\n", "")
+        assert shown == "[1]" + termtext.sanitize(text).replace(" ", "").replace("\n", "")
 
 
 def test_sanitize_removes_every_control_character():
-    out = label_tool.sanitize("a\x1b[2Jb\x07c\x00d\x7fe\x9bf\tg\r\nh\u2028i")
+    out = termtext.sanitize("a\x1b[2Jb\x07c\x00d\x7fe\x9bf\tg\r\nh\u2028i")
     assert not any(ord(c) < 0x20 and c != "\n" or 0x7F <= ord(c) < 0xA0 for c in out)
     assert out == "a\u241b[2Jb\u2407c\u2400d\u2421e\ufffdf    g\nh\ni"
 

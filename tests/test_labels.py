@@ -1,7 +1,9 @@
-"""labels.py: the comparisons / labels file formats. Round trips, the undo/skip log, OpenAI's
-JSON, and every bad input giving a FormatError that names the file and line."""
+"""machinery/labels.py: the comparisons / labels file formats. Round trips, the undo/skip log,
+OpenAI's JSON, every bad input giving a FormatError that names the file and line, and the
+agreement statistics on hand-worked tables."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -261,6 +263,40 @@ def test_labels_and_label_tool_import_no_torch():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_fleiss_kappa_wikipedia_example():
+    # Fleiss (1971) as worked on Wikipedia: 10 items, 14 raters, 5 categories.
+    # P-bar = 0.378, P_e = 0.213, kappa = 0.210.
+    table = [
+        [0, 0, 0, 0, 14],
+        [0, 2, 6, 4, 2],
+        [0, 0, 3, 5, 6],
+        [0, 3, 9, 2, 0],
+        [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0],
+        [3, 2, 6, 3, 0],
+        [2, 5, 3, 2, 2],
+        [6, 5, 2, 1, 0],
+        [0, 2, 2, 3, 7],
+    ]
+    assert labels.percent_agreement(table) == pytest.approx(0.378, abs=5e-4)
+    assert labels.fleiss_kappa(table) == pytest.approx(0.210, abs=5e-4)
+
+
+def test_fleiss_kappa_hand_worked_best_of_4():
+    """3 items, 2 labels each, 4 candidates. Item A: both pick 0; B: both pick 1; C: one picks 0,
+    one picks 2. P_i = 1, 1, 0 -> P-bar = 2/3. Pooled p = (3, 2, 1, 0)/6 -> P_e = (9 + 4 + 1)/36
+    = 7/18. kappa = (2/3 - 7/18) / (1 - 7/18) = (5/18) / (11/18) = 5/11."""
+    table = [[2, 0, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0]]
+    assert labels.percent_agreement(table) == pytest.approx(2 / 3)
+    assert labels.fleiss_kappa(table) == pytest.approx(5 / 11)
+    # Items with different numbers of labels: A has 3 labels (0, 0, 1): P_A = (4 + 1 - 3) / 6 = 1/3;
+    # B: (2, 2) -> 1. P-bar = 2/3; pooled p = (2, 1, 2, 0)/5 -> P_e = 9/25; kappa = (2/3 - 9/25) /
+    # (16/25) = (23/75) / (16/25) = 23/48.
+    assert labels.fleiss_kappa([[2, 1, 0, 0], [0, 0, 2, 0]]) == pytest.approx(23 / 48)
+    # everyone picked the same index: undefined
+    assert math.isnan(labels.fleiss_kappa([[2, 0], [2, 0]]))
 
 
 def test_cli_summary(tmp_path):
