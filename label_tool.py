@@ -778,6 +778,11 @@ def run_ui(win, s: Session, notice: str | None) -> None:
             message = f"key {name} does nothing: {keys_hint}"
 
 
+# --------------------------------------------------------------------------------------------------
+# Main: check everything before the screen is taken over, take the labels file's lock, run
+# the key loop, and say what was saved
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -809,10 +814,8 @@ def main(argv=None) -> int:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         print(
             "error: label_tool.py needs an interactive terminal (stdin and stdout must be a tty), "
-            "and this is not "
-            "one. Run it directly in a terminal, not through a pipe or redirection. For scripted "
-            "labels use "
-            "`python reward.py label`.",
+            "and this is not one. Run it directly in a terminal, not through a pipe or "
+            "redirection. For scripted labels use `python reward.py label`.",
             file=sys.stderr,
         )
         return 2
