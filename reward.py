@@ -1,37 +1,25 @@
 """
 The reward model of Ziegler et al. 2019 ("Fine-Tuning Language Models from Human Preferences", §2),
-learned from best-of-N comparisons: collect them, label them (a person with label_tool.py, or a
-scripted labeler here), train.
+as openai/lm-human-preferences (train_reward.py, rewards.py, label_types.py::PickBest; more in
+docs/) with the differences said where they are. The stage, in order:
+  1. comparisons: a query and N responses from the initial policy rho (`reward.py sample`);
+  2. labels: a person picks the best (label_tool.py), or a scripted labeler (`reward.py label`);
+  3. the model: GPT-2 with rho's weights plus a scalar head (weight ~ N(0, 1/sqrt(n_embd + 1)),
+     bias 0) read at the last real token of concat(query, response); reward = gain * head + bias;
+  4. normalize: gain/bias set so that rewards of rho's responses have mean 0 and (population) std
+     1, before training and again after it (so PPO's KL coefficient always means the same thing);
+  5. train (`reward.py train`): softmax cross-entropy over the N candidates against the labeled
+     best (N = 2: Bradley-Terry); one epoch (the tiny CPU demo needs several), learning rate
+     annealed linearly to 0, Adam with TF1's epsilon (1e-5), no dropout, no clipping.
 
-It follows openai/lm-human-preferences (train_reward.py, rewards.py, label_types.py::PickBest; more
-in docs/) and says where it differs. In short:
-  * the reward model is a GPT-2 initialized from the policy's checkpoint (rho) plus a scalar head
-    (weight ~ N(0, 1/sqrt(n_embd + 1)), bias 0) read at the last real token of concat(query,
-    response);
-  * reward = gain * head + bias, with gain/bias set so that rewards of rho's responses have mean 0
-    and (population) std 1, before training and again after it (so PPO's KL coefficient always means
-    the same thing);
-  * loss = softmax cross-entropy over the N candidates against the labeled best (N = 2 is
-    Bradley-Terry);
-  * one epoch (--epochs for more: the tiny CPU demo needs several), learning rate annealed linearly
-    to 0, Adam with TF1's epsilon (1e-5), no dropout, no clipping.
-
-Four subcommands; each has a real --help:
-    python reward.py sample --task sentiment --model gpt2 --num-comparisons 1000 \
-                            --out comparisons.jsonl
-    python reward.py label  --labeler sentiment --comparisons comparisons.jsonl --out labels.jsonl
+    python reward.py sample --task sentiment --model gpt2 --num-comparisons 1000 --out cmp.jsonl
+    python reward.py label  --labeler sentiment --comparisons cmp.jsonl --out labels.jsonl
     python reward.py train  --labels labels.jsonl --model gpt2 --out rm.pt
     python reward.py eval   --reward-model rm.pt --labels test.jsonl
-On a CPU, use --model tiny (a 2-layer GPT-2 fitted on the shipped passages, see tasks.py).
-`--labels` also takes OpenAI's released JSON (e.g. tasks.download_labels("sentiment"), then --labels
-that path --task sentiment). `reward.py train` without --labels does all three steps at once
-(sample --num-comparisons from rho, label them with the task's scripted labeler, train); that is
-build_reward_model, the one function ppo.py calls when it is given no reward model (its --rm.*
-flags are the same options as `reward.py train`'s).
-
-Several GPUs or machines: `torchrun --nproc_per_node 8 reward.py train ...` splits each step's
-comparisons and the normalization samples over the processes and all-reduces gradients and
-statistics (dist.py; the distributed lines are marked [dist]).
+Each has a --help. On a CPU: --model tiny. --labels also takes OpenAI's released JSON (and --task).
+`reward.py train` without --labels does steps 1 to 5 (scripted labels): build_reward_model, the
+one call ppo.py makes when it has no reward model (its --rm.* flags are `reward.py train`'s).
+`torchrun --nproc_per_node 8 reward.py train ...` splits each step over the processes ([dist]).
 
 Shape letters: B = batch (comparisons), N = candidates per comparison, T = sequence length, C =
 channels, Q = query length, R = response length.
@@ -45,7 +33,6 @@ import json
 import math
 import random
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,20 +40,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from gpt2 import (
-    GPT2,
-    PAD_ID,
-    GPT2Config,
-    autocast,
-    generate,
-    get_tokenizer,
-    left_pad,
-    resolve_precision,
-)
-from machinery import cli, dist, labels, tasks
-from machinery.optim import AdamTF
+from gpt2 import GPT2, PAD_ID, GPT2Config, autocast, left_pad
+from machinery import cli, comparisons, dist, labels, tasks
+from machinery.comparisons import EvalArgs, cmd_label, cmd_sample
+from machinery.optim import make_adam
 
 CHECKPOINT_FORMAT = "rlhf-gpt2 reward model"
 CHECKPOINT_VERSION = 1
@@ -105,16 +83,6 @@ def gain_bias(
     (rewards.py::set_reward_norm)."""
     gain = target_std / std
     return gain, target_mean - gain * mean
-
-
-def make_adam(params, adam: str, lr: float, eps: float) -> torch.optim.Optimizer:
-    """--adam tf: AdamTF (the released code's epsilon placement); --adam torch: torch.optim.Adam.
-    The reward model and PPO both build their optimizer here."""
-    if adam == "tf":
-        return AdamTF(params, lr=lr, eps=eps)
-    if adam == "torch":
-        return torch.optim.Adam(params, lr=lr, eps=eps)
-    raise ValueError(f"--adam {adam!r}: use 'tf' or 'torch'")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,131 +183,7 @@ def score_tokens(
 
 
 # --------------------------------------------------------------------------------------------------
-# 1. Comparisons: queries from the task, N responses each from rho
-
-
-@torch.no_grad()
-def sample_responses(
-    policy: GPT2, task: tasks.TaskConfig, raw_queries: list[list[int]], generator, device="cpu"
-):
-    """rho's responses (B, R) to raw queries (formatted for the policy here) at the task's
-    temperature, untruncated."""
-    tokens, mask = left_pad([tasks.policy_context(task, q) for q in raw_queries], device=device)
-    responses, _ = generate(
-        policy, tokens, mask, task.response_length, task.temperature, generator=generator
-    )
-    return responses  # (B, R)
-
-
-def sample_comparisons(
-    policy: GPT2,
-    task,
-    n: int,
-    n_samples: int = 4,
-    batch_size: int = 64,
-    seed: int = 0,
-    split: str = "train",
-    max_rounds: int = 10,
-    device="cpu",
-    query_data: str = "",
-    require_stop: bool = True,
-) -> list[dict]:
-    """n comparisons (labels.py rows): a query and n_samples responses from the policy, truncated at
-    the stop token; rows of a query with a reference summary carry it (`reference`).
-
-    Rejection sampling as the paper does for what people see: only responses that contain the stop
-    token in [truncate_after, R) are kept, so every candidate ends at its period (books) or newline
-    (summaries). Queries still short of n_samples valid responses after max_rounds are dropped; the
-    count is printed. A policy that never writes the stop token (tiny on the summarization tasks
-    never writes a newline) is an error, unless require_stop is off: then responses without it are
-    kept whole. query_data: local query data (tasks.QuerySource).
-    """
-    task = tasks.get_task(task)
-    enc = get_tokenizer()
-    src = tasks.QuerySource(task, split, seed=seed, query_data=query_data)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    rows, n_dropped, n_drawn, n_valid = [], 0, 0, 0
-    # disable=None: a progress bar in a terminal, none in a log file (the summary lines are printed
-    # either way)
-    bar = tqdm(total=n, desc=f"sample comparisons ({task.name})", unit=" cmp", disable=None)
-    while len(rows) < n:
-        items = src.next_queries(min(max(1, batch_size // n_samples), n - len(rows)))
-        queries = [q.tokens for q in items]
-        found: list[list[list[int]]] = [[] for _ in queries]
-        for _ in range(max_rounds):
-            need = [i for i, f in enumerate(found) if len(f) < n_samples]
-            if not need:
-                break
-            # one draw per missing response
-            todo = [i for i in need for _ in range(n_samples - len(found[i]))]
-            truncated, valid = tasks.truncate_responses(
-                sample_responses(policy, task, [queries[i] for i in todo], gen, device), task
-            )
-            n_drawn, n_valid = n_drawn + len(todo), n_valid + int(valid.sum())
-            for i, row, ok in zip(todo, truncated.cpu(), valid.tolist()):
-                if (ok or not require_stop) and len(found[i]) < n_samples:
-                    found[i].append(tasks.strip_pad(row))
-        if n_valid == 0 and require_stop:
-            stop = enc.decode([task.truncate_token])
-            raise ValueError(
-                f"sample: none of {n_drawn} responses had the stop token {stop!r} at or after "
-                f"token {task.truncate_after}, so no comparison can be made: the policy may never "
-                "write it (tiny, fitted on story passages, never writes a newline). Pass "
-                "--no-require-stop (ppo.py: --no-rm.require-stop) to keep such responses whole."
-            )
-        for q, item, f in zip(queries, items, found):
-            if len(f) < n_samples:
-                n_dropped += 1
-                continue
-            row = dict(
-                id=f"{task.name}-{split}-s{seed}-{len(rows)}",
-                task=task.name,
-                query=enc.decode(q),
-                query_tokens=q,
-                samples=[enc.decode(s) for s in f],
-                sample_tokens=f,
-            )
-            if item.reference is not None:
-                row["reference"] = item.reference
-            rows.append(row)
-            bar.update(1)
-    bar.close()
-    print(
-        f"sample: {len(rows)} comparisons x {n_samples} responses; {n_valid}/{n_drawn} draws had "
-        "the stop token "
-        f"({n_valid / max(n_drawn, 1):.0%}); {n_dropped} queries dropped (no {n_samples} valid "
-        "responses in "
-        f"{max_rounds} rounds); {src.n_skipped} texts skipped (no query)"
-    )
-    return rows
-
-
-# --------------------------------------------------------------------------------------------------
-# 2. Labels: the scripted ("mock") labeler picks the best candidate
-
-
-def label_comparisons(rows: list[dict], labeler: str | tasks.ScriptedLabeler) -> list[dict]:
-    """Label rows (labels.py format): each comparison plus best, labeler, seconds, created. A
-    labeler that compares with a reference (rouge) reads each row's `reference`."""
-    lab = tasks.get_labeler(labeler) if isinstance(labeler, str) else labeler
-    out = []
-    for r in rows:
-        t0 = time.perf_counter()
-        best = lab.pick_best(r["query"], r["samples"], r.get("reference"))
-        out.append(
-            dict(
-                r,
-                best=best,
-                labeler=f"script:{lab.name}",
-                seconds=round(time.perf_counter() - t0, 6),
-                created=labels.now_iso(),
-            )
-        )
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# 3. Training
+# Training: held-out accuracy, normalization under rho, the loop
 
 
 @dataclass
@@ -391,18 +235,13 @@ class TrainConfig:
     """print a line every this many steps"""
 
 
-def comparison_batch(rows: list[dict], device="cpu"):
-    """B comparisons of N candidates -> (tokens (B*N, T), mask (B*N, T), best (B,)); row b's
-    candidate i is b*N+i."""
+def comparison_rewards(rm: RewardModel, rows: list[dict], device="cpu"):
+    """rewards (B, N) and best (B,) for B label rows of N candidates: row b's candidate i is
+    sequence b*N+i of the packed batch."""
     queries = [r["query_tokens"] for r in rows for _ in r["sample_tokens"]]
     responses = [s for r in rows for s in r["sample_tokens"]]
-    tokens, mask = pack(queries, responses, device)
-    return tokens, mask, torch.tensor([r["best"] for r in rows], device=device)
-
-
-def comparison_rewards(rm: RewardModel, rows: list[dict], device="cpu"):
-    """rewards (B, N) and best (B,) for a batch of label rows."""
-    tokens, mask, best = comparison_batch(rows, device)
+    tokens, mask = pack(queries, responses, device)  # (B*N, T)
+    best = torch.tensor([r["best"] for r in rows], device=device)
     return rm(tokens, mask).view(len(rows), -1), best  # (B, N)
 
 
@@ -431,21 +270,21 @@ def normalize(
     rm: RewardModel,
     policy: GPT2,
     task: tasks.TaskConfig,
-    n_samples: int,
-    batch_size: int,
+    cfg: TrainConfig,
     seed: int,
-    truncated: bool = False,
     device="cpu",
     query_data: str = "",
 ) -> dict:
     """Set gain/bias so rewards of (x ~ task queries, y ~ rho) have mean 0, std 1
-    (train_reward.py::normalize).
+    (train_reward.py::normalize), on cfg.normalize_samples responses sampled in batches of
+    cfg.rollout_batch_size queries (truncated first if cfg.normalize_truncated).
 
     Returns the raw stats it found and the stats after normalizing (a check on a fresh sample,
     like OpenAI's debug_normalize), e.g. {"mean": 0.31, "std": 0.02, "after_mean": 0.0,
     "after_std": 1.0}. Queries use their own seed stream (OpenAI draws them from a separate
     'ref_queries' sampler)."""
     rm.reset_normalization()
+    batch_size = cfg.rollout_batch_size
     src = tasks.QuerySource(task, "train", seed=seed + 1, query_data=query_data)
     # [dist] each rank samples its block of every batch of queries, with its own seed
     gen = torch.Generator(device=device).manual_seed(dist.seed(seed))
@@ -453,10 +292,10 @@ def normalize(
     def draw():
         qs_all, rs_all = [], []
         # OpenAI: ceil(samples / rollout batch) batches
-        for _ in range(math.ceil(n_samples / batch_size)):
+        for _ in range(math.ceil(cfg.normalize_samples / batch_size)):
             qs = dist.shard(src.next_batch(batch_size, formatted=False), "--rollout-batch-size")
-            rs = sample_responses(policy, task, qs, gen, device)
-            if truncated:
+            rs = comparisons.sample_responses(policy, task, qs, gen, device)
+            if cfg.normalize_truncated:
                 rs = tasks.truncate_responses(rs, task)[0]
             qs_all += qs
             rs_all += rs.tolist()
@@ -464,59 +303,9 @@ def normalize(
 
     mean, std = population_mean_std(draw())
     rm.set_normalization(mean, std)
-    after_mean, after_std = population_mean_std(draw())
-    return dict(
-        mean=mean,
-        std=std,
-        gain=rm.reward_gain.item(),
-        bias=rm.reward_bias.item(),
-        after_mean=after_mean,
-        after_std=after_std,
-    )
-
-
-def split_rows(rows: list[dict], num_train: int, test_fraction: float):
-    """First num_train rows train, the rest test (as OpenAI uses the file's first num_train
-    labels, and lm-human-preference-details tests on the rows after them). num_train 0: hold out
-    the last test_fraction."""
-    if num_train <= 0:
-        num_train = (
-            len(rows) - max(1, round(test_fraction * len(rows))) if test_fraction > 0 else len(rows)
-        )
-    if not 0 < num_train <= len(rows):
-        raise ValueError(f"num_train={num_train} but the labels file has {len(rows)} labels")
-    return rows[:num_train], rows[num_train:]
-
-
-def resolve_task(rows: list[dict], task: str, path: str = "labels") -> tasks.TaskConfig:
-    found = sorted({r.get("task", "") for r in rows})
-    if task:
-        return tasks.get_task(task)
-    if len(found) != 1 or found[0] not in tasks.TASKS:
-        raise ValueError(
-            f"{path}: cannot tell the task from the labels (task fields: {found}); pass --task "
-            f"({', '.join(tasks.TASKS)})"
-        )
-    return tasks.get_task(found[0])
-
-
-def check_rows_fit(rows: list[dict], config: GPT2Config, path: str = "labels"):
-    """Token ids inside the model's vocabulary and query+response inside its context, or a clear
-    error."""
-    for i, r in enumerate(rows):
-        n = len(r["query_tokens"]) + max(len(s) for s in r["sample_tokens"])
-        if n > config.n_positions:
-            raise ValueError(
-                f"{path}: label {r.get('id', i)} has {n} query+response tokens, more than the "
-                "model's "
-                f"n_positions={config.n_positions}"
-            )
-        ids = r["query_tokens"] + [t for s in r["sample_tokens"] for t in s]
-        if ids and max(ids) >= config.vocab_size and max(ids) != PAD_ID:
-            raise ValueError(
-                f"{path}: label {r.get('id', i)} has token id {max(ids)} >= the model's vocab size "
-                f"{config.vocab_size}"
-            )
+    stats = dict(mean=mean, std=std, gain=rm.reward_gain.item(), bias=rm.reward_bias.item())
+    after_mean, after_std = population_mean_std(draw())  # the check, on fresh samples
+    return dict(stats, after_mean=after_mean, after_std=after_std)
 
 
 def train_step(rm: RewardModel, opt, rows: list[dict], device="cpu", precision="auto"):
@@ -567,160 +356,71 @@ def train_reward_model(
     """
     torch.manual_seed(seed)
     random.seed(seed)
-    task = resolve_task(rows, task, cfg.labels)
-    train_rows, held_out = (
-        split_rows(rows, cfg.num_train, cfg.test_fraction)
-        if test_rows is None
-        else (rows, test_rows)
-    )
+    task, train_rows, held_out = comparisons.task_and_split(rows, task, cfg, test_rows)
     if policy is None:
         policy = tasks.load_base_model(model, device)
     policy = policy.to(device).eval()
-    check_rows_fit(rows + list(held_out), policy.config, cfg.labels)
+    comparisons.check_rows_fit(rows + list(held_out), policy.config, cfg.labels)
     # rho's weights, a fresh random head
     rm = RewardModel(copy.deepcopy(policy), base_model=model).to(device)
     dist.broadcast_module(rm)  # [dist] every rank starts from rank 0's weights
     rm.requires_grad_(True)  # every weight trains, even if the caller froze rho (ppo.py does)
     rm.lm.set_grad_checkpoint(grad_checkpoint)
     N = len(train_rows[0]["sample_tokens"])
-    if cfg.epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
     n_seen = len(train_rows) * cfg.epochs
     n_steps = math.ceil(n_seen / cfg.batch_size)
-    print(
-        f"train: task {task.name}, {len(train_rows)} train / {len(held_out)} held-out comparisons "
-        f"of N={N}, "
-        f"{cfg.epochs} epoch(s), {n_steps} steps of {cfg.batch_size}, lr {cfg.lr} -> 0, base model "
-        f"{model}"
-    )
+    log = comparisons.TrainLog(task.name, model, cfg, len(train_rows), len(held_out), N, n_steps)
     metrics: dict = dict(num_train=len(train_rows), num_test=len(held_out), N=N)
 
     # 1. normalize the random head's rewards under rho (OpenAI: normalize_before)
     if cfg.normalize_before:
         with autocast(device, precision):
-            metrics["norm_before"] = normalize(
-                rm,
-                policy,
-                task,
-                cfg.normalize_samples,
-                cfg.rollout_batch_size,
-                seed,
-                cfg.normalize_truncated,
-                device,
-                query_data,
-            )
-        print(_norm_line("before", metrics["norm_before"]))
+            metrics["norm_before"] = normalize(rm, policy, task, cfg, seed, device, query_data)
+        log.normalized("before", metrics["norm_before"])
     if held_out:
         with autocast(device, precision):
             metrics["test_before"] = evaluate(rm, held_out, cfg.eval_batch_size)
-        print(
-            f"train: held-out accuracy before training {metrics['test_before']['accuracy']:.3f} "
-            f"(chance {1 / N:.3f}), loss {metrics['test_before']['loss']:.4f} (uniform "
-            f"{math.log(N):.4f})"
-        )
+        log.held_out(metrics["test_before"], before=True)
 
-    # 2. one epoch (OpenAI; more with --epochs) over seeded permutations, lr annealed linearly to 0
-    #    over all of training (train_reward.py line 249)
+    # 2. one epoch (OpenAI; more with --epochs) over seeded permutations, a fresh one per epoch; lr
+    #    annealed linearly to 0 over all of training (train_reward.py line 249)
     params = [p for p in rm.parameters() if p.requires_grad]  # includes reward_gain/bias, as OpenAI
     opt = make_adam(params, cfg.adam, lr=cfg.lr, eps=cfg.adam_eps)
     rng = np.random.default_rng(seed)
-    # a fresh order per epoch
     order = np.concatenate([rng.permutation(len(train_rows)) for _ in range(cfg.epochs)])
     rm.train()  # no dropout anywhere; train() only for form
-    running_loss, running_acc, t0 = [], [], time.time()
-    bar = tqdm(range(n_steps), desc="train reward model", unit="step", disable=None)
-    for step in bar:
+    for step in log.steps():
         start = step * cfg.batch_size
         batch = [train_rows[i] for i in order[start : start + cfg.batch_size]]
         lr = cfg.lr * (1 - start / n_seen)
         for g in opt.param_groups:
             g["lr"] = lr
         loss, accuracy = train_step(rm, opt, batch, device, precision)
-        running_loss.append(loss)
-        running_acc.append(accuracy)
-        bar.set_postfix(
-            loss=f"{np.mean(running_loss[-10:]):.3f}", acc=f"{np.mean(running_acc[-10:]):.2f}"
-        )
-        if (step + 1) % cfg.log_interval == 0 or step + 1 == n_steps:
-            tqdm.write(
-                f"step {step + 1}/{n_steps} | loss "
-                f"{np.mean(running_loss[-cfg.log_interval :]):.4f} | "
-                f"acc {np.mean(running_acc[-cfg.log_interval :]):.3f} | lr {lr:.2e} | "
-                f"{(time.time() - t0) / (step + 1) * 1000:.0f} ms/step"
-            )
-    bar.close()
+        log.step(step, loss, accuracy, lr)
+    metrics["train_loss"], metrics["train_accuracy"] = log.done()
     rm.eval()
-    metrics["train_loss"], metrics["train_accuracy"] = (
-        float(np.mean(running_loss)),
-        float(np.mean(running_acc)),
-    )
 
     # 3. normalize again under rho, discarding the trained gain/bias (OpenAI: normalize_after)
     if cfg.normalize_after:
         with autocast(device, precision):
             metrics["norm_after"] = normalize(
-                rm,
-                policy,
-                task,
-                cfg.normalize_samples,
-                cfg.rollout_batch_size,
-                seed + 1000,
-                cfg.normalize_truncated,
-                device,
-                query_data,
+                rm, policy, task, cfg, seed + 1000, device, query_data
             )
-        print(_norm_line("after", metrics["norm_after"]))
+        log.normalized("after", metrics["norm_after"])
 
     # 4. held-out accuracy, and one example pair so a person can see what the model prefers
     if held_out:
-        with autocast(device, precision):
+        with autocast(device, precision), torch.no_grad():
             metrics["test"] = evaluate(rm, held_out, cfg.eval_batch_size)
-        print(
-            f"train: held-out accuracy {metrics['test']['accuracy']:.3f} on {len(held_out)} "
-            "comparisons "
-            f"(chance {1 / N:.3f}), loss {metrics['test']['loss']:.4f}"
-        )
-        with autocast(device, precision):
-            print_example(rm, held_out[0])
-    rm.meta.update(
-        task=task.name,
-        seed=seed,
-        train_config=dict(
-            model=model, task=task.name, seed=seed, query_data=query_data, **dataclasses.asdict(cfg)
-        ),
-        metrics=metrics,
-        normalization=dict(
-            gain=rm.reward_gain.item(),
-            bias=rm.reward_bias.item(),
-            before=metrics.get("norm_before"),
-            after=metrics.get("norm_after"),
-        ),
-    )
+            rewards, _ = comparison_rewards(rm, [held_out[0]], rm.reward_gain.device)  # (1, N)
+        log.held_out(metrics["test"])
+        log.example(held_out[0], rewards[0].tolist())
+    rm.meta.update(comparisons.training_record(rm, cfg, model, task, seed, query_data, metrics))
     return rm, metrics
 
 
-def _norm_line(when: str, s: dict) -> str:
-    return (
-        f"normalize {when}: raw rewards under rho {s['mean']:+.4f} +- {s['std']:.4f} -> gain "
-        f"{s['gain']:.4f}, "
-        f"bias {s['bias']:+.4f}; check on fresh samples {s['after_mean']:+.3f} +- "
-        f"{s['after_std']:.3f}"
-    )
-
-
-@torch.no_grad()
-def print_example(rm: RewardModel, row: dict):
-    rewards, _ = comparison_rewards(rm, [row], rm.reward_gain.device)
-    r = rewards[0].tolist()
-    chosen = row["best"]
-    rejected = min(range(len(r)), key=lambda i: r[i] if i != chosen else float("inf"))
-    print(f"example query: {row['query'][-200:]!r}")
-    print(f"  labeled best ({r[chosen]:+.2f}): {row['samples'][chosen]!r}")
-    print(f"  lowest other ({r[rejected]:+.2f}): {row['samples'][rejected]!r}")
-
-
 # --------------------------------------------------------------------------------------------------
-# 4. The whole stage in one call: labels (read, or sampled and scripted) -> train -> save
+# The whole stage in one call: labels (read, or sampled and scripted) -> train -> save
 
 
 def build_reward_model(
@@ -739,52 +439,22 @@ def build_reward_model(
     grad_checkpoint: bool = False,
 ) -> Path:
     """Make a reward model and save it to `out`; returns its path. `reward.py train` and ppo.py
-    (when it is given no reward model) both run this.
-
-    1. labels: cfg.labels if given (ours or OpenAI's released JSON); otherwise sample
-       cfg.num_comparisons comparisons from rho (`policy`, or tasks.load_base_model(model)) on the
-       task's train queries (query_data: local query data, see tasks.QuerySource) and label them
-       with the scripted labeler (`labeler`, empty: the task's own), keeping them in `labels_out`
-       (default: next to `out`) for `reward.py eval`;
-    2. train_reward_model; 3. save_reward_model.
+    (when it is given no reward model) both run this. 1. labels: cfg.labels if given (ours or
+    OpenAI's released JSON); otherwise comparisons.sample_and_label (from rho: `policy`, or
+    tasks.load_base_model(model); `labeler`, empty: the task's own), kept in `labels_out` (default:
+    next to `out`) for `reward.py eval`; 2. train_reward_model; 3. save_reward_model.
     reuse: if `out` already exists, return it untouched (ppo.py's resumed runs)."""
     out = Path(out)
     if reuse and out.exists():
         print(f"reward model: reusing {out}")
         return out
-    if cfg.labels:
-        # ours or OpenAI's released JSON; prints what it did not use
-        rows = read_label_rows(cfg.labels)
-    else:
-        labeler = labeler or (tasks.TASKS[task].labeler if task in tasks.TASKS else "")
-        if not labeler:
-            raise ValueError(
-                f"task {task or '(none given)'} has no scripted labeler to make labels with; give "
-                "a "
-                f"labels file (`reward.py train --labels`, `ppo.py --rm.labels`; OpenAI's released "
-                f"labels: see `python reward.py --help`) or a trained reward model"
-            )
-        labeler = tasks.get_labeler(labeler)
-        if policy is None:
-            policy = tasks.load_base_model(model, device)
-        print(
-            f"reward model: sampling {cfg.num_comparisons} comparisons from ρ, labeling them with "
-            f"the scripted '{labeler.name}' labeler, then training"
-        )
-        with autocast(device, precision):
-            comparisons = sample_comparisons(
-                policy,
-                task,
-                cfg.num_comparisons,
-                seed=seed,
-                device=device,
-                query_data=query_data,
-                require_stop=cfg.require_stop,
-            )
-        rows = label_comparisons(comparisons, labeler)
+    if cfg.labels:  # ours or OpenAI's released JSON; prints what it did not use
+        rows = comparisons.read_label_rows(cfg.labels)
+    else:  # sampled from rho, labeled by the scripted labeler, kept for `python reward.py eval`
         labels_out = Path(labels_out or out.with_suffix(".labels.jsonl"))
-        if dist.is_main():  # [dist] rank 0 alone writes (every rank sampled the same rows)
-            labels.write_comparisons(labels_out, rows)  # kept for `python reward.py eval`
+        rows, policy = comparisons.sample_and_label(
+            cfg, policy, model, task, labeler, seed, labels_out, device, query_data, precision
+        )
         cfg = dataclasses.replace(cfg, labels=str(labels_out))
     rm, metrics = train_reward_model(
         rows,
@@ -823,106 +493,26 @@ def save_reward_model(rm: RewardModel, path) -> None:
 
 
 def load_reward_model(path, device="cpu", expect_config: GPT2Config | None = None) -> RewardModel:
-    """A reward model from save_reward_model's file, with clear errors: a missing file, a file
-    that is not a reward model checkpoint, or (with expect_config, e.g. the policy's config) a
-    model of another size or vocabulary."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no such reward model checkpoint (train one with `python reward.py train`)"
-        )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch file at all, or an unpicklable one
-        raise ValueError(
-            f"{path}: not a reward model checkpoint ({type(e).__name__}: {str(e)[:200]}); "
-            f"train one with `python reward.py train`"
-        ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(
-            f"{path}: not a reward model checkpoint written by reward.py (found {keys}); a policy "
-            "or "
-            f"GPT-2 checkpoint cannot be used as a reward model"
-        )
-    if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{path}: reward model checkpoint version {ckpt.get('version')}, this code reads "
-            f"{CHECKPOINT_VERSION}; retrain it"
-        )
-    config = GPT2Config(**ckpt["gpt2_config"])
-    if expect_config is not None:
-        keys = ("vocab_size", "n_layer", "n_head", "n_embd")
-        got, want = (
-            {k: getattr(config, k) for k in keys},
-            {k: getattr(expect_config, k) for k in keys},
-        )
-        if got != want:
-            raise ValueError(
-                f"{path}: reward model was trained from base model {ckpt.get('base_model')!r} with "
-                f"{got}, but the policy has {want}; train a reward model from the policy's base "
-                "model "
-                f"(`python reward.py train --model ...`)"
-            )
-    if expect_config is not None:
-        config.use_kernels = expect_config.use_kernels
+    """A reward model from save_reward_model's file, with clear errors (checked by
+    comparisons.read_rm_checkpoint): FileNotFoundError for a missing file; ValueError for a file
+    that is not a reward model checkpoint of this version, a model of another size or vocabulary
+    than expect_config (e.g. the policy's config), or weights that do not match its config."""
+    ckpt, config = comparisons.read_rm_checkpoint(
+        path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, expect_config
+    )
     rm = RewardModel(GPT2(config))
     try:
-        rm.load_state_dict(ckpt["state_dict"])
+        rm.load_state_dict(ckpt.pop("state_dict"))
     except RuntimeError as e:
         raise ValueError(
-            f"{path}: weights do not match the stored config: {str(e)[:300]}"
+            f"{Path(path)}: weights do not match the stored config: {str(e)[:300]}"
         ) from None
-    rm.meta = {
-        k: v for k, v in ckpt.items() if k not in ("format", "version", "gpt2_config", "state_dict")
-    }
+    rm.meta = {k: v for k, v in ckpt.items() if k not in ("format", "version", "gpt2_config")}
     return rm.to(device).eval()
 
 
 # --------------------------------------------------------------------------------------------------
-# Command line: sample / label / train / eval
-
-
-@dataclass
-class SampleArgs:
-    task: str = "sentiment"
-    """task whose queries to use: sentiment, descriptiveness, tldr, cnndm"""
-    model: str = "gpt2"
-    """rho, the policy that writes the candidates: tiny, gpt2, ... or a Hugging Face directory"""
-    num_comparisons: int = 1000
-    """number of comparisons"""
-    n_samples: int = 4
-    """candidates per comparison (the paper: 4)"""
-    out: str = "comparisons.jsonl"
-    """output file (comparisons.jsonl format, see labels.py)"""
-    split: str = "train"
-    """query split: train or test (use test for held-out comparisons)"""
-    batch_size: int = 64
-    """responses sampled per batch"""
-    max_rounds: int = 10
-    """rejection-sampling rounds before a query without enough valid responses is dropped"""
-    require_stop: bool = True
-    """keep only responses with the task's stop token (off: keep responses without it whole, for
-    a model that never writes it)"""
-    query_data: str = ""
-    """local query data in the upstream format instead of the default (tldr: a JSON file or a
-    folder of {train,valid}-subset.json; cnndm: a folder with url_lists/ and the stories; books:
-    a .jsonl of passages); empty: the shipped passages, or a download"""
-    seed: int = 0
-    """seed of the query order and the sampling"""
-    device: str = "auto"
-    """auto (cuda if available), cpu or cuda"""
-
-
-@dataclass
-class LabelArgs:
-    labeler: str = ""
-    """scripted labeler: sentiment (VADER), descriptiveness (a sensory-word lexicon) or rouge
-    (ROUGE against each row's `reference`); empty: the labeler of the comparisons' task"""
-    comparisons: str = "comparisons.jsonl"
-    """comparisons file to label (from `reward.py sample`)"""
-    out: str = "labels.jsonl"
-    """labels file to write"""
+# Command line: sample / label (machinery/comparisons.py) / train / eval
 
 
 @dataclass
@@ -952,74 +542,6 @@ class TrainArgs:
     """the reward model's own options (flags without a prefix here; --rm.<flag> in ppo.py)"""
 
 
-@dataclass
-class EvalArgs:
-    reward_model: str = "rm.pt"
-    """reward model checkpoint"""
-    labels: str = "test.jsonl"
-    """labels to evaluate on (our JSONL or OpenAI's JSON)"""
-    batch_size: int = 64
-    """comparisons per batch"""
-    device: str = "auto"
-    """auto (cuda if available), cpu or cuda"""
-
-
-def read_label_rows(path: str) -> list[dict]:
-    """labels.read_labels with the count of anything not used printed (nothing is dropped
-    silently)."""
-    counts: dict = {}
-    rows = labels.read_labels(path, counts=counts)
-    print(
-        f"labels: {path}: {counts.get('labels')} labels from {counts.get('lines')} lines; "
-        f"{counts.get('undone', 0)} undone and {counts.get('skipped', 0)} skipped ids not used"
-    )
-    return rows
-
-
-def cmd_sample(argv):
-    a = cli.parse(
-        SampleArgs, argv, description="Sample comparisons (a query and N responses) from rho."
-    )
-    device = cli.pick_device(a.device)
-    policy = tasks.load_base_model(a.model, device)
-    rows = sample_comparisons(
-        policy,
-        a.task,
-        a.num_comparisons,
-        a.n_samples,
-        a.batch_size,
-        a.seed,
-        a.split,
-        a.max_rounds,
-        device,
-        a.query_data,
-        a.require_stop,
-    )
-    labels.write_comparisons(a.out, rows)
-    print(f"sample: wrote {len(rows)} comparisons to {a.out}")
-
-
-def cmd_label(argv):
-    a = cli.parse(LabelArgs, argv, description="Label comparisons with a scripted labeler.")
-    rows = labels.read_comparisons(a.comparisons)
-    if not a.labeler:
-        task = rows[0]["task"]
-        if task not in tasks.TASKS:
-            raise ValueError(
-                f"{a.comparisons}: task {task!r} has no scripted labeler; pass --labeler"
-            )
-        a.labeler = tasks.TASKS[task].labeler
-    out = label_comparisons(rows, a.labeler)
-    Path(a.out).unlink(missing_ok=True)  # a fresh file: scripted labels are not a log to append to
-    for r in out:
-        labels.append_jsonl(a.out, r)
-    picks = np.bincount([r["best"] for r in out], minlength=len(out[0]["samples"]))
-    print(
-        f"label: wrote {len(out)} labels to {a.out} (labeler {a.labeler}; picks per position "
-        f"{picks.tolist()})"
-    )
-
-
 def cmd_train(argv):
     a = cli.parse(
         TrainArgs,
@@ -1028,12 +550,7 @@ def cmd_train(argv):
         "comparisons sampled from rho and labeled by the task's scripted labeler).",
         flat=("train",),
     )
-    device = cli.pick_device(a.device)
-    dist.init(device)  # [dist] under torchrun: joins the process group; nothing otherwise
-    try:
-        precision = resolve_precision(a.precision, device)
-    except ValueError as e:
-        raise SystemExit(f"error: --precision: {e}")
+    device, precision = comparisons.train_device(a.device, a.precision)  # [dist] joins the group
     out = build_reward_model(
         a.train,
         a.model,
@@ -1056,15 +573,9 @@ def cmd_eval(argv):
     )
     device = cli.pick_device(a.device)
     rm = load_reward_model(a.reward_model, device)
-    rows = read_label_rows(a.labels)
-    check_rows_fit(rows, rm.lm.config, a.labels)
-    result = evaluate(rm, rows, a.batch_size)
-    N = len(rows[0]["sample_tokens"])
-    print(
-        f"eval: {a.reward_model} (task {rm.meta.get('task')}, base {rm.meta.get('base_model')}) "
-        f"on {result['n']} comparisons: accuracy {result['accuracy']:.3f} (chance {1 / N:.3f}) | "
-        f"loss {result['loss']:.4f} | mean reward {result['mean_reward']:+.3f}"
-    )
+    rows = comparisons.read_label_rows(a.labels)
+    comparisons.check_rows_fit(rows, rm.lm.config, a.labels)
+    comparisons.print_eval(a.reward_model, rm.meta, evaluate(rm, rows, a.batch_size), rows)
 
 
 COMMANDS = {"sample": cmd_sample, "label": cmd_label, "train": cmd_train, "eval": cmd_eval}

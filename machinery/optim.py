@@ -1,6 +1,7 @@
 """
 Adam with TF1's epsilon placement, the optimizer of the reward model (reward.py) and of PPO
-(ppo.py), as in lm-human-preferences (tf.train.AdamOptimizer).
+(ppo.py), as in lm-human-preferences (tf.train.AdamOptimizer), and make_adam, the factory both
+call (--adam tf or torch).
 
 One file so both trainers import the same class; it is small because torch's own Adam does all the
 arithmetic, in its fused kernel (one pass over every tensor, on CPU and CUDA), or its foreach
@@ -83,3 +84,13 @@ class AdamTF(torch.optim.Adam):
             t = int(state["step"]) + 1 if state else 1  # the step about to be taken
             group["eps"] = group["tf_eps"] / math.sqrt(1 - group["betas"][1] ** t)
         return super().step(closure)
+
+
+def make_adam(params, adam: str, lr: float, eps: float) -> torch.optim.Optimizer:
+    """--adam tf: AdamTF (the released code's epsilon placement); --adam torch: torch.optim.Adam.
+    The reward model and PPO both build their optimizer here. ValueError: another name."""
+    if adam == "tf":
+        return AdamTF(params, lr=lr, eps=eps)
+    if adam == "torch":
+        return torch.optim.Adam(params, lr=lr, eps=eps)
+    raise ValueError(f"--adam {adam!r}: use 'tf' or 'torch'")

@@ -12,6 +12,7 @@ import torch
 import ppo
 import reward
 from gpt2 import GPT2, PRESETS
+from machinery import optim
 from machinery.optim import AdamTF
 
 F32_EPS = torch.finfo(torch.float32).eps
@@ -178,7 +179,7 @@ def test_reward_trainer_same_weights_as_with_the_per_tensor_loop(monkeypatch):
     )
     models = {}
     for name, cls in [("new", AdamTF), ("old", OldAdamTF)]:
-        monkeypatch.setattr(reward, "AdamTF", cls)
+        monkeypatch.setattr(optim, "AdamTF", cls)
         models[name], _ = reward.train_reward_model(
             label_rows(6), cfg, "tiny", "sentiment", seed=1, policy=policy, test_rows=[]
         )

@@ -11,7 +11,8 @@ import torch
 
 import reward
 from gpt2 import GPT2, PAD_ID, PRESETS, left_pad
-from machinery import tasks
+from machinery import comparisons, optim, tasks
+from machinery.optim import AdamTF
 
 
 def tiny_random_rm(seed=0):
@@ -47,7 +48,7 @@ def test_adam_tf_first_step_by_hand():
     lr, eps, g = 0.1, 1e-2, torch.tensor([0.5, -2e-3])
     p = torch.nn.Parameter(torch.zeros(2))
     p.grad = g.clone()
-    reward.AdamTF([p], lr=lr, eps=eps).step()
+    AdamTF([p], lr=lr, eps=eps).step()
     expected = -lr * g / (g.abs() + eps / math.sqrt(1 - 0.999))
     torch.testing.assert_close(p.detach(), expected)
     # PyTorch's Adam matches at step 1 only with eps scaled by 1/sqrt(1 - b2): the two placements
@@ -83,9 +84,8 @@ def test_head_init_and_normalization_mean0_std1():
 
 def test_normalize_under_rho_sets_gain_and_bias():
     rm, policy = tiny_random_rm(), tiny_random_rm(1).lm
-    stats = reward.normalize(
-        rm, policy, tasks.get_task("sentiment"), n_samples=8, batch_size=8, seed=0
-    )
+    cfg = reward.TrainConfig(normalize_samples=8, rollout_batch_size=8)
+    stats = reward.normalize(rm, policy, tasks.get_task("sentiment"), cfg, seed=0)
     assert stats["gain"] == pytest.approx(1 / stats["std"]) and stats["bias"] == pytest.approx(
         -stats["mean"] / stats["std"]
     )
@@ -164,7 +164,7 @@ def test_skipped_labels_are_counted(tmp_path, capsys):
     path = write_lines(
         tmp_path / "l.jsonl", [label_row(0), label_row(1), {"id": "x1", "undo": True}]
     )
-    rows = reward.read_label_rows(path)
+    rows = comparisons.read_label_rows(path)
     assert len(rows) == 1
     assert "1 labels from 3 lines; 1 undone" in capsys.readouterr().out
 
@@ -182,8 +182,8 @@ def test_openai_json_is_accepted(tmp_path):
         }
     ]
     (d / "offline_5k.json").write_text(json.dumps(data))
-    rows = reward.read_label_rows(str(d / "offline_5k.json"))
-    assert reward.resolve_task(rows, "").name == "sentiment"
+    rows = comparisons.read_label_rows(str(d / "offline_5k.json"))
+    assert comparisons.resolve_task(rows, "").name == "sentiment"
     assert rows[0]["query_tokens"] == [464, 3290, 13] and rows[0]["sample_tokens"][0] == [383, 13]
 
 
@@ -349,13 +349,13 @@ def test_epochs_see_each_label_once_per_epoch_and_anneal_lr_over_all_of_them(mon
         seen.extend(r["id"] for r in batch)
         return real(rm, batch, device)
 
-    class RecordingAdam(reward.AdamTF):
+    class RecordingAdam(AdamTF):
         def step(self, closure=None):
             lrs.append(self.param_groups[0]["lr"])
             return super().step(closure)
 
     monkeypatch.setattr(reward, "comparison_rewards", recording)
-    monkeypatch.setattr(reward, "AdamTF", RecordingAdam)
+    monkeypatch.setattr(optim, "AdamTF", RecordingAdam)
     cfg = reward.TrainConfig(
         labels="<rows>",
         batch_size=2,
