@@ -9,7 +9,10 @@ skip. Nothing here imports reward.py.
   * the label file's checks: reading it with a count of what was not used, the task it is for,
     the train / held-out split, and the fit of its tokens in the model;
   * training's console: the plan, the normalization and held-out lines, a progress bar with a line
-    every --log-interval steps, and one example pair.
+    every --log-interval steps, and one example pair;
+  * rm.pt: the checks on reading one, and the record of its training it keeps;
+  * the command line: `reward.py sample` and `reward.py label` whole, and the flags, device and
+    output line of `reward.py train` and `reward.py eval` (reward.py runs those two).
 
 The file formats are machinery/labels.py's. Shape letters: B = batch, Q = query length,
 R = response length.
