@@ -47,13 +47,14 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 import gpt2
-import ppo
-from machinery import cli, labels, tasks
+from machinery import cli, labels, runs, tasks
 from machinery.labels import FormatError
+from machinery.microbatch import forward_in_chunks
 
 # --------------------------------------------------------------------------------------------------
 # The statistics: small pure functions, imported by tests/test_evaluate.py
@@ -213,7 +214,7 @@ def check_against(run_dir: Path, run: dict, against: str, policy_config) -> None
             )
     if path.is_dir():
         try:
-            theirs = gpt2.read_hf_config(gpt2.resolve_checkpoint(against) / "config.json")
+            theirs = gpt2.read_config(against)
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: --against {against}: {e}")
         if size_of(theirs) != size_of(policy_config):
@@ -227,20 +228,40 @@ def check_against(run_dir: Path, run: dict, against: str, policy_config) -> None
 # 1. Sampling: one response per query from each side, with its score and KL
 
 
+@torch.no_grad()
 def sample_side(lm, ref, reward_model, task, queries, cfg, seed: int, batch_size: int, device):
-    """Responses of `lm` to raw queries at cfg.temperature, through ppo.rollout (the same
-    sampling, truncation, penalty and KL as training). Returns truncated responses (token lists,
-    pads dropped), reward-model scores (B,) and KL(lm‖ρ) per episode (B,)."""
-    policy = ppo.PolicyAndValue(lm).to(device)  # the value head is unused here
+    """Responses of `lm` to raw queries, made and scored as ppo.py's rollout makes them (steps 1-3:
+    the same sampling at cfg.temperature, truncation, penalty, reward-model score and KL against
+    ρ, in micro-batches of cfg.micro_batch_size). Returns truncated responses (token lists, pads
+    dropped), reward-model scores (B,) and KL(lm‖ρ) per episode (B,)."""
     gen = torch.Generator(device=device).manual_seed(seed)
+    R = task.response_length
     responses, scores, kls = [], [], []
     for i in range(0, len(queries), batch_size):
-        b = ppo.rollout(
-            policy, ref, reward_model, task, queries[i : i + batch_size], cfg, 0.0, gen, device
-        )
-        responses += [tasks.strip_pad(r) for r in b["truncated"].tolist()]
-        scores.append(b["scores"].float().cpu())
-        kls.append(b["kl"].sum(1).float().cpu())
+        raw = queries[i : i + batch_size]
+        context = [tasks.policy_context(task, q) for q in raw]
+        q_tokens, q_mask = gpt2.left_pad(context, device=device)  # (B, Q)
+        with gpt2.autocast(device, cfg.precision):
+            new, _ = gpt2.generate(lm, q_tokens, q_mask, R, cfg.temperature, generator=gen)
+            tokens = torch.cat([q_tokens, new], 1)  # (B, T)
+            mask = torch.cat([q_mask, torch.ones_like(new, dtype=torch.bool)], 1)
+            (kl,) = forward_in_chunks(
+                lambda t, m: (
+                    gpt2.response_logprobs(lm, t, m, R, cfg.temperature)[0]
+                    - gpt2.response_logprobs(ref, t, m, R, cfg.temperature)[0],
+                ),
+                cfg,
+                tokens,
+                mask,
+            )  # (B, R)
+            truncated, valid = tasks.truncate_responses(new, task)
+            raw_tokens, raw_mask = gpt2.left_pad(raw, device=device)  # the raw query, as ppo.py
+            (score,) = forward_in_chunks(
+                lambda q, m, r: (reward_model.score(q, m, r),), cfg, raw_tokens, raw_mask, truncated
+            )
+        responses += [tasks.strip_pad(r) for r in truncated.tolist()]
+        scores.append(tasks.penalize(score.float(), valid, task).cpu())
+        kls.append(kl.sum(1).float().cpu())
     return responses, torch.cat(scores), torch.cat(kls)
 
 
@@ -454,7 +475,7 @@ def judge(
     t0 = time.time()
     run_dir = Path(run_dir)
     run = read_run(run_dir)
-    cfg = ppo.resolve_config({}, run)
+    cfg = SimpleNamespace(**run)  # config.json: the run's options, resolved when it started
     task = tasks.get_task(cfg.task)
     out = Path(out) if out else run_dir / "eval"
     # the held-out queries: those ppo.py's before/after numbers use
@@ -514,7 +535,7 @@ def judge(
         rm_path = Path(cfg.reward_model)
         if not rm_path.is_file() and (run_dir / "rm.pt").is_file():  # run moved, or another cwd
             rm_path = run_dir / "rm.pt"
-        rm = ppo.load_reward(str(rm_path), ref, device)
+        rm = runs.load_reward(str(rm_path), ref, device)
 
     # 1. sample one response per query from each side
     distinct = len({tuple(q) for q in queries})

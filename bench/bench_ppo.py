@@ -31,7 +31,9 @@ import torch
 import gpt2
 import ppo
 import reward
-from machinery import cli, tasks
+from machinery import cli, presets, tasks
+from machinery.microbatch import resolve_micro_batch_size
+from machinery.optim import make_adam
 
 
 def bench(cfg: ppo.Config) -> dict:
@@ -40,14 +42,14 @@ def bench(cfg: ppo.Config) -> dict:
     n_timed = cfg.bench_updates
     device = cli.pick_device(cfg.device)
     cfg.precision = gpt2.resolve_precision(cfg.precision, device)
-    cfg.micro_batch_size = ppo.resolve_micro_batch_size(cfg, device)
+    cfg.micro_batch_size = resolve_micro_batch_size(cfg, device)
     task = tasks.get_task(cfg.task)
     torch.manual_seed(cfg.seed)
     ref = gpt2.GPT2.from_config(cfg.model).to(device).eval().requires_grad_(False)
     reward_model = reward.RewardModel(copy.deepcopy(ref)).to(device).eval().requires_grad_(False)
     policy = ppo.make_policy(cfg, ref, reward_model)
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = ppo.make_adam(params, cfg.adam, lr=cfg.lr, eps=cfg.adam_eps)
+    optimizer = make_adam(params, cfg.adam, lr=cfg.lr, eps=cfg.adam_eps)
     step_seconds = []
 
     def sync():
@@ -127,7 +129,7 @@ def bench(cfg: ppo.Config) -> dict:
 
 
 def main(argv=None):
-    return bench(ppo.parse_args(argv))
+    return bench(presets.parse_args(ppo.Config, ppo.__doc__.split("\n\n")[1], argv))
 
 
 if __name__ == "__main__":

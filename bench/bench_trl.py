@@ -52,6 +52,7 @@ import ppo
 import reward
 from gpt2 import GPT2, PRESETS
 from machinery import cli, tasks
+from machinery.optim import make_adam
 
 PAD = 50256  # TRL's pad id (GPT-2's <|endoftext|>); the random queries never contain it
 
@@ -94,7 +95,7 @@ def our_update(b: BenchConfig, value_model: str, ref, rm, queries):
     task = tasks.get_task("sentiment")  # 64 + 24 tokens
     policy = ppo.make_policy(cfg, ref, rm)
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = ppo.make_adam(params, cfg.adam, lr=cfg.lr, eps=cfg.adam_eps)
+    optimizer = make_adam(params, cfg.adam, lr=cfg.lr, eps=cfg.adam_eps)
     sample_gen = torch.Generator().manual_seed(b.seed)
     shuffle_gen = torch.Generator().manual_seed(b.seed + 1)
 

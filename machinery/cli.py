@@ -35,10 +35,15 @@ from typing import Any, Callable
 
 def field_docs(cls) -> dict[str, str]:
     """Each dataclass field's docstring: the string literal right after it in the class source
-    (dataclasses drop them, so read them from the source), whitespace collapsed to one line."""
+    (dataclasses drop them, so read them from the source), whitespace collapsed to one line.
+    Inherited fields' come from the base class that declares them."""
+    docs = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            docs.update(field_docs(base))
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body
-    return {
+    return docs | {
         a.target.id: " ".join(b.value.value.split())
         for a, b in zip(body, body[1:])
         if isinstance(a, ast.AnnAssign)
@@ -75,6 +80,11 @@ def _scalar_type(f: dataclasses.Field, default):
     return _TYPES.get(name) or (type(default) if default is not None else str)
 
 
+def _title(cls) -> str:
+    """A --help group's title: the first line of the class docstring."""
+    return (cls.__doc__ or cls.__name__).strip().split(". ")[0].splitlines()[0].rstrip(".:")
+
+
 def add_dataclass_args(
     parser: argparse.ArgumentParser,
     cls,
@@ -89,24 +99,37 @@ def add_dataclass_args(
     positional: fields taken as optional positional arguments instead of flags.
     only_given: flags not given stay out of the namespace (argparse.SUPPRESS), so a caller can
       layer them over other defaults (ppo.py's resolve_config).
-    flat: nested fields whose own fields get flags without the `<name>.` prefix."""
+    flat: nested fields whose own fields get flags without the `<name>.` prefix.
+    A config built from several dataclasses (ppo.py's) gets a --help group per class, titled by
+    its docstring, the class's own fields first; a nested dataclass gets a group of its own."""
     docs = field_docs(cls)
+    groups = {}
+    if not prefix and len([b for b in cls.__mro__ if dataclasses.is_dataclass(b)]) > 1:
+        for base in cls.__mro__:
+            own = getattr(base, "__annotations__", {}) if "__annotations__" in vars(base) else {}
+            if dataclasses.is_dataclass(base) and own:
+                group = parser.add_argument_group(_title(base))
+                groups.update({name: group for name in own if name not in groups})
     for f in dataclasses.fields(cls):
         default = _default(f)
         dest = prefix + f.name
         if dataclasses.is_dataclass(default):
             sub_prefix = prefix if f.name in flat else dest + "."
-            add_dataclass_args(parser, type(default), sub_prefix, only_given=only_given)
+            sub = parser
+            if groups:
+                sub = parser.add_argument_group(f"{_title(type(default))} (--{dest}.*)")
+            add_dataclass_args(sub, type(default), sub_prefix, only_given=only_given)
             continue
+        target = groups.get(f.name, parser)
         helptext = docs.get(f.name, "")
         shown = f" (default: {default!r})" if default not in ("", []) else ""
         unset = argparse.SUPPRESS if only_given else default
         if f.name in positional:
-            parser.add_argument(dest, nargs="?", default=unset, help=helptext)
+            target.add_argument(dest, nargs="?", default=unset, help=helptext)
             continue
         flag = "--" + dest.replace("_", "-")
         if isinstance(default, bool):
-            parser.add_argument(
+            target.add_argument(
                 flag,
                 dest=dest,
                 action=argparse.BooleanOptionalAction,
@@ -115,7 +138,7 @@ def add_dataclass_args(
             )
         elif isinstance(default, list):
             # `--x a b` and `--x a --x b` both give [a, b]; the default list is never mutated
-            parser.add_argument(
+            target.add_argument(
                 flag,
                 dest=dest,
                 nargs="+",
@@ -125,7 +148,7 @@ def add_dataclass_args(
                 help=helptext + shown,
             )
         else:
-            parser.add_argument(
+            target.add_argument(
                 flag,
                 dest=dest,
                 type=_scalar_type(f, default),

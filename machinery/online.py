@@ -67,7 +67,7 @@ import torch
 
 import gpt2
 import reward
-from machinery import cli, labels, tasks
+from machinery import cli, comparisons, dist, labels, tasks
 
 WIN_RATE_WINDOW = 50  # validation labels in the "recent" win rate (the newest ones)
 POLL_SECONDS = 0.5  # how often a waiting run looks for new labels
@@ -156,7 +156,7 @@ def sample_comparison_tokens(
     max_rounds: int = 10,
 ) -> list[list[list[int]]]:  # fmt: skip
     """Candidate responses (token lists, truncated at the stop token) for each raw query; item i's
-    candidate j comes from the model slots[i][j]. As reward.sample_comparisons, a response without
+    candidate j comes from the model slots[i][j]. As sample_comparisons, a response without
     the task's stop token is drawn again (up to max_rounds); one still without it after that is
     kept whole (so every query gets its candidates and the query stream stays one query per item).
     Deterministic given `seed`."""
@@ -178,7 +178,7 @@ def sample_comparison_tokens(
             ]
             if not todo:
                 continue
-            responses = reward.sample_responses(
+            responses = comparisons.sample_responses(
                 model, task, [queries[i] for i, _ in todo], gen, device
             )
             truncated, valid = tasks.truncate_responses(responses, task)
@@ -334,6 +334,30 @@ class LabelReader:
 
 # --------------------------------------------------------------------------------------------------
 # The run's online side
+
+
+@dataclasses.dataclass
+class Options:
+    """online label collection: labels of the current policy's samples during RL"""
+
+    online: bool = False
+    """collect labels during RL on the current policy's samples and retrain the reward model on
+    them (machinery/online.py; the paper's summarization setting); off: one reward model from ρ's
+    samples, frozen (the released code)"""
+    labels_total: int = 4992
+    """--online: labels over the whole run, N; after n of E episodes the run has l(n) = N0 + (N -
+    N0)·(1 - (1 - n/E)²)"""
+    labels_initial: int = 1248
+    """--online: labels of ρ's samples before RL, N0 (the first reward model's)"""
+    rm_trainings: int = 20
+    """--online: reward model trainings in all (the paper: 20), at evenly spaced label counts
+    from N0; each from ρ with a fresh head on all labels so far, re-normalized"""
+    validation_every: int = 8
+    """--online: every k-th comparison during RL holds 2 samples of ρ and 2 of π (π's win rate
+    over ρ; also training labels); 0: none"""
+    max_label_lag: int = 0
+    """--online: updates PPO may go on with the old reward model when the labels a retraining
+    needs have not arrived; then it waits for them"""
 
 
 @dataclasses.dataclass
@@ -724,6 +748,30 @@ class Online:
             win_n=wr["n"],
             reward_model=str(self.rm_path),
         )
+
+
+def start(cfg, run_dir: Path, ref, device, labeler_name: str) -> tuple[Online, object]:
+    """ppo.py --online's one call: the queue, the labels and the first reward model (it waits for
+    its labels). cfg is ppo.Config; returns (the Online, the first reward model)."""
+    if cfg.reward_model:
+        raise SystemExit("error: --online trains its own reward models; drop --reward-model")
+    if dist.world_size > 1:  # [dist] the queue and its labels have one writer
+        raise SystemExit("error: --online runs in one process; start it without torchrun")
+    n_updates = math.ceil(cfg.total_episodes / cfg.batch_size)
+    settings = Settings(
+        **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(Settings)
+           if f.name not in ("labeler", "n_updates")},
+        labeler=cfg.labeler or labeler_name, n_updates=n_updates,
+    )  # fmt: skip
+    # config.json before the queue: label_tool.py --follow tells an online run by its "online":
+    # true, and a run killed from here on can be resumed (a resumed run keeps its own until
+    # Online has checked the flags against its state.json)
+    check_fresh(run_dir, bool(cfg.resume))
+    if not cfg.resume:
+        config = json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"
+        cli.atomic_write(Path(run_dir) / "config.json", config)
+    run = Online(settings, run_dir, ref, device, resume=bool(cfg.resume))
+    return run, run.start()
 
 
 def check_fresh(run_dir: Path, resume: bool):

@@ -37,6 +37,7 @@ replaced.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -94,3 +95,13 @@ def make_adam(params, adam: str, lr: float, eps: float) -> torch.optim.Optimizer
     if adam == "torch":
         return torch.optim.Adam(params, lr=lr, eps=eps)
     raise ValueError(f"--adam {adam!r}: use 'tf' or 'torch'")
+
+
+@dataclass
+class AdamOptions:
+    """Adam"""
+
+    adam: str = "tf"
+    """'tf': TF1 epsilon placement as the released code (AdamTF); 'torch': torch.optim.Adam"""
+    adam_eps: float = 1e-5
+    """Adam epsilon (TF1 AdamOptimizer(epsilon=1e-5) in the released code)"""

@@ -3,11 +3,11 @@ configuration precedence (defaults < task < tiny < resumed config < flags) on a 
 
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import pytest
 
-from machinery import cli
+from machinery import cli, presets
 
 
 @dataclass
@@ -127,23 +127,27 @@ def test_ppo_precedence_task_tiny_resumed_flags():
     import ppo
 
     # 1 < 2: the task's defaults beat Config's (tldr: lr 2e-6, batch 32, fixed β 0.03)
-    cfg = ppo.resolve_config({"task": "tldr"})
+    cfg = presets.resolve_config(ppo.Config, {"task": "tldr"})
     assert (cfg.lr, cfg.batch_size, cfg.kl_coef, cfg.adaptive_kl) == (2e-6, 32, 0.03, False)
     assert cfg.temperature == 0.7 and cfg.rm.lr == 5e-5 and cfg.rm.num_comparisons == 4992
     # 2 < 3: tiny beats the task (lr 2e-4), and reaches into the nested reward-model options;
     # what tiny leaves alone keeps the task's value (kl_coef)
-    cfg = ppo.resolve_config({"task": "tldr", "model": "tiny"})
+    cfg = presets.resolve_config(ppo.Config, {"task": "tldr", "model": "tiny"})
     assert (cfg.lr, cfg.kl_coef, cfg.rm.lr, cfg.rm.epochs) == (2e-4, 0.03, 3e-4, 8)
     assert cfg.run_dir.endswith("tldr-tiny-s1") and cfg.name == "tldr-tiny-s1"
     # 3 < 5: flags beat tiny, nested ones too
-    cfg = ppo.resolve_config({"model": "tiny", "lr": 1e-4, "rm.epochs": 2})
+    cfg = presets.resolve_config(ppo.Config, {"model": "tiny", "lr": 1e-4, "rm.epochs": 2})
     assert (cfg.lr, cfg.rm.epochs, cfg.rm.lr) == (1e-4, 2, 3e-4)
     # 4 < 5: a resumed run's config.json beats defaults, task and tiny; its stop_after is dropped;
     # the flags given now beat it; the run stays in its folder
-    saved = ppo.asdict(ppo.resolve_config({"model": "tiny", "lr": 1e-4, "stop_after": 2}))
+    saved = asdict(
+        presets.resolve_config(ppo.Config, {"model": "tiny", "lr": 1e-4, "stop_after": 2})
+    )
     saved["rm"]["lr"] = 7e-4
     saved["kl_coef"] = 0.5
-    cfg = ppo.resolve_config({"resume": "/runs/r1", "kl_coef": 0.25, "seed": 3}, saved)
+    cfg = presets.resolve_config(
+        ppo.Config, {"resume": "/runs/r1", "kl_coef": 0.25, "seed": 3}, saved
+    )
     assert (cfg.lr, cfg.rm.lr, cfg.kl_coef, cfg.seed, cfg.stop_after) == (1e-4, 7e-4, 0.25, 3, 0)
     assert cfg.run_dir == "/runs/r1" and cfg.name == "sentiment-tiny-s1"  # the saved name
 
@@ -152,7 +156,7 @@ def test_ppo_help_shows_precedence_and_nested_reward_flags(capsys):
     import ppo
 
     with pytest.raises(SystemExit):
-        ppo.parse_args(["--help"])
+        ppo.main(["--help"])
     out = capsys.readouterr().out
     assert "later wins" in out and "resolve_config" in out
     for flag in [
@@ -164,4 +168,4 @@ def test_ppo_help_shows_precedence_and_nested_reward_flags(capsys):
     ]:
         assert flag in out, flag
     with pytest.raises(SystemExit, match="unknown option.*rm_lr"):
-        ppo.resolve_config({"resume": "/runs/old"}, {"rm_lr": 1e-4})
+        presets.resolve_config(ppo.Config, {"resume": "/runs/old"}, {"rm_lr": 1e-4})

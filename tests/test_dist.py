@@ -18,6 +18,7 @@ import torch
 
 import gpt2
 from machinery import dist
+from machinery.optim import AdamTF
 
 REAL_GENERATE = gpt2.generate
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,13 +199,14 @@ import sys
 sys.path.insert(0, "tests")
 import ppo
 from machinery import dist
+from machinery.optim import AdamTF
 from test_dist import make_setup
 dist.init("cpu")
 ref, policy, cfg = make_setup()
 saved = torch.load({str(tmp_path / "batch.pt")!r}, weights_only=False)
 policy.load_state_dict(saved["policy"])
 batch = {{k: dist.shard(v) for k, v in saved["batch"].items()}}  # this rank's 4 rows
-opt = ppo.AdamTF(policy.parameters(), lr=cfg.lr)
+opt = AdamTF(policy.parameters(), lr=cfg.lr)
 shuffle_gen = torch.Generator().manual_seed(100 + dist.rank)
 stats = ppo.ppo_update(policy, opt, batch, cfg, batch["rewards"].size(1), shuffle_gen, "cpu")
 result = dict(
@@ -223,7 +225,7 @@ dist.finish()
         p0, p1 = (torch.randperm(4, generator=g) for g in local)
         perms.append(torch.cat([torch.cat([p0[m : m + 2], p1[m : m + 2] + 4]) for m in (0, 2)]))
     monkeypatch.setattr(torch, "randperm", lambda n, generator=None: perms.pop(0))
-    opt = ppo.AdamTF(policy.parameters(), lr=cfg.lr)
+    opt = AdamTF(policy.parameters(), lr=cfg.lr)
     R = batch["rewards"].size(1)
     stats = ppo.ppo_update(policy, opt, batch, cfg, R, torch.Generator(), "cpu")
     assert not perms  # one permutation per epoch was used
@@ -345,10 +347,11 @@ def test_torchrun_reward_train(tmp_path):
     written by rank 0, and its log once."""
     import reward
     from machinery import labels, tasks
+    from machinery.comparisons import label_comparisons, sample_comparisons
 
-    rows = reward.sample_comparisons(tasks.load_base_model("tiny"), "sentiment", 13, n_samples=2)
+    rows = sample_comparisons(tasks.load_base_model("tiny"), "sentiment", 13, n_samples=2)
     labels_path = tmp_path / "labels.jsonl"
-    labels.write_comparisons(labels_path, reward.label_comparisons(rows, "sentiment"))
+    labels.write_comparisons(labels_path, label_comparisons(rows, "sentiment"))
     out = tmp_path / "rm.pt"
     log = tmp_path / "log.txt"
     proc = torchrun(

@@ -16,6 +16,8 @@ import gpt2
 import ppo
 import reward
 from machinery import tasks
+from machinery.microbatch import resolve_micro_batch_size
+from machinery.optim import AdamTF
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,7 +66,7 @@ def test_ppo_update_under_bf16_autocast(monkeypatch):
     for k in ("logprobs", "ref_logprobs", "values", "scores", "rewards"):
         assert batch[k].dtype == torch.float32 and torch.isfinite(batch[k]).all(), k
     matmuls = bf16_matmuls(policy)
-    opt = ppo.AdamTF(policy.parameters(), lr=1e-3)
+    opt = AdamTF(policy.parameters(), lr=1e-3)
     stats = ppo.ppo_update(policy, opt, batch, cfg, R, torch.Generator().manual_seed(0), "cpu")
     assert matmuls and set(matmuls) == {torch.bfloat16}
     assert losses and all(
@@ -96,7 +98,7 @@ def test_reward_model_step_under_bf16_autocast(monkeypatch):
     rm = reward.RewardModel(copy.deepcopy(lm))
     matmuls = bf16_matmuls(rm)
     before = {n: p.detach().clone() for n, p in rm.named_parameters()}
-    opt = reward.AdamTF(rm.parameters(), lr=1e-3)
+    opt = AdamTF(rm.parameters(), lr=1e-3)
     loss, accuracy = reward.train_step(rm, opt, rows, "cpu", precision="bf16")
     assert matmuls and set(matmuls) == {torch.bfloat16}
     assert losses
@@ -128,7 +130,7 @@ def inject_oom(monkeypatch, calls: set[int]):
 
 def run_update(policy, cfg, batch, R):
     policy = copy.deepcopy(policy)
-    opt = ppo.AdamTF(policy.parameters(), lr=1e-3)
+    opt = AdamTF(policy.parameters(), lr=1e-3)
     stats = ppo.ppo_update(policy, opt, batch, cfg, R, torch.Generator().manual_seed(0), "cpu")
     return policy, stats
 
@@ -203,10 +205,10 @@ def test_micro_batch_size_auto():
     """auto: the minibatch on CUDA (the first out-of-memory error then halves it), on the CPU the
     minibatch capped at 64."""
     cfg = ppo.Config(batch_size=512, nminibatches=2, micro_batch_size="auto")
-    assert ppo.resolve_micro_batch_size(cfg, "cuda") == 256
-    assert ppo.resolve_micro_batch_size(cfg, "cpu") == 64
+    assert resolve_micro_batch_size(cfg, "cuda") == 256
+    assert resolve_micro_batch_size(cfg, "cpu") == 64
     cfg = ppo.Config(batch_size=32, nminibatches=2, micro_batch_size="auto")
-    assert ppo.resolve_micro_batch_size(cfg, "cpu") == 16
+    assert resolve_micro_batch_size(cfg, "cpu") == 16
 
 
 def dataclasses_replace(cfg, **changes):

@@ -2,6 +2,7 @@
 on `tiny`, resume and bad input. The math tests run in milliseconds; the pipeline tests share one
 small run (module-scoped fixture)."""
 
+import dataclasses
 import json
 import math
 
@@ -9,6 +10,8 @@ import pytest
 import torch
 
 import ppo
+from machinery import runs
+from machinery.optim import AdamTF
 
 # --------------------------------------------------------------------------------------------------
 # The math, on hand-worked numbers
@@ -111,7 +114,7 @@ def test_adam_tf_epsilon_outside_bias_correction():
     # torch: update = g / (g + ε) = 1e-4 / 1.1e-4 = 0.909091
     g, eps = 1e-4, 1e-5
     for cls, expected in [
-        (ppo.AdamTF, math.sqrt(1e-3) * g / (math.sqrt(1e-3) * g + eps)),
+        (AdamTF, math.sqrt(1e-3) * g / (math.sqrt(1e-3) * g + eps)),
         (torch.optim.Adam, g / (g + eps)),
     ]:
         p = torch.nn.Parameter(torch.zeros(1))
@@ -122,7 +125,7 @@ def test_adam_tf_epsilon_outside_bias_correction():
     # later steps follow TF's update with the step count t: compare 3 steps against the formula
     # written out
     p = torch.nn.Parameter(torch.zeros(1))
-    opt = ppo.AdamTF([p], lr=0.1, eps=eps)
+    opt = AdamTF([p], lr=0.1, eps=eps)
     m = v = theta = 0.0
     for t, grad in enumerate([1e-4, -3e-4, 2e-5], start=1):
         p.grad = torch.tensor([grad])
@@ -192,7 +195,7 @@ def test_first_minibatch_ratio_exactly_one_and_penalty_in_rollout():
     truncated, valid = tasks.truncate_responses(batch["responses"], task)
     assert torch.equal(truncated, batch["truncated"]) and torch.equal(valid, batch["valid"])
 
-    opt = ppo.AdamTF(policy.parameters(), lr=1e-3)
+    opt = AdamTF(policy.parameters(), lr=1e-3)
     stats = ppo.ppo_update(policy, opt, batch, cfg, R, torch.Generator().manual_seed(0), "cpu")
     E, M, U = stats["ppo/policy/approxkl"].shape
     assert (E, M, U) == (4, 2, 2)
@@ -219,7 +222,7 @@ def test_value_model_from_reward_starts_at_the_normalized_score():
     with torch.no_grad():
         rm.reward_gain.fill_(2.0)
         rm.reward_bias.fill_(-0.5)
-    policy = ppo.policy_with_reward_value(ref, rm)
+    policy = ppo.make_policy(dataclasses.replace(cfg, value_model="reward"), ref, rm)
     tokens, mask = gpt2.left_pad(queries)
     R = 3
     with torch.no_grad():
@@ -375,7 +378,7 @@ def test_rng_state_is_plain_and_round_trips(tmp_path):
     sample, shuffle = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
     np.random.normal()  # a cached Gaussian in numpy's state
     random.gauss(0, 1)  # and in Python's
-    torch.save(ppo.rng_state(sample, shuffle), tmp_path / "rng.pt")
+    torch.save(runs.rng_state(sample, shuffle), tmp_path / "rng.pt")
     draws = lambda: (  # noqa: E731
         torch.rand(3, generator=sample).tolist(),
         torch.rand(3, generator=shuffle).tolist(),
@@ -384,7 +387,7 @@ def test_rng_state_is_plain_and_round_trips(tmp_path):
         [random.random(), random.gauss(0, 1)],
     )
     first = draws()
-    ppo.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True), sample, shuffle)
+    runs.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True), sample, shuffle)
     assert draws() == first
 
 
