@@ -32,12 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import os
-import shutil
-import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +42,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 import gpt2_kernels  # attention and token log-probs: Triton kernels or PyTorch (imports no triton)
-from machinery import cli
+from machinery import cli, hf, tiny
 
 # OpenAI's padding id in label files (n_vocab + 2, "for historical reasons"); never fed to the model
 PAD_ID = 50259
@@ -96,11 +91,6 @@ PRESETS = {
     # 7.0M params (6.4M of them the embedding), tests and CPU demos
     "tiny": GPT2Config(n_layer=2, n_head=4, n_embd=128),
 }
-
-HUB_REPOS = {
-    name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-}
-
 
 # MLP activations by their transformers name (ACT2FN). GPT-2's gelu_new is the tanh approximation;
 # gelu_pytorch_tanh and gelu_fast compute the same function by other formulas (equal to ~1e-7).
@@ -430,392 +420,40 @@ class GPT2(nn.Module):
         """Load GPT-2 from a Hugging Face layout directory (config.json + model.safetensors or
         pytorch_model.bin), a ppo.py run folder (its policy/), or a hub name (gpt2, gpt2-medium,
         gpt2-large, gpt2-xl, openai-community/...), downloaded once into the standard Hugging Face
-        cache."""
-        folder = resolve_checkpoint(name_or_dir)
-        config = read_hf_config(folder / "config.json")
-        config.use_kernels = use_kernels
-        state = read_hf_weights(folder)
+        cache; or "tiny": PRESETS["tiny"] fitted once to the shipped passages and cached on disk
+        (machinery/tiny.py). The files are read and checked by machinery/hf.py: ValueError for an
+        unknown name or a config or tensor GPT-2 cannot match, FileNotFoundError for a missing
+        file, RuntimeError for a failed download."""
+        if name_or_dir == "tiny":
+            model = tiny.load(cls, PRESETS["tiny"], encode, EOT_ID, use_kernels)
+            return model.to(device=device, dtype=dtype).eval()
+        folder = hf.resolve_checkpoint(name_or_dir)
+        config = read_config(folder, use_kernels)
+        state = hf.read_hf_weights(folder)
         with torch.device("meta"):  # no point initializing weights that are about to be overwritten
             model = cls(config)
-        model.load_state_dict(
-            checkpoint_to_state_dict(state, model, folder), strict=True, assign=True
+        state = hf.checkpoint_to_state_dict(
+            state, model.state_dict(), config.tie_word_embeddings, folder
         )
+        model.load_state_dict(state, strict=True, assign=True)
         return model.to(device=device, dtype=dtype).eval()
 
 
-def resolve_checkpoint(name_or_dir: str) -> Path:
-    """A local directory, or a hub name downloaded (once, with a progress bar) into the Hugging
-    Face cache."""
-    path = Path(name_or_dir).expanduser()
-    if path.is_dir():
-        # whole or sharded weights (WEIGHT_FILES); a run folder has none of its own, only policy/
-        has_weights = any((path / f).is_file() for pair in WEIGHT_FILES for f in pair)
-        if not has_weights and (path / "policy" / "config.json").is_file():
-            return path / "policy"  # a ppo.py run folder: its exported policy
-        return path
-    repo = HUB_REPOS.get(
-        name_or_dir, name_or_dir if name_or_dir.startswith("openai-community/") else None
-    )
-    if repo is None and name_or_dir in PRESETS:
-        raise ValueError(
-            f"{name_or_dir!r} is a preset with no released weights: use "
-            f"GPT2.from_config({name_or_dir!r}) for random weights, or "
-            f"tasks.load_base_model({name_or_dir!r}) for the tiny model fitted to the shipped "
-            f"passages"
-        )
-    if repo is None:
-        raise ValueError(
-            f"no such model {name_or_dir!r}: give a directory holding config.json and the weights "
-            f"(model.safetensors or pytorch_model.bin, whole or sharded), or one of "
-            f"{', '.join(HUB_REPOS)} (or 'openai-community/<name>')"
-        )
-    # the standard cache: users who have GPT-2 don't download it again
-    from huggingface_hub import snapshot_download
-
-    files = ["config.json", "model.safetensors"]
-    try:
-        return Path(snapshot_download(repo, allow_patterns=files, local_files_only=True))
-    except Exception:
-        pass  # not cached yet
-    try:
-        print(f"downloading {repo} into the Hugging Face cache (once)...", file=sys.stderr)
-        return Path(snapshot_download(repo, allow_patterns=files))
-    except Exception as e:
-        raise RuntimeError(
-            f"could not download {repo!r} ({type(e).__name__}: {e}). Without network access, copy "
-            f"a checkpoint directory (config.json + model.safetensors) here and pass its path to "
-            f"--model."
-        ) from None
-
-
-# Every key of a Hugging Face GPT-2 config.json (transformers' GPT2Config, its base class's keys,
-# and the older keys the hub's configs still carry), with what loading does with it. transformers'
-# GPT-2 reads no other key, so a key outside this table changes nothing there either; we warn
-# about it anyway. tests/test_gpt2.py checks the table covers transformers' GPT2Config and that
-# every verdict holds against transformers' logits.
-IMPLEMENTED = "implemented"
-HF_CONFIG_KEYS = {
-    # the architecture: read into GPT2Config
-    "n_layer": IMPLEMENTED,
-    "n_head": IMPLEMENTED,
-    "n_embd": IMPLEMENTED,
-    "n_positions": IMPLEMENTED,
-    "n_ctx": IMPLEMENTED + " (the old name of n_positions, used when n_positions is absent)",
-    "layer_norm_epsilon": IMPLEMENTED,
-    "n_inner": IMPLEMENTED,
-    "activation_function": IMPLEMENTED + " (the names in ACTIVATIONS; any other is refused)",
-    "scale_attn_weights": IMPLEMENTED,
-    "scale_attn_by_inverse_layer_idx": IMPLEMENTED,
-    "tie_word_embeddings": IMPLEMENTED,
-    "vocab_size": "refused unless 50257: the tokenizer, PAD_ID and the label files assume GPT-2's"
-    " vocabulary",
-    "add_cross_attention": "refused if true: cross-attention blocks belong to an encoder-decoder"
-    " model, whose encoder this project does not have",
-    "quantization_config": "refused: quantized weights are not GPT-2's tensors",
-    "model_type": "refused unless 'gpt2'",
-    # same logits whatever the value
-    "reorder_and_upcast_attn": "ignored: an order of operations for mixed precision (transformers'"
-    " eager path only); the same function",
-    "resid_pdrop": "ignored: dropout, off at inference; this project never uses dropout, as"
-    " lm-human-preferences",
-    "embd_pdrop": "ignored: dropout (see resid_pdrop)",
-    "attn_pdrop": "ignored: dropout (see resid_pdrop)",
-    "summary_first_dropout": "ignored: dropout of GPT2DoubleHeadsModel's multiple-choice head",
-    "summary_type": "ignored: GPT2DoubleHeadsModel's multiple-choice head, not the LM",
-    "summary_use_proj": "ignored: GPT2DoubleHeadsModel's multiple-choice head, not the LM",
-    "summary_activation": "ignored: GPT2DoubleHeadsModel's multiple-choice head, not the LM",
-    "summary_proj_to_labels": "ignored: GPT2DoubleHeadsModel's multiple-choice head, not the LM",
-    "initializer_range": "ignored: initialization only",
-    "use_cache": "ignored: speed only (generate always uses a KV cache)",
-    "bos_token_id": "ignored: transformers' generate settings; we use GPT-2's <|endoftext|>",
-    "eos_token_id": "ignored: transformers' generate settings; we use GPT-2's <|endoftext|>",
-    "pad_token_id": "ignored: used by transformers' classification heads; we mask pads ourselves",
-    "task_specific_params": "ignored: transformers' pipeline defaults",
-    "architectures": "ignored: which transformers class saved it; the GPT-2 tensors are the same",
-    "dtype": "ignored: storage dtype; from_pretrained's dtype argument decides",
-    "torch_dtype": "ignored: storage dtype (older name of dtype)",
-    "transformers_version": "ignored: bookkeeping",
-    "_name_or_path": "ignored: bookkeeping",
-    "id2label": "ignored: classification heads only",
-    "label2id": "ignored: classification heads only",
-    "problem_type": "ignored: classification heads only",
-    "return_dict": "ignored: transformers' output format",
-    "output_attentions": "ignored: transformers' output format",
-    "output_hidden_states": "ignored: transformers' output format",
-    "chunk_size_feed_forward": "ignored: GPT-2's code does not read it",
-    "is_encoder_decoder": "ignored: GPT-2's code does not read it (add_cross_attention decides)",
-}
-HF_CONFIG_ALIASES = {  # transformers' GPT2Config.attribute_map: other names for the same keys
-    "hidden_size": "n_embd",
-    "num_attention_heads": "n_head",
-    "num_hidden_layers": "n_layer",
-    "max_position_embeddings": "n_positions",
-}
-
-
-def read_hf_config(path: Path) -> GPT2Config:
-    """GPT2Config from a Hugging Face config.json. A key that would make transformers compute
-    something other than what we compute is refused with a message naming it (HF_CONFIG_KEYS)."""
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: missing; a checkpoint directory needs config.json next to its weights"
-        )
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-    if raw.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"{path}: model_type is {raw['model_type']!r}, expected 'gpt2'")
-    for alias, key in HF_CONFIG_ALIASES.items():
-        if alias in raw and key not in raw:
-            raw[key] = raw[alias]
-
-    def refuse(key, why):
-        raise ValueError(f"{path}: {key} = {raw[key]!r} {why}; this GPT-2 cannot match it")
-
-    if raw.get("vocab_size", 50257) != 50257:
-        refuse("vocab_size", "(GPT-2's tokenizer has 50257 tokens)")
-    if raw.get("add_cross_attention", False):
-        refuse("add_cross_attention", "(cross-attention needs an encoder)")
-    if raw.get("quantization_config") is not None:
-        refuse("quantization_config", "(quantized weights)")
-    if raw.get("activation_function", "gelu_new") not in ACTIVATIONS:
-        refuse("activation_function", f"(supported: {', '.join(ACTIVATIONS)})")
-    unknown = sorted(set(raw) - set(HF_CONFIG_KEYS) - set(HF_CONFIG_ALIASES))
-    if unknown:
-        warnings.warn(f"{path}: keys GPT-2 does not read, ignored: {', '.join(unknown)}")
-    try:
-        config = GPT2Config(
-            n_layer=int(raw["n_layer"]),
-            n_head=int(raw["n_head"]),
-            n_embd=int(raw["n_embd"]),
-            n_positions=int(raw.get("n_positions", raw.get("n_ctx", 1024))),
-            layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)),
-            n_inner=None if raw.get("n_inner") is None else int(raw["n_inner"]),
-            activation_function=raw.get("activation_function", "gelu_new"),
-            scale_attn_weights=bool(raw.get("scale_attn_weights", True)),
-            scale_attn_by_inverse_layer_idx=bool(raw.get("scale_attn_by_inverse_layer_idx", False)),
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", True)),
-        )
-    except KeyError as e:
-        raise ValueError(f"{path}: missing key {e.args[0]!r}; not a GPT-2 config") from None
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: a size is not a number ({e})") from None
-    if config.n_embd % config.n_head:
-        raise ValueError(
-            f"{path}: n_embd = {config.n_embd} is not divisible by n_head = {config.n_head}"
-        )
-    return config
-
-
-# The weight files of a Hugging Face checkpoint directory, in transformers' order of preference:
-# (single file, index of a sharded one). safetensors first: it holds tensors only.
-WEIGHT_FILES = (
-    ("model.safetensors", "model.safetensors.index.json"),
-    ("pytorch_model.bin", "pytorch_model.bin.index.json"),
-)
-
-
-def read_hf_weights(folder: Path) -> dict:
-    """The raw tensors of a checkpoint directory: model.safetensors, pytorch_model.bin, or either
-    sharded (model-0000N-of-0000M.safetensors + model.safetensors.index.json, the same for .bin).
-
-    Each file is read by huggingface_hub's load_state_dict_from_file, the loader transformers
-    itself builds on: it picks the safetensors reader or torch.load by file type, always with
-    weights_only=True, so a .bin can hold tensors and plain containers only, never code. (Its
-    load_torch_model would also walk the index, but loads into a module with names matching
-    exactly; ours come with or without the 'transformer.' prefix, so we walk the index here.)"""
-    from huggingface_hub import load_state_dict_from_file
-
-    for single, index in WEIGHT_FILES:
-        if (folder / single).is_file():
-            files = [folder / single]
-            break
-        if (folder / index).is_file():
-            files = shard_files(folder / index)
-            break
-    else:
-        names = ", ".join(n for pair in WEIGHT_FILES for n in pair)
-        raise FileNotFoundError(f"{folder}: no weights; expected one of {names}")
-    state = {}
-    for f in files:
-        try:
-            state.update(
-                load_state_dict_from_file(
-                    f, map_location="cpu", weights_only=True, safe=f.suffix == ".safetensors"
-                )
-            )
-        except Exception as e:
-            raise ValueError(
-                f"{f}: cannot read ({e}); the file is damaged, truncated or not a weights file"
-            ) from None
-    return state
-
-
-def shard_files(index: Path) -> list[Path]:
-    """The shard files a *.index.json names (its weight_map values), each checked to be a plain
-    file name next to the index with the index's file type."""
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        names = sorted(set(weight_map.values()))
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(
-            f"{index}: not a shard index ({type(e).__name__}: {e}); expected a JSON object with "
-            f"a 'weight_map' of tensor name -> shard file"
-        ) from None
-    kind = ".safetensors" if index.name.startswith("model.safetensors") else ".bin"
-    out = []
-    for name in names:
-        if not isinstance(name, str) or Path(name).name != name or not name.endswith(kind):
-            raise ValueError(f"{index}: shard {name!r} is not a {kind} file name in this folder")
-        if not (index.parent / name).is_file():
-            raise FileNotFoundError(f"{index}: names shard {name}, which is missing; download it")
-        out.append(index.parent / name)
-    return out
-
-
-def checkpoint_to_state_dict(state: dict, model: GPT2, folder: Path) -> dict:
-    """Map checkpoint names onto ours (the same names and layouts); every tensor's presence and
-    shape checked."""
-    # names come with or without the 'transformer.' prefix; attn.bias / masked_bias are old
-    # causal-mask buffers
-    state = {k.removeprefix("transformer."): v for k, v in state.items()}
-    state = {
-        k: v
-        for k, v in state.items()
-        if not k.endswith(("attn.bias", "attn.masked_bias")) or ".c_" in k
-    }
-    out = {}
-    for name, param in model.state_dict().items():
-        key = name.removeprefix("transformer.")
-        if key not in state:
-            raise ValueError(
-                f"{folder}: tensor {key!r} is missing from the checkpoint; "
-                f"is it a GPT-2 checkpoint?"
-            )
-        t = state.pop(key)
-        if tuple(t.shape) != tuple(param.shape):
-            raise ValueError(
-                f"{folder}: tensor {key!r} has shape {tuple(t.shape)}, expected "
-                f"{tuple(param.shape)} for this config"
-            )
-        out[name] = t.contiguous()
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)  # tied to wte (transformers ignores it too)
-    if state:
-        warnings.warn(f"{folder}: ignoring tensors not in GPT-2: {', '.join(sorted(state)[:5])}")
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Saving: the Hugging Face layout, written atomically
-
-
-def hf_config(config: GPT2Config) -> dict:
-    """config.json as transformers' GPT2LMHeadModel reads it. Fixed keys, sorted on write, so the
-    same model always gives the same bytes. Dropout values are GPT-2's released ones (we never use
-    dropout, but someone fine-tuning the export with transformers gets GPT-2's defaults)."""
-    return {
-        "activation_function": "gelu_new",  # the tanh approximation, as our MLP
-        "architectures": ["GPT2LMHeadModel"],
-        "attn_pdrop": 0.1,
-        "bos_token_id": EOT_ID,
-        "embd_pdrop": 0.1,
-        "eos_token_id": EOT_ID,
-        "layer_norm_epsilon": config.layer_norm_epsilon,
-        "model_type": "gpt2",
-        "n_ctx": config.n_positions,
-        "n_embd": config.n_embd,
-        "n_head": config.n_head,
-        "n_inner": None,  # 4 * n_embd
-        "n_layer": config.n_layer,
-        "n_positions": config.n_positions,
-        "resid_pdrop": 0.1,
-        "tie_word_embeddings": True,  # the LM head is wte: no lm_head.weight in the file
-        "vocab_size": config.vocab_size,
-    }
-
-
-def write_safetensors(tensors: dict, path) -> None:
-    """Write tensors to a .safetensors file durably and atomically: a temporary file, fsync,
-    rename. safetensors lays tensors out in a fixed order (by dtype, then name) and the header
-    holds only {"format": "pt"} (what transformers expects), so equal tensors give equal bytes."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(
-        {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-        str(tmp),
-        metadata={"format": "pt"},
-    )
-    os.chmod(tmp, 0o644)  # safetensors creates it private (0600); a model is made to be shared
-    _fsync(tmp)
-    os.replace(tmp, path)
-    _fsync(path.parent)
-
-
-def _fsync(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two directories in one atomic step (Linux renameat2 with RENAME_EXCHANGE). False
-    where the OS or file system cannot (then the caller swaps with two renames)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):  # a libc without it (glibc < 2.28, musl)
-        return False
-    AT_FDCWD, RENAME_EXCHANGE = -100, 2
-    return renameat2(AT_FDCWD, bytes(a), AT_FDCWD, bytes(b), RENAME_EXCHANGE) == 0
+def read_config(name_or_dir, use_kernels: str = "auto") -> GPT2Config:
+    """The GPT2Config of a checkpoint (a folder, a ppo.py run folder or a hub name, as
+    from_pretrained takes), from its config.json alone (machinery/hf.py::read_hf_config)."""
+    path = hf.resolve_checkpoint(name_or_dir) / "config.json"
+    return GPT2Config(**hf.read_hf_config(path, ACTIVATIONS), use_kernels=use_kernels)
 
 
 def save_pretrained(model: GPT2, folder) -> Path:
     """Write model to `folder` in the Hugging Face GPT-2 layout (config.json + model.safetensors,
     LM head tied to wte), so transformers' GPT2LMHeadModel.from_pretrained and our from_pretrained
     both load it. Parameter names and (in, out) layouts are already the checkpoints' (see the
-    model), so this is a plain copy.
-
-    Atomic: the files are written and fsynced in a sibling temporary folder, which then replaces
-    `folder` in one rename (an exchange where the OS has one). A process killed at any moment
-    leaves either the previous `folder` whole or the new one whole, never a mix; a leftover
-    temporary folder is removed by the next save.
-    """
-    folder = Path(folder).absolute()
-    tmp = folder.with_name(f".{folder.name}.tmp")  # one writer per folder (a run owns its folder)
-    old = folder.with_name(f".{folder.name}.old")
-    if old.is_dir() and not folder.exists():  # killed between the fallback's two renames below
-        os.rename(old, folder)
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    config = json.dumps(hf_config(model.config), indent=2, sort_keys=True) + "\n"
-    with open(tmp / "config.json", "w", encoding="utf-8", newline="\n") as f:
-        f.write(config)
-        f.flush()
-        os.fsync(f.fileno())
-    write_safetensors(model.state_dict(), tmp / "model.safetensors")
-    _fsync(tmp)
-    if not folder.exists():
-        os.rename(tmp, folder)
-    elif _exchange(tmp, folder):
-        shutil.rmtree(tmp)  # now the previous version
-    else:  # two renames; a kill between them is repaired at the start of the next save
-        os.rename(folder, old)
-        os.rename(tmp, folder)
-        shutil.rmtree(old)
-    _fsync(folder.parent)
-    return folder
+    model), so this is a plain copy, written atomically: a process killed at any moment leaves the
+    previous folder or the new one whole (machinery/hf.py::write_checkpoint). Returns the folder's
+    absolute path."""
+    return hf.write_checkpoint(folder, hf.hf_config(model.config, EOT_ID), model.state_dict())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1062,12 +700,7 @@ def main(argv=None):
     device = cli.pick_device(args.device)
     enc = get_tokenizer()
     try:
-        if args.model == "tiny":
-            from machinery import tasks  # lazy: tasks imports this file
-
-            model = tasks.load_base_model("tiny", device=device, use_kernels=args.kernels)
-        else:
-            model = GPT2.from_pretrained(args.model, device=device, use_kernels=args.kernels)
+        model = GPT2.from_pretrained(args.model, device=device, use_kernels=args.kernels)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise SystemExit(f"error: {e}")
     if args.export:

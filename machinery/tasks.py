@@ -32,12 +32,12 @@ lm_tasks.py, language/datasets.py, datasets/*.py; more in docs/) and says where 
     a lexicon written for this project (assets/lexicon/descriptive.txt).
   * Model "tiny". A 2-layer GPT-2 (gpt2.PRESETS["tiny"]) fitted for about half a minute on the
     shipped passages so that it writes words (and sentiment words) on a CPU; cached on disk by a
-    hash of data + config (see fit_tiny).
+    hash of data + config (machinery/tiny.py).
 
 Run it to look at a task's queries and the scripted labelers' scores:
-    python tasks.py --task sentiment --n 4
+    python -m machinery.tasks --task sentiment --n 4
     # also sample 24-token continuations and score them
-    python tasks.py --task sentiment --n 8 --model tiny
+    python -m machinery.tasks --task sentiment --n 8 --model tiny
 
 Shape letters: B = batch, Q = query length, R = response length.
 """
@@ -54,7 +54,6 @@ import os
 import random
 import re
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -64,12 +63,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gpt2 import EOT_ID, GPT2, PAD_ID, PRESETS, encode, get_tokenizer
+from gpt2 import GPT2, PAD_ID, encode, get_tokenizer
 from machinery import cli, summarization
+from machinery.data import ASSETS, LAYOUTS, DataError, cache_dir, read_passages, shipped_passages
 from machinery.labels import TASK_INSTRUCTIONS
 
-ROOT = Path(__file__).resolve().parent
-ASSETS = ROOT / "assets"
 OPENAI_BASE = "https://openaipublic.blob.core.windows.net/lm-human-preferences/"
 
 # --------------------------------------------------------------------------------------------------
@@ -248,30 +246,6 @@ def policy_context(task: TaskConfig, raw: list[int]) -> list[int]:
     return strip_pad(format_query(task, raw))
 
 
-def shipped_passages(split: str) -> list[str]:
-    """The repo's own story passages (assets/book_passages/{train,test}.jsonl)."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split {split!r}: the shipped passages have 'train' and 'test'")
-    return read_passages(ASSETS / "book_passages" / f"{split}.jsonl")
-
-
-def read_text_lines(path) -> list[str]:
-    """The lines of a UTF-8 text file. A line that is not UTF-8 is an error naming the file and
-    line (a text must survive being encoded, shown and written back)."""
-    with open(path, "rb") as f:
-        raw_lines = f.read().split(b"\n")
-    out = []
-    for i, raw in enumerate(raw_lines, 1):
-        try:
-            out.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise ValueError(
-                f"{path}:{i}: not UTF-8 ({e.reason} at byte {e.start} of the line); save the file "
-                f"as UTF-8"
-            ) from None
-    return out
-
-
 @dataclass(frozen=True)
 class Query:
     """One query: its raw tokens (no prefix, suffix or padding) and, where the dataset has one,
@@ -420,16 +394,6 @@ MIRROR_HINT = "the Hugging Face dataset vwxyzjn/lm-human-preferences mirrors the
 class DownloadError(RuntimeError):
     """A download failed; the message names the url, says what happened and how to get the file by
     hand. Nothing incomplete or unchecked is ever left at the destination."""
-
-
-class DataError(ValueError):
-    """Query data given by path holds the wrong thing; the message names the path and the layout
-    expected."""
-
-
-def cache_dir() -> Path:
-    """Where downloads and the fitted tiny model live: $RLHF_CACHE, else ~/.cache/rlhf-gpt2."""
-    return Path(os.environ.get("RLHF_CACHE", "~/.cache/rlhf-gpt2")).expanduser()
 
 
 def openai_base() -> str:
@@ -696,41 +660,6 @@ def cnndm_story_path(url: str, split: str) -> str:
     return f"datasets/cnndm/cache_{split}/{cnndm_story_name(url)}"
 
 
-# The upstream layouts a --query-data path may hold, for the error messages.
-LAYOUTS = {
-    "books": "a .jsonl file with one JSON string (a passage) per line, or a folder holding "
-    "{train,test}.jsonl",
-    "tldr": 'a JSON list of posts [{"content": "...", "summary": "..."}, ...] (OpenAI\'s '
-    "tldr/{train,valid}-subset.json; `summary` is the author's TL;DR, the reference), or a "
-    "folder holding train-subset.json and valid-subset.json",
-    "cnndm": "a folder with url_lists/all_{train,val,test}.txt (one article url per line) and "
-    "the stories as {cnn,dailymail}/stories/<sha1 of the url>.story, either under "
-    "cache_{train,val,test}/ (OpenAI's datasets/cnndm/ folder) or directly (the unpacked CNN and "
-    "Daily Mail story archives)",
-}
-
-
-def read_passages(path: Path) -> list[str]:
-    """A .jsonl file of passages, one JSON string per line (OpenAI's book_passages format). Lines
-    split on "\n" only; a line that is not UTF-8 or not a JSON string is an error naming it."""
-    out = []
-    for i, line in enumerate(read_text_lines(path), 1):
-        if not line.strip():
-            continue
-        try:
-            text = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                f"{path}:{i}: not valid JSON ({e.msg}); expected {LAYOUTS['books']}"
-            ) from None
-        if not isinstance(text, str):
-            raise DataError(
-                f"{path}:{i}: a {type(text).__name__}, not a string; expected {LAYOUTS['books']}"
-            )
-        out.append(text)
-    return out
-
-
 def read_tldr(path: Path) -> list[tuple[str, str | None]]:
     """(post, reference) pairs of a TL;DR file, cleaned as OpenAI's tldr.py (the reference is the
     post's `summary` field, None where absent). Only the first 8 characters per query token are
@@ -950,130 +879,10 @@ def get_labeler(name: str) -> ScriptedLabeler:
 # Base models: GPT-2 checkpoints, or "tiny" fitted briefly on the shipped passages
 
 
-@dataclass(frozen=True)
-class TinyFitConfig:
-    steps: int = 600
-    """optimizer steps (well under a minute on 2 CPU cores)"""
-    batch_size: int = 16
-    """windows per step"""
-    seq_len: int = 96
-    """tokens per window: a 64-token query plus a 24-token response fit in one"""
-    lr: float = 3e-3
-    """peak AdamW learning rate (cosine decay to lr/10 after 20 warmup steps)"""
-    seed: int = 0
-    """seed of the initialization and the window order"""
-
-
-def tiny_cache_path(fit: TinyFitConfig = TinyFitConfig()) -> Path:
-    """The cache file of the fitted tiny model, keyed by a hash of the passages, the model and
-    the fit config."""
-    h = hashlib.sha256()
-    h.update((ASSETS / "book_passages" / "train.jsonl").read_bytes())
-    h.update(repr(dataclasses.replace(PRESETS["tiny"], use_kernels="auto")).encode())
-    h.update(repr(fit).encode())
-    h.update(TINY_FIT_VERSION.encode())
-    return cache_dir() / f"tiny-{h.hexdigest()[:16]}.pt"
-
-
-# part of the cache key: bump when fit_tiny's method changes
-TINY_FIT_VERSION = "shared-unseen-row-v1"
-
-
-def seen_plus_unseen_logits(h, wte, seen, unseen_row, n_unseen: int):
-    """Logits over the seen tokens plus one class standing for all n_unseen tokens that share the
-    output row unseen_row: log_softmax of these equals the full-vocabulary log_softmax at the
-    seen tokens (see fit_tiny). h (..., C), wte (V, C), seen (S,) ids, unseen_row (C,) -> (...,
-    S+1)."""
-    return torch.cat([h @ wte[seen].T, (h @ unseen_row)[..., None] + float(np.log(n_unseen))], -1)
-
-
-def fit_tiny(fit: TinyFitConfig = TinyFitConfig()) -> GPT2:
-    """Train gpt2.PRESETS['tiny'] from scratch as a language model on the training passages (packed,
-    separated by <|endoftext|>), so samples are English-like sentences with the passages' words,
-    sentiment words included.
-
-    Speed trick, exact: the passages use only a few hundred of the 50,257 tokens (set S; the rest U
-    never occurs). We tie the output vectors of all unseen tokens to one shared row u. A full
-    softmax over the vocabulary then has |U| identical logits h.u, so it equals a softmax over S
-    plus one extra class with logit h.u + log|U|: the same loss and gradients as full-vocabulary
-    training with tied rows, at |S|+1 logits per token instead of 50,257. After the fit every unseen
-    row is set to u, so the saved model is an ordinary GPT-2 whose unseen tokens carry exactly the
-    (tiny) probability the fit gave them.
-    """
-    torch.manual_seed(fit.seed)
-    model = GPT2.from_config(dataclasses.replace(PRESETS["tiny"]))
-    stream = []
-    for text in shipped_passages("train"):
-        stream += encode(text) + [EOT_ID]
-    data = torch.tensor(stream)  # (N,)
-    seen = torch.unique(data)  # (S,) sorted token ids that occur
-    to_seen = torch.full((model.config.vocab_size,), -1, dtype=torch.long)
-    to_seen[seen] = torch.arange(len(seen))  # token id -> index into seen
-    n_unseen = model.config.vocab_size - len(seen)
-    # (C,) the shared row u
-    unseen_row = torch.nn.Parameter(model.transformer.wte.weight[0].detach().clone())
-    wte = model.transformer.wte.weight
-    gen = torch.Generator().manual_seed(fit.seed)
-    opt = torch.optim.AdamW(
-        list(model.parameters()) + [unseen_row], lr=fit.lr, weight_decay=0.0, betas=(0.9, 0.95)
-    )
-    bar = tqdm(
-        range(fit.steps), desc="fit tiny model on the shipped passages", unit="step", disable=None
-    )
-    for step in bar:
-        # 1. learning rate: linear warmup, then cosine decay to lr/10
-        warm = min(1.0, (step + 1) / 20)
-        lr = fit.lr * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / fit.steps)))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        # 2. a batch of random windows of the passage stream
-        starts = torch.randint(0, len(data) - fit.seq_len - 1, (fit.batch_size,), generator=gen)
-        idx = torch.stack([data[s : s + fit.seq_len + 1] for s in starts.tolist()])  # (B, T+1)
-        # 3. next-token cross-entropy over S + the shared unseen class (see the docstring)
-        h = model.hidden_states(idx[:, :-1])  # (B, T, C)
-        logits = seen_plus_unseen_logits(h, wte, seen, unseen_row, n_unseen)  # (B, T, S+1)
-        loss = torch.nn.functional.cross_entropy(
-            logits.flatten(0, 1), to_seen[idx[:, 1:]].flatten()
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + [unseen_row], 1.0)
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    with torch.no_grad():
-        unseen = torch.ones(model.config.vocab_size, dtype=torch.bool)
-        unseen[seen] = False
-        wte[unseen] = unseen_row  # every unseen token gets the shared output (and input) vector
-    return model.eval()
-
-
 def load_base_model(name: str, device="cpu", use_kernels: str = "auto") -> GPT2:
     """The initial policy rho: a GPT-2 checkpoint (hub name or Hugging Face directory), or "tiny"
-    (fitted once on the shipped passages and cached on disk, see tiny_cache_path)."""
-    if name != "tiny":
-        return GPT2.from_pretrained(name, device=device, use_kernels=use_kernels)
-    config = dataclasses.replace(PRESETS["tiny"], use_kernels=use_kernels)
-    path = tiny_cache_path()
-    if path.exists():
-        model = GPT2.from_config(config)
-        try:  # tensors only: a cache file cannot run code
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            return model.to(device).eval()
-        except Exception as e:  # derived data: fit it again
-            print(f"tasks: {path} is unreadable ({e}); fitting again", file=sys.stderr)
-    print(
-        f"tasks: fitting the tiny model on the shipped passages (once; cached at {path})",
-        file=sys.stderr,
-    )
-    t0 = time.time()
-    model = fit_tiny()
-    # several processes may fit at once: each writes its own temporary file, the rename is atomic
-    cli.atomic_write(path, lambda f: torch.save(model.state_dict(), f))
-    print(f"tasks: tiny model fitted in {time.time() - t0:.0f} s", file=sys.stderr)
-    if use_kernels != model.config.use_kernels:
-        model = GPT2.from_config(config)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model.to(device).eval()
+    (fitted once on the shipped passages and cached on disk, see machinery/tiny.py)."""
+    return GPT2.from_pretrained(name, device=device, use_kernels=use_kernels)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1087,8 +896,9 @@ class ShowArgs:
     split: str = "train"
     """query split: train or test"""
     query_data: str = ""
-    """local query data in the upstream format (a file or folder, see tasks.LAYOUTS) instead of
-    the default (the shipped passages for the style tasks, downloads for tldr and cnndm)"""
+    """local query data in the upstream format (a file or folder, see LAYOUTS in
+    machinery/data.py) instead of the default (the shipped passages for the style tasks, downloads
+    for tldr and cnndm)"""
     n: int = 4
     """number of queries"""
     model: str = ""

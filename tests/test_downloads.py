@@ -14,6 +14,7 @@ import pytest
 from upstream_data import story_name, tldr_posts, write_cnndm
 
 from machinery import tasks
+from machinery.data import cache_dir
 
 
 class Bucket(http.server.BaseHTTPRequestHandler):
@@ -94,7 +95,7 @@ def test_interrupted_download_resumes_byte_identical(bucket, capsys):
     data = tldr_bytes()
     bucket.files[TLDR] = data
     bucket.cut[TLDR] = 70_000
-    dest = tasks.cache_dir() / "openai" / TLDR
+    dest = cache_dir() / "openai" / TLDR
     part = dest.with_name(dest.name + ".part")
     with pytest.raises(tasks.DownloadError, match=rf"cut off at 70,000 of {len(data):,} bytes"):
         tasks.download_openai(TLDR)
@@ -118,7 +119,7 @@ def test_server_without_range_support_restarts(bucket):
 def test_truncated_download_is_never_used(bucket):
     data = tldr_bytes()
     bucket.files[TLDR], bucket.cut[TLDR], bucket.cut_once = data, 10_000, False
-    dest = tasks.cache_dir() / "openai" / TLDR
+    dest = cache_dir() / "openai" / TLDR
     for _ in range(3):  # each try resumes, and each is cut again
         with pytest.raises(tasks.DownloadError, match="cut off at 10,000.*Run again to resume"):
             tasks.download_openai(TLDR)
@@ -130,7 +131,7 @@ def test_corrupt_download_is_detected_and_deleted(bucket):
     bad = bytearray(data)
     bad[1000] ^= 1  # one flipped bit, same length: only the MD5 can tell
     bucket.files[TLDR], bucket.wrong[TLDR] = data, bytes(bad)
-    dest = tasks.cache_dir() / "openai" / TLDR
+    dest = cache_dir() / "openai" / TLDR
     with pytest.raises(tasks.DownloadError, match="corrupt: its MD5 does not match.*deleted"):
         tasks.download_openai(TLDR)
     assert not dest.exists() and not dest.with_name(dest.name + ".part").exists()
@@ -148,11 +149,11 @@ def test_invalid_file_without_md5_is_detected_by_parsing(bucket):
         tasks.download_openai(TLDR)
     with pytest.raises(tasks.DownloadError, match=r"corrupt: it is not a valid \.story file"):
         tasks.download_openai(story)
-    assert not list((tasks.cache_dir() / "openai").rglob("*.*s*"))  # nothing cached, no .part
+    assert not list((cache_dir() / "openai").rglob("*.*s*"))  # nothing cached, no .part
 
 
 def test_missing_file_says_where_to_put_it(bucket):
-    dest = tasks.cache_dir() / "openai" / "tldr" / "valid-subset.json"
+    dest = cache_dir() / "openai" / "tldr" / "valid-subset.json"
     with pytest.raises(tasks.DownloadError) as e:
         tasks.download_openai("tldr/valid-subset.json")
     msg = str(e.value)

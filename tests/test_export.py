@@ -14,7 +14,6 @@ import torch
 
 import gpt2
 from gpt2 import GPT2, GPT2Config, left_pad
-from machinery import tasks
 
 transformers = pytest.importorskip("transformers")
 
@@ -43,7 +42,7 @@ def hf_logits(hf, tokens, mask):
 
 
 def test_transformers_loads_the_tiny_export_with_our_logits(tmp_path):
-    ours = tasks.load_base_model("tiny")
+    ours = GPT2.from_pretrained("tiny")
     folder = gpt2.save_pretrained(ours, tmp_path / "policy")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     from safetensors import safe_open
@@ -95,7 +94,7 @@ def test_an_exception_mid_export_leaves_the_previous_folder(tmp_path, monkeypatc
         Path(path).with_name(f".{Path(path).name}.tmp").write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(gpt2, "write_safetensors", fail_halfway)
+    monkeypatch.setattr("machinery.hf.write_safetensors", fail_halfway)
     with pytest.raises(OSError):
         gpt2.save_pretrained(random_model(1), tmp_path / "policy")
     assert digest(tmp_path / "policy") == before
@@ -115,11 +114,11 @@ def test_an_interrupted_fallback_swap_is_repaired(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     with monkeypatch.context() as m:
-        m.setattr(gpt2, "write_safetensors", fail)
+        m.setattr("machinery.hf.write_safetensors", fail)
         with pytest.raises(OSError):
             gpt2.save_pretrained(random_model(1), tmp_path / "policy")
     assert digest(tmp_path / "policy") == before
-    monkeypatch.setattr(gpt2, "_exchange", lambda a, b: False)  # the two-rename path itself
+    monkeypatch.setattr("machinery.hf._exchange", lambda a, b: False)  # the two-rename path itself
     after = digest(gpt2.save_pretrained(random_model(1), tmp_path / "policy"))
     assert after != before and sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
 

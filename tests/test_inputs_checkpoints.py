@@ -15,6 +15,7 @@ import torch
 
 import gpt2
 from gpt2 import GPT2
+from machinery.hf import HF_CONFIG_ALIASES, HF_CONFIG_KEYS
 
 transformers = pytest.importorskip("transformers")
 
@@ -206,14 +207,14 @@ KEYS = {
 
 def test_every_transformers_key_has_a_verdict():
     """The list above covers every key transformers' GPT2Config writes or aliases, and agrees with
-    the table gpt2.py loads by."""
+    the table gpt2.py loads by (machinery/hf.py)."""
     cfg = transformers.GPT2Config()
     theirs = set(cfg.to_dict()) | set(transformers.GPT2Config.attribute_map.values())
     assert theirs <= set(KEYS), sorted(theirs - set(KEYS))
-    assert set(KEYS) == set(gpt2.HF_CONFIG_KEYS)
+    assert set(KEYS) == set(HF_CONFIG_KEYS)
     for key, (verdict, _, _) in KEYS.items():
-        assert gpt2.HF_CONFIG_KEYS[key].startswith(verdict), (key, gpt2.HF_CONFIG_KEYS[key])
-    assert set(transformers.GPT2Config.attribute_map) == set(gpt2.HF_CONFIG_ALIASES)
+        assert HF_CONFIG_KEYS[key].startswith(verdict), (key, HF_CONFIG_KEYS[key])
+    assert set(transformers.GPT2Config.attribute_map) == set(HF_CONFIG_ALIASES)
 
 
 def save_with_key(tmp_path, key, value, how):
@@ -268,7 +269,7 @@ def test_alias_names(tmp_path):
     hf = make_hf()
     hf.save_pretrained(tmp_path / "c")
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())
-    for alias, key in gpt2.HF_CONFIG_ALIASES.items():
+    for alias, key in HF_CONFIG_ALIASES.items():
         cfg[alias] = cfg.pop(key)
     (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
     assert_same_logits(GPT2.from_pretrained(str(tmp_path / "c")), hf)

@@ -10,7 +10,7 @@ import pytest
 import gpt2
 import label_tool
 from gpt2 import EOT_ID
-from machinery import labels, tasks
+from machinery import data, labels, tasks, termtext
 from machinery.labels import FormatError
 
 EOT_TEXT = "<|endoftext|>"
@@ -33,7 +33,7 @@ def test_encode_is_plain_text():
 def passages(tmp_path, monkeypatch):
     """Point the books task at our own passages file; returns a writer for it."""
     (tmp_path / "book_passages").mkdir()
-    monkeypatch.setattr(tasks, "ASSETS", tmp_path)
+    monkeypatch.setattr(data, "ASSETS", tmp_path)
 
     def write(lines: list[bytes]):
         (tmp_path / "book_passages" / "train.jsonl").write_bytes(b"\n".join(lines) + b"\n")
@@ -142,7 +142,7 @@ def test_hostile_text_is_shown_safely_and_every_label_is_kept(tmp_path):
             for line, _attr in label_tool.item_lines(s, width):
                 # nothing the terminal would act on: no C0/C1 controls, no surrogates
                 assert not [c for c in line if unicodedata.category(c) in ("Cc", "Cs")], line
-                assert label_tool.text_width(line) <= width
+                assert termtext.text_width(line) <= width
         s.choose(0, 1.0)
     saved = labels.read_labels(out)
     assert [r["samples"] for r in saved] == [r["samples"] for r in rows]  # byte-exact text kept

@@ -1,6 +1,6 @@
-"""tasks.py: task settings, query building, truncation and penalty, the shipped passages,
-scripted labelers, downloads (offline code paths), and the padding equivalence the module
-docstring claims."""
+"""machinery/tasks.py: task settings, query building, truncation and penalty, the shipped passages
+(machinery/data.py), scripted labelers, downloads (offline code paths), the tiny model's exact
+softmax trick (machinery/tiny.py), and the padding equivalence the module docstring claims."""
 
 import dataclasses
 import hashlib
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gpt2 import GPT2, PAD_ID, PRESETS, get_tokenizer, left_pad
-from machinery import tasks
+from machinery import data, tasks, tiny
 
 
 def test_task_values_follow_launch_py():
@@ -110,7 +110,7 @@ def test_truncate_and_penalty_by_hand():
 
 
 def test_shipped_passages_and_query_source():
-    train, test = tasks.shipped_passages("train"), tasks.shipped_passages("test")
+    train, test = data.shipped_passages("train"), data.shipped_passages("test")
     assert len(train) + len(test) >= 300 and len(test) >= 30
     assert not set(train) & set(test)
     src = tasks.QuerySource("sentiment", "train")
@@ -267,7 +267,7 @@ def test_shared_unseen_row_softmax_is_exact():
     full_w[seen] = wte[seen]
     h = torch.randn(5, C)
     full = torch.log_softmax(h @ full_w.T, -1)[:, seen]  # (5, S)
-    small = torch.log_softmax(tasks.seen_plus_unseen_logits(h, wte, seen, u, V - len(seen)), -1)[
+    small = torch.log_softmax(tiny.seen_plus_unseen_logits(h, wte, seen, u, V - len(seen)), -1)[
         :, :-1
     ]
     torch.testing.assert_close(full, small)
@@ -275,7 +275,7 @@ def test_shared_unseen_row_softmax_is_exact():
 
 def test_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.setenv("RLHF_CACHE", str(tmp_path))
-    assert tasks.cache_dir() == tmp_path
-    assert tasks.tiny_cache_path().parent == tmp_path
+    assert data.cache_dir() == tmp_path
+    assert tiny.tiny_cache_path(PRESETS["tiny"]).parent == tmp_path
     monkeypatch.delenv("RLHF_CACHE")
-    assert tasks.cache_dir() == Path("~/.cache/rlhf-gpt2").expanduser()
+    assert data.cache_dir() == Path("~/.cache/rlhf-gpt2").expanduser()
