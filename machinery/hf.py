@@ -4,8 +4,8 @@ sharded, safetensors or .bin) in, our GPT2Config's fields and a state dict out; 
 layout written back atomically. gpt2.py's GPT2.from_pretrained and save_pretrained are the one
 call each that use it.
 
-This file never imports gpt2.py: it works on what the caller hands it (a config object, a model's
-state dict), so the model file reads top to bottom without it.
+This file never imports gpt2.py: it works on what the caller hands it (the model class, a config
+object, a state dict), so the model file reads top to bottom without it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
+
+import torch
 
 HUB_REPOS = {
     name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -251,11 +253,21 @@ def shard_files(index: Path) -> list[Path]:
     return out
 
 
-def checkpoint_to_state_dict(state: dict, expected: dict, tied: bool, folder: Path) -> dict:
+def load_model(folder: Path, model_class, config):
+    """model_class(config) (a gpt2.GPT2 and its GPT2Config) holding the weights of the checkpoint
+    folder, in their stored dtype, on the CPU. Raises what read_hf_weights and
+    checkpoint_to_state_dict raise."""
+    state = read_hf_weights(folder)
+    with torch.device("meta"):  # no point initializing weights that are about to be overwritten
+        model = model_class(config)
+    model.load_state_dict(checkpoint_to_state_dict(state, model, folder), strict=True, assign=True)
+    return model
+
+
+def checkpoint_to_state_dict(state: dict, model, folder: Path) -> dict:
     """Map checkpoint names onto ours (the same names and layouts): the tensors of state (as read
-    by read_hf_weights) under the names of expected (the model's own state dict), every tensor's
-    presence and shape checked (a ValueError naming it). tied: the LM head is wte, so a stored
-    lm_head.weight is dropped."""
+    by read_hf_weights) under the names of the model's own state dict, every tensor's presence
+    and shape checked (a ValueError naming it)."""
     # names come with or without the 'transformer.' prefix; attn.bias / masked_bias are old
     # causal-mask buffers
     state = {k.removeprefix("transformer."): v for k, v in state.items()}
@@ -265,7 +277,7 @@ def checkpoint_to_state_dict(state: dict, expected: dict, tied: bool, folder: Pa
         if not k.endswith(("attn.bias", "attn.masked_bias")) or ".c_" in k
     }
     out = {}
-    for name, param in expected.items():
+    for name, param in model.state_dict().items():
         key = name.removeprefix("transformer.")
         if key not in state:
             raise ValueError(
@@ -279,7 +291,7 @@ def checkpoint_to_state_dict(state: dict, expected: dict, tied: bool, folder: Pa
                 f"{tuple(param.shape)} for this config"
             )
         out[name] = t.contiguous()
-    if tied:
+    if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # tied to wte (transformers ignores it too)
     if state:
         warnings.warn(f"{folder}: ignoring tensors not in GPT-2: {', '.join(sorted(state)[:5])}")
