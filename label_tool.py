@@ -59,7 +59,7 @@ from pathlib import Path
 
 from machinery import cli, labels
 from machinery.labels import FormatError
-from machinery.termtext import clip, fmt_duration, wrap
+from machinery.termtext import clip, fit, fmt_duration, sanitize, wrap
 
 
 @dataclass
@@ -626,12 +626,14 @@ def status_text(s: Session) -> str:
 
 
 def safe_addstr(win, y: int, x: int, text: str, attr: int = 0) -> None:
-    """addstr that never raises: clipped to the window, bottom-right cell avoided, unencodable
-    chars replaced."""
+    """addstr that never raises: sanitized (one line), clipped to the window by cells,
+    bottom-right cell avoided, unencodable chars replaced."""
     h, w = win.getmaxyx()
     if not (0 <= y < h and 0 <= x < w):
         return
-    text = clip(text, w - x - (1 if y == h - 1 else 0))
+    # Everything drawn is measured by termtext's widths: ids and paths in the status and message
+    # lines come from files too. A newline would move curses to the next row.
+    text = clip(sanitize(text).replace("\n", " "), w - x - (1 if y == h - 1 else 0))
     try:
         win.addstr(y, x, text, attr)
     except UnicodeEncodeError:  # a non-UTF-8 locale: show what it can encode
@@ -662,7 +664,7 @@ def draw(win, lines, scroll: int, message: str, status: str) -> int:
     )
     if h >= 2:
         safe_addstr(win, h - 2, 0, f"{more} {message}" if more else message, curses.A_BOLD)
-    safe_addstr(win, h - 1, 0, status.ljust(w), curses.A_REVERSE)
+    safe_addstr(win, h - 1, 0, fit(status, w), curses.A_REVERSE)
     win.noutrefresh()
     curses.doupdate()
     return scroll

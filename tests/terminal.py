@@ -11,6 +11,11 @@ insert/delete of lines and characters, insert mode, scroll regions, save/restore
 something pyte implements. xterm's and linux's entries would also use SU/SD scrolling and REP
 (repeat the last character), which pyte 0.8 silently drops, so a screen could look right to the
 program and wrong here. `missing()` says why the terminal cannot run on this machine, if it cannot.
+
+Widths: pyte gives each code point the cells `wcwidth.wcwidth` says, as curses and most terminals
+do per code point. It stops drawing the rest of a write at a zero-width code point that is not a
+combining mark (U+FE0F, U+200D, a Devanagari vowel sign): the labeler never sends the first two
+(machinery/termtext.py::sanitize), and tests should not use the third.
 """
 
 import fcntl
@@ -24,7 +29,7 @@ import time
 
 try:
     import pyte
-except ImportError:  # a test dependency (requirements-test.txt); missing() reports it
+except ImportError:  # a test dependency (tests/requirements.txt); missing() reports it
     pyte = None
 
 TERM = "vt220"
@@ -35,7 +40,7 @@ KEYS = {"up": "\x1b[A", "down": "\x1b[B", "pgup": "\x1b[5~", "pgdn": "\x1b[6~", 
 def missing() -> str | None:
     """Why pseudo-terminal tests cannot run here, or None when they can."""
     if pyte is None:
-        return "pyte is not installed (pip install -r requirements-test.txt)"
+        return "pyte is not installed (pip install -r tests/requirements.txt)"
     import curses
 
     fd = os.open(os.devnull, os.O_WRONLY)

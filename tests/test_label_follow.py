@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 import terminal
-from test_label_tool import Model, file_log, mapping
+from test_label_tool import (
+    COLS,
+    FULL_ROWS,
+    Model,
+    assert_whole_candidates,
+    file_log,
+    full_rows_item,
+    mapping,
+)
 
 from machinery import labels
 
@@ -264,6 +272,21 @@ def test_follow_waits_then_shows_items_as_they_are_queued(tmp_path, cleanup):
     # The provenance travels with the label, for the run to use.
     assert [r["validation"] for r in rows] == [False, True, False]
     assert rows[1]["policies"] == ["rho", "rho", "pi", "pi"]
+
+
+@needs_terminal
+def test_full_width_rows_show_the_whole_candidate(tmp_path, cleanup):
+    """test_label_tool.py's full-width rows, queued by a run: the same rows on screen."""
+    run = make_run(tmp_path)
+    n = len(FULL_ROWS)
+    labels.append_jsonl(
+        run / "online" / "queue.jsonl",
+        {**item(0), **full_rows_item(id=f"{RUN_ID}-0"), "policies": ["pi"] * n},
+    )
+    t = start(cleanup, run, "ann", cols=COLS)
+    assert_whole_candidates(t.wait_for(status(0, 1, 0)))
+    t.send("q")
+    assert t.wait_exit() == 0
 
 
 @needs_terminal

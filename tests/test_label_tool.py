@@ -11,10 +11,12 @@ import re
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
 import terminal
+import wcwidth
 
 import label_tool
 from machinery import labels, termtext
@@ -71,6 +73,71 @@ def lines_of(path):
     return [obj for _, obj in labels.read_jsonl(path)]
 
 
+# A 40-column screen: "[k] " + 36 cells fill a row. Each candidate as sampled, then the rows the
+# screen must show for it ("[k] " left off), worked out by hand: soft hyphens (scraped news) and
+# emoji joiners / variation selectors / skin tones are dropped, decomposed accents composed (NFC),
+# 漢 字 😀 and U+4DC0 ䷀ take 2 cells, a combining mark 0.
+COLS = 40
+FULL_ROWS = [
+    # 4 + 36 = 40 cells exactly, once the 5 soft hyphens are gone (on screen each took a cell)
+    (
+        "The Prime Min\xadis\xadter an\xadnounced a swift elec\xadtion on Thurs\xadday.",
+        ["The Prime Minister announced a swift", "    election on Thursday."],
+    ),
+    # 40 cells exactly with 2-cell characters; ❤ + U+FE0F and 👍 + skin tone lose the modifier
+    (
+        "漢字 and 😀 with \u4dc0 hexagrams, \u2764\ufe0f and \U0001f44d\U0001f3fd too.",
+        ["漢字 and 😀 with \u4dc0 hexagrams, \u2764 and", "    \U0001f44d too."],
+    ),
+    # one cell more: "crèmes" would end in cell 41; 'q' + U+0301 has no composed form
+    (
+        "Cafe\u0301 q\u0301 nai\u0308ve fac\u0327ade, de\u0301cor and cre\u0300mes "
+        "bru\u0302le\u0301es now.",
+        ["Caf\xe9 q\u0301 na\xefve fa\xe7ade, d\xe9cor and", "    cr\xe8mes br\xfbl\xe9es now."],
+    ),
+    # one cell more: " went" would end in cell 41 (3 soft hyphens before it)
+    (
+        "Vot\xaders in the north\xadern dis\xadtricts went to the polls to\xadday.",
+        ["Voters in the northern districts", "    went to the polls today."],
+    ),
+    # a word of 2-cell characters broken by cells: 'a' + 17 漢 is 35 cells, the 18th would need
+    # cells 40-41 and starts the next row; the family loses its zero-width joiners
+    (
+        "a" + "漢" * 18 + " \U0001f468\u200d\U0001f469\u200d\U0001f467 end.",
+        ["a" + "漢" * 17, "    漢 \U0001f468\U0001f469\U0001f467 end."],
+    ),
+]
+FULL_QUERY = ("(CNN) Vot\xaders said", "Query: (CNN) Voters said")
+
+
+def full_rows_item(**fields):
+    """One comparison holding the FULL_ROWS candidates."""
+    n = len(FULL_ROWS)
+    return {
+        "task": "sentiment",
+        "query": FULL_QUERY[0],
+        "query_tokens": [1, 2],
+        "samples": [text for text, _ in FULL_ROWS],
+        "sample_tokens": [[100 + j] for j in range(n)],
+        **fields,
+    }
+
+
+def assert_whole_candidates(screen):
+    """Each FULL_ROWS candidate is on `screen` (a COLS-wide terminal's text) as its rows exactly,
+    followed by a blank row: nothing cut off at the edge, nothing spilled into the next row."""
+    rows = screen.split("\n")
+    keys = []
+    for _, want in FULL_ROWS:
+        at = [i for i, r in enumerate(rows) if re.match(r"\[\d\] ", r) and r[4:] == want[0]]
+        assert len(at) == 1, f"no row [k] {want[0]!r} on screen:\n{screen}"
+        i = at[0]
+        assert rows[i + 1 : i + len(want) + 1] == [*want[1:], ""], screen
+        keys.append(rows[i][1])
+    assert sorted(keys) == [str(k + 1) for k in range(len(FULL_ROWS))]
+    assert FULL_QUERY[1] in rows
+
+
 # --------------------------------------------------------------------------------------------------
 # Pure helpers
 
@@ -90,6 +157,64 @@ def test_sanitize_removes_every_control_character():
     out = termtext.sanitize("a\x1b[2Jb\x07c\x00d\x7fe\x9bf\tg\r\nh\u2028i")
     assert not any(ord(c) < 0x20 and c != "\n" or 0x7F <= ord(c) < 0xA0 for c in out)
     assert out == "a\u241b[2Jb\u2407c\u2400d\u2421e\ufffdf    g\nh\ni"
+
+
+def test_char_width_is_wcwidths():
+    # by hand: a letter, a composed accent, CJK, an emoji, the hexagram U+4DC0 (2 cells since
+    # Unicode 16; Python 3.11's unicodedata said 1), a combining accent, a Devanagari vowel sign
+    chars = "a\xe9漢😀\u4dc0\u0301\u093e"
+    assert [termtext.char_width(c) for c in chars] == [1, 1, 2, 2, 2, 0, 1]
+    # the package's own width on a sample of all planes, spacing marks (Mc) and controls aside
+    sample = [chr(cp) for cp in range(0x20, 0x32000, 7) if not 0xD800 <= cp < 0xE000]
+    sample += list("\xad\u200b\u200d\ufe0f\u2630\u3164\uffa0\U0001f3fd\U0001f1fa")
+    for c in sample:
+        if wcwidth.wcwidth(c) >= 0 and unicodedata.category(c) != "Mc":
+            assert termtext.char_width(c) == wcwidth.wcwidth(c), hex(ord(c))
+
+
+def test_sanitized_text_width_is_wcswidth():
+    """What sanitize leaves measures the same per code point (curses, most terminals) as
+    wcwidth.wcswidth measures its grapheme clusters: nothing joins two code points into one glyph
+    of another width."""
+    cases = {  # by hand: text -> (shown, cells)
+        "Min\xadis\xadter": ("Minister", 8),  # soft hyphens
+        "zero\u200bwidth\u2060joined\ufeff": ("zerowidthjoined", 15),
+        "\u202eevil\u202c": ("evil", 4),  # bidi override: would reorder the screen
+        "\u2764\ufe0f \u2764": ("\u2764 \u2764", 3),  # VS16: some terminals draw 2 cells
+        "\U0001f44d\U0001f3fd": ("\U0001f44d", 2),  # skin tone: 2 cells or 4
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467": ("\U0001f468\U0001f469\U0001f467", 6),
+        "e\u0301 q\u0301": ("\xe9 q\u0301", 3),  # NFC; q + U+0301 has no composed form
+        "\u1112\u1161\u11ab \u3164.": ("\ud55c .", 4),  # NFD Hangul; the Hangul filler
+        "漢\u4dc0😀 \u0915\u093f": ("漢\u4dc0😀 \u0915\u093f", 9),  # "ki": a spacing mark
+    }
+    for text, (shown, cells) in cases.items():
+        out = termtext.sanitize(text)
+        assert (out, termtext.text_width(out), wcwidth.wcswidth(out)) == (shown, cells, cells)
+    # Every code point of a sample, alone and after a letter (spacing marks, Mc, left out: their
+    # cluster width depends on the letter before; regional indicators: a flag is 2 cells or 4).
+    for cp in range(0xA0, 0x32000, 3):
+        c = chr(cp)
+        if 0xD800 <= cp < 0xE000 or 0x1F1E6 <= cp <= 0x1F1FF or cp in (0x2028, 0x2029):
+            continue
+        if any(unicodedata.category(d) == "Mc" for d in unicodedata.normalize("NFC", c)):
+            continue
+        for s in (c, "a" + c):
+            out = termtext.sanitize(s)
+            assert termtext.text_width(out) == wcwidth.wcswidth(out), hex(cp)
+
+
+def test_lines_fit_with_an_indented_query_and_status_bar():
+    # A query that starts with spaces: its indent is kept only while the "Query: " prefix and a
+    # 2-cell character still fit (the indent used to be measured from the hanging indent alone).
+    for width in range(2, 30):
+        out = termtext.wrap("          漢x yz", width, "Query: ", 2)
+        assert all(termtext.text_width(ln) <= width for ln in out), (width, out)
+        assert "".join(out).replace(" ", "") == "Query:漢xyz"
+    # 12 cells: "Query: " (7) + 3 of the 10 spaces + "x", leaving 1 spare cell
+    assert termtext.wrap("          x", 12, "Query: ", 2) == ["Query: " + "   " + "x"]
+    # a status bar: exactly `width` cells, where str.ljust would count code points
+    assert termtext.fit("漢字", 5) == "漢字 " and termtext.fit("漢字漢", 5) == "漢字 "
+    assert termtext.fit("a\u0301b", 3) == "a\u0301b "
 
 
 def test_shuffled_order_is_a_stable_permutation():
@@ -241,6 +366,26 @@ def test_small_terminal_and_resize(tmp_path, cleanup):
     t.wait_for("2/4 done")
     t.send("q")
     assert t.wait_exit() == 0
+
+
+@needs_terminal
+def test_full_width_rows_show_the_whole_candidate(tmp_path, cleanup):
+    """Rows exactly as wide as the terminal, and one cell wider, with soft hyphens, 2-cell
+    characters and combining marks: pyte (whose widths are wcwidth's) shows every candidate whole,
+    wrapped where worked out by hand, and nothing runs into the next row."""
+    path, out = tmp_path / "c.jsonl", str(tmp_path / "labels.jsonl")
+    labels.write_comparisons(path, [full_rows_item(id="w漢\xadid")])
+    t = start(cleanup, [str(path), "--out", out], rows=30, cols=COLS)
+    scr = t.wait_for("0/1 done")
+    assert_whole_candidates(scr)
+    # The status bar measures the id as the screen does (its soft hyphen dropped too).
+    assert scr.split("\n")[-1] == " 0/1 done | item w漢id | -- labels/h |"
+    k = pick(t, FULL_ROWS[2][1][0])  # the pick still lands on the candidate shown
+    t.wait_for("1/1 done")
+    t.send("q")
+    assert t.wait_exit() == 0
+    [row] = labels.read_labels(out)
+    assert row["best"] == 2 and row["order"][k - 1] == 2 and row["samples"][0] == FULL_ROWS[0][0]
 
 
 @needs_terminal
