@@ -64,9 +64,12 @@ def preference_loss(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
 
 
 def preference_accuracy(rewards: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
-    """Fraction of comparisons whose highest reward is the labeled best. rewards (B, N), best
-    (B,) -> scalar."""
-    return (rewards.argmax(-1) == best).float().mean()
+    """Fraction of comparisons whose highest reward is the labeled best; a tie counts 1/k when the
+    best is among the k candidates sharing the top reward (argmax would credit the first of them),
+    so the order of the candidates cannot change it: a constant model scores 1/N. rewards (B, N),
+    best (B,) -> scalar."""
+    top = rewards == rewards.max(-1, keepdim=True).values  # (B, N) the tied highest
+    return (top.gather(-1, best[:, None])[:, 0] / top.sum(-1)).mean()
 
 
 def population_mean_std(x: torch.Tensor) -> tuple[float, float]:
@@ -247,7 +250,8 @@ def comparison_rewards(rm: RewardModel, rows: list[dict], device="cpu"):
 
 @torch.no_grad()
 def evaluate(rm: RewardModel, rows: list[dict], batch_size: int = 64) -> dict:
-    """Held-out accuracy (argmax == best), loss, and mean reward of all candidates."""
+    """Held-out accuracy (preference_accuracy: ties count 1/k), loss, and mean reward of all
+    candidates."""
     device = rm.reward_gain.device
     rewards, best = [], []
     for i in range(0, len(rows), batch_size):
@@ -335,7 +339,7 @@ def train_reward_model(
     rows: list[dict],
     cfg: TrainConfig,
     model: str,
-    task: str = "",
+    task: str | tasks.TaskConfig = "",
     seed: int = 1,
     policy: GPT2 | None = None,
     device="cpu",
@@ -347,12 +351,13 @@ def train_reward_model(
     """Train a reward model on label rows; returns (RewardModel, metrics).
 
     rows: labels (labels.read_labels); the first cfg.num_train train, the rest are held out (or pass
-    test_rows). model: rho's name (tiny, gpt2, ...); task: empty to take it from the labels; seed:
+    test_rows). model: rho's name (tiny, gpt2, ...); task: a name or a tasks.TaskConfig (the
+    normalization samples are drawn at its temperature), empty to take it from the labels; seed:
     head init, data order and normalization samples (OpenAI: run.seed 1). policy: rho if already
     loaded, else tasks.load_base_model(model). It is used frozen, for the normalization samples
-    (on the task's queries, from query_data when given); the reward model gets its own copy of
-    its weights. precision: gpt2.autocast's (every forward, sampling included); grad_checkpoint:
-    activation checkpointing of the trained copy.
+    (on the task's queries, from query_data when given); the reward model gets its own copy.
+    precision: gpt2.autocast's (every forward, sampling included); grad_checkpoint: activation
+    checkpointing of the trained copy.
     """
     torch.manual_seed(seed)
     random.seed(seed)
@@ -426,7 +431,7 @@ def train_reward_model(
 def build_reward_model(
     cfg: TrainConfig,
     model: str,
-    task: str,
+    task: str | tasks.TaskConfig,
     out,
     seed: int = 1,
     labeler: str = "",
@@ -443,6 +448,9 @@ def build_reward_model(
     OpenAI's released JSON); otherwise comparisons.sample_and_label (from rho: `policy`, or
     tasks.load_base_model(model); `labeler`, empty: the task's own), kept in `labels_out` (default:
     next to `out`) for `reward.py eval`; 2. train_reward_model; 3. save_reward_model.
+    task: a name (`reward.py train`: the task's temperature) or a tasks.TaskConfig; every sample,
+    comparisons and normalization alike, is drawn at task.temperature (ppo.py passes the task at
+    the run's --temperature, as the released code samples everything at one temperature).
     reuse: if `out` already exists, return it untouched (ppo.py's resumed runs)."""
     out = Path(out)
     if reuse and out.exists():
@@ -457,17 +465,9 @@ def build_reward_model(
         )
         cfg = dataclasses.replace(cfg, labels=str(labels_out))
     rm, metrics = train_reward_model(
-        rows,
-        cfg,
-        model,
-        task,
-        seed,
-        policy=policy,
-        device=device,
-        query_data=query_data,
-        precision=precision,
-        grad_checkpoint=grad_checkpoint,
-    )
+        rows, cfg, model, task, seed, policy=policy, device=device, query_data=query_data,
+        precision=precision, grad_checkpoint=grad_checkpoint,
+    )  # fmt: skip
     print(f"reward model: {json.dumps(metrics)}")
     if dist.is_main():  # [dist] rank 0 alone writes; the others wait for the file (ppo.py reads it)
         save_reward_model(rm, out)

@@ -3,7 +3,7 @@ The reward model's data, and its console: what reward.py needs but a learner of 
 skip. Nothing here imports reward.py.
 
   * comparisons: a query and N responses from rho, rejection-sampled at the stop token
-    (sample_comparisons, `python reward.py sample`);
+    (sample_comparisons, `python reward.py sample`), at task.temperature (task_at: a run's);
   * labels: the scripted ("mock") labeler picks the best candidate (label_comparisons,
     `python reward.py label`);
   * the label file's checks: reading it with a count of what was not used, the task it is for,
@@ -46,12 +46,21 @@ from machinery import cli, dist, labels, tasks
 # 1. Comparisons: queries from the task, N responses each from rho
 
 
+def task_at(task: str | tasks.TaskConfig, temperature: float) -> tasks.TaskConfig:
+    """The task with its sampling temperature set to `temperature`: what a ppo.py run passes
+    wherever it samples (reward.build_reward_model, online.Online), so that rho's comparisons and
+    normalization samples are drawn at the run's --temperature, as its rollouts are."""
+    return dataclasses.replace(tasks.get_task(task), temperature=temperature)
+
+
 @torch.no_grad()
 def sample_responses(
     policy: GPT2, task: tasks.TaskConfig, raw_queries: list[list[int]], generator, device="cpu"
 ):
-    """rho's responses (B, R) to raw queries (formatted for the policy here) at the task's
-    temperature, untruncated."""
+    """rho's responses (B, R) to raw queries (formatted for the policy here) at task.temperature,
+    untruncated. Every sampling of comparisons and of normalization comes through here, so a run
+    samples at one temperature: ppo.py passes task_at(task, --temperature), the stand-alone
+    commands (`reward.py sample`, `reward.py train`) the task's own."""
     tokens, mask = left_pad([tasks.policy_context(task, q) for q in raw_queries], device=device)
     responses, _ = generate(
         policy, tokens, mask, task.response_length, task.temperature, generator=generator
@@ -147,17 +156,19 @@ def sample_comparisons(
 
 
 def label_comparisons(rows: list[dict], labeler: str | tasks.ScriptedLabeler) -> list[dict]:
-    """Label rows (labels.py format): each comparison plus best, labeler, seconds, created. A
-    labeler that compares with a reference (rouge) reads each row's `reference`."""
+    """Label rows (labels.py format): each comparison plus best, labeler, seconds, created, and
+    `tied` (the indices sharing the top score) where the labeler broke a tie. A labeler that
+    compares with a reference (rouge) reads each row's `reference`."""
     lab = tasks.get_labeler(labeler) if isinstance(labeler, str) else labeler
     out = []
     for r in rows:
         t0 = time.perf_counter()
-        best = lab.pick_best(r["query"], r["samples"], r.get("reference"))
+        best, tied = lab.pick(r["query"], r["samples"], r.get("reference"))
         out.append(
             dict(
                 r,
                 best=best,
+                **(dict(tied=tied) if len(tied) > 1 else {}),
                 labeler=f"script:{lab.name}",
                 seconds=round(time.perf_counter() - t0, 6),
                 created=labels.now_iso(),
@@ -170,7 +181,7 @@ def sample_and_label(
     cfg,
     policy: GPT2 | None,
     model: str,
-    task: str,
+    task: str | tasks.TaskConfig,
     labeler: str,
     seed: int,
     out: Path,
@@ -179,17 +190,19 @@ def sample_and_label(
     precision: str = "auto",
 ) -> tuple[list[dict], GPT2]:
     """reward.build_reward_model's labels when it is given none: cfg.num_comparisons comparisons
-    sampled from rho (`policy`, or tasks.load_base_model(model)) on the task's train queries
-    (query_data: local query data, see tasks.QuerySource; cfg.require_stop as in
-    sample_comparisons), labeled by the scripted labeler (`labeler`; empty: the task's own) and
-    written to `out`. cfg: reward.TrainConfig. Returns (label rows, rho). ValueError: the task has
-    no scripted labeler."""
-    labeler = labeler or (tasks.TASKS[task].labeler if task in tasks.TASKS else "")
+    sampled from rho (`policy`, or tasks.load_base_model(model)) on the task's train queries at
+    task.temperature (task: a name or a tasks.TaskConfig; query_data: local query data, see
+    tasks.QuerySource; cfg.require_stop as in sample_comparisons), labeled by the scripted labeler
+    (`labeler`; empty: the task's own) and written to `out`. cfg: reward.TrainConfig. Returns
+    (label rows, rho). ValueError: the task has no scripted labeler."""
+    known = isinstance(task, tasks.TaskConfig) or task in tasks.TASKS
+    labeler = labeler or (tasks.get_task(task).labeler if known else "")
     if not labeler:
         raise ValueError(
-            f"task {task or '(none given)'} has no scripted labeler to make labels with; give a "
-            f"labels file (`reward.py train --labels`, `ppo.py --rm.labels`; OpenAI's released "
-            f"labels: see `python reward.py --help`) or a trained reward model"
+            f"task {getattr(task, 'name', task) or '(none given)'} has no scripted labeler to "
+            "make labels with; give a labels file (`reward.py train --labels`, `ppo.py "
+            "--rm.labels`; OpenAI's released labels: see `python reward.py --help`) or a trained "
+            "reward model"
         )
     labeler = tasks.get_labeler(labeler)
     if policy is None:
@@ -255,7 +268,9 @@ def split_rows(rows: list[dict], num_train: int, test_fraction: float):
     return rows[:num_train], rows[num_train:]
 
 
-def resolve_task(rows: list[dict], task: str, path: str = "labels") -> tasks.TaskConfig:
+def resolve_task(rows: list[dict], task, path: str = "labels") -> tasks.TaskConfig:
+    """The task given (a name or a tasks.TaskConfig, kept as it is: its temperature may be a
+    run's), else the one task the rows name; ValueError when they name none or several."""
     found = sorted({r.get("task", "") for r in rows})
     if task:
         return tasks.get_task(task)
@@ -425,13 +440,20 @@ def read_rm_checkpoint(
 
 
 def training_record(rm, cfg, model: str, task, seed: int, query_data: str, metrics: dict):
-    """What rm.pt records of its training (rm.meta): task (a tasks.TaskConfig), seed, the options
+    """What rm.pt records of its training (rm.meta): task (a tasks.TaskConfig), the temperature
+    its samples were drawn at (comparisons sampled here, and normalization), seed, the options
     (cfg: reward.TrainConfig), the metrics and the normalization."""
     return dict(
         task=task.name,
+        temperature=task.temperature,
         seed=seed,
         train_config=dict(
-            model=model, task=task.name, seed=seed, query_data=query_data, **dataclasses.asdict(cfg)
+            model=model,
+            task=task.name,
+            temperature=task.temperature,
+            seed=seed,
+            query_data=query_data,
+            **dataclasses.asdict(cfg),
         ),
         metrics=metrics,
         normalization=dict(

@@ -17,8 +17,9 @@ The schedule, over a run of E episodes with a budget of N labels, N0 of them bef
     policy's samples. (The paper trains one epoch; --rm.epochs applies, and the tiny preset uses 8,
     as it does offline.)
   * every --validation-every k-th comparison during RL is a validation item: two samples of ρ and
-    two of π. The labelers' picks on them give π's win rate over ρ (with a Wilson interval); they
-    are training labels too.
+    two of π. The labelers' picks on them give π's win rate over ρ (with a Wilson interval; a
+    scripted pick among tied samples counts the share of them that are π's); they are training
+    labels too.
 
 The collection is "batched", as the paper recommends after finding fully asynchronous collection
 hard to debug: at the start of each PPO update, ppo.py calls Online.before_update(), which queues
@@ -28,17 +29,19 @@ trains, or while the labels a due retraining needs have not arrived (a scripted 
 once; with people, PPO waits and says for what, or goes on for up to --max-label-lag updates).
 
 Files, in RUN_DIR/online/ (the interface label_tool.py --follow reads and writes):
-    state.json       {"run_id": random hex made once per run, "task", "labels_total",
-                      "labels_initial", "rm_trainings", "validation_every", "labeler", "created"},
-                     written once when the run starts
+    state.json       {"run_id": random hex made once per run, "task", "temperature" (the run's:
+                      every comparison and normalization sample is drawn at it, as π's rollouts),
+                      "labels_total", "labels_initial", "rm_trainings", "validation_every",
+                      "labeler", "created"}, written once when the run starts
     queue.jsonl      append-only, one writer (this module): comparisons in labels.py's format plus
                      provenance: run_id, update (how many PPO updates the policy that made the
                      samples had done), policies ("rho"/"pi" per sample), validation (bool), queued
                      (ISO time). Ids are f"{run_id}-{n}", n = 0, 1, ... in file order.
     labels-<labeler>.jsonl   one file per labeler, labels.py's labels format (the last line about
                      an id wins; undo/skip lines); every line carries the queue item's run_id. A
-                     scripted labeler writes labels-<its name>.jsonl. When several labelers label
-                     the same item, each label is its own training row.
+                     scripted labeler writes labels-<its name>.jsonl, with `tied` (the indices
+                     of equal top score) where it broke a tie. When several labelers label the
+                     same item, each label is its own training row.
     rm.pt            the current reward model (written atomically; its meta says which training
                      it is and on how many labels); trainings.jsonl logs each training.
 
@@ -105,9 +108,10 @@ def is_validation(j: int, every: int) -> bool:
     return every > 0 and (j + 1) % every == 0
 
 
-def wilson_interval(wins: int, n: int, z: float = 1.96) -> tuple[float, float]:
+def wilson_interval(wins: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion (95% with z = 1.96); (0, 1) when n = 0.
-    Unlike p ± z·sqrt(p(1-p)/n) it stays inside [0, 1] and is sensible for small n."""
+    Unlike p ± z·sqrt(p(1-p)/n) it stays inside [0, 1] and is sensible for small n. wins may be
+    fractional (ties, see win_rate)."""
     if n == 0:
         return 0.0, 1.0
     p = wins / n
@@ -120,9 +124,14 @@ def wilson_interval(wins: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def win_rate(rows: list[dict]) -> dict:
     """π's win rate over ρ from labeled validation items: the share of picks that went to a π
     sample. rows: label rows with `policies` and `best` (one per label: two labelers of the same
-    item are two picks). Returns {"rate", "low", "high", "n", "wins"} (rate None when n = 0)."""
-    picks = [r["policies"][r["best"]] for r in rows if r.get("validation")]
-    wins, n = sum(p == "pi" for p in picks), len(picks)
+    item are two picks). A scripted pick among k samples of equal score (the label's `tied`
+    indices) counts the share of them that are π's: 1 of 2 tied is half a win, as evaluate.py
+    counts a scripted tie, so the rate does not depend on the order of the samples (which the
+    tie-break's draw does). Returns {"rate", "low", "high", "n", "wins"} (wins may be fractional;
+    rate None when n = 0)."""
+    tops = [(r["policies"], r.get("tied") or [r["best"]]) for r in rows if r.get("validation")]
+    wins = sum(sum(pol[i] == "pi" for i in top) / len(top) for pol, top in tops)
+    n = len(tops)
     low, high = wilson_interval(wins, n)
     return dict(rate=wins / n if n else None, low=low, high=high, n=n, wins=wins)
 
@@ -313,6 +322,17 @@ class LabelReader:
             n = len(item["sample_tokens"])
             if type(obj["best"]) is not int or not 0 <= obj["best"] < n:
                 raise _error(f"{where}: `best` = {obj['best']!r} must be an integer 0..{n - 1}")
+            tied = obj.get("tied")  # a scripted labeler's tie: the indices of equal top score
+            if tied is not None and not (
+                isinstance(tied, list)
+                and all(type(i) is int and 0 <= i < n for i in tied)
+                and len(set(tied)) == len(tied) >= 2
+                and obj["best"] in tied
+            ):
+                raise _error(
+                    f"{where}: `tied` = {tied!r} must list two or more distinct indices "
+                    f"0..{n - 1}, `best` among them"
+                )
             for k in ("query_tokens", "sample_tokens"):
                 if k in obj and obj[k] != item[k]:
                     raise _error(
@@ -324,6 +344,7 @@ class LabelReader:
                 dict(
                     item,
                     best=obj["best"],
+                    **(dict(tied=tied) if tied is not None else {}),
                     labeler=obj.get("labeler", path.stem.removeprefix("labels-")),
                     created=obj.get("created"),
                     seconds=obj.get("seconds"),
@@ -377,9 +398,11 @@ class Settings:
     batch_size: int
     n_updates: int
     rm: reward.TrainConfig
+    temperature: float  # every sample of the run, ρ's and π's, for the queue and for the RM
 
     STATE_KEYS = (
         "task",
+        "temperature",
         "labels_total",
         "labels_initial",
         "rm_trainings",
@@ -424,7 +447,7 @@ class Online:
         self.dir = Path(run_dir) / "online"
         self.queue_path, self.state_path = self.dir / "queue.jsonl", self.dir / "state.json"
         self.rm_path, self.log_path = self.dir / "rm.pt", self.dir / "trainings.jsonl"
-        self.task = tasks.get_task(s.task)
+        self.task = comparisons.task_at(s.task, s.temperature)  # π's rollouts' temperature
         self.scripted = None if s.labeler == "human" else tasks.get_labeler(s.labeler)
         self.points = retrain_points(s.labels_total, s.labels_initial, s.rm_trainings)
         self.E = s.n_updates * s.batch_size
@@ -450,6 +473,8 @@ class Online:
         check_fresh(self.dir.parent, resume)
         if self.state_path.exists():
             state = json.loads(self.state_path.read_text())
+            # a state.json from before it recorded the temperature: its run sampled at the task's
+            state.setdefault("temperature", tasks.get_task(s.task).temperature)
             changed = [
                 f"{k}: {state.get(k)!r} -> {getattr(s, k)!r}"
                 for k in Settings.STATE_KEYS
@@ -553,12 +578,13 @@ class Online:
             if item["id"] in done:
                 continue
             t0 = time.perf_counter()
-            best = self.scripted.pick_best(item["query"], item["samples"], item.get("reference"))
+            best, tied = self.scripted.pick(item["query"], item["samples"], item.get("reference"))
             labels.append_jsonl(
                 path,
                 dict(
                     item,
                     best=best,
+                    **(dict(tied=tied) if len(tied) > 1 else {}),  # for win_rate
                     labeler=f"script:{self.scripted.name}",
                     seconds=round(time.perf_counter() - t0, 6),
                     created=now_iso_ms(),
@@ -614,7 +640,7 @@ class Online:
         t0 = time.time()
         cfg = dataclasses.replace(self.s.rm, labels=str(self.dir / "labels-*.jsonl"), num_train=0)
         rm, metrics = reward.train_reward_model(
-            rows, cfg, self.s.model, self.s.task, self.s.seed + k, policy=self.ref,
+            rows, cfg, self.s.model, self.task, self.s.seed + k, policy=self.ref,
             device=self.device, query_data=self.s.query_data,
         )  # fmt: skip
         record = dict(

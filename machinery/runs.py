@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 import gpt2
 import reward
-from machinery import cli, dist, hf, online, summarization, tasks
+from machinery import cli, comparisons, dist, hf, online, summarization, tasks
 from machinery.microbatch import resolve_micro_batch_size
 
 
@@ -204,7 +204,7 @@ def reward_model_for(cfg, run_dir: Path, ref, device, labeler_name: str):
             path = reward.build_reward_model(
                 cfg.rm,
                 cfg.model,
-                cfg.task,
+                comparisons.task_at(cfg.task, cfg.temperature),  # rho sampled as π: one temperature
                 run_dir / "rm.pt",
                 cfg.seed,
                 labeler_name,

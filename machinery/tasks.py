@@ -852,12 +852,19 @@ class ScriptedLabeler:
         return np.array([self.score_fn(t, r) for t, r in zip(texts, refs)], dtype=np.float64)
 
     def pick_best(self, query: str, samples: list[str], reference: str | None = None) -> int:
+        return self.pick(query, samples, reference)[0]
+
+    def pick(self, query: str, samples: list[str], reference: str | None = None):
+        """(best, tied): the picked index and the indices of every sample sharing the top score
+        (more than one: a tie, broken as the class says). A label keeps `tied` so that a win rate
+        can count the share of the tied samples on each side (online.win_rate) instead of the one
+        the tie-break drew, which the order of the samples decides."""
         s = self.score(samples, None if reference is None else [reference] * len(samples))
         best = np.flatnonzero(s == s.max())
         seed = int.from_bytes(
             hashlib.sha256(json.dumps([query, samples]).encode()).digest()[:8], "little"
         )
-        return int(best[random.Random(seed).randrange(len(best))])
+        return int(best[random.Random(seed).randrange(len(best))]), best.tolist()
 
 
 # name -> (score function, needs a reference)

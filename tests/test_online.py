@@ -9,6 +9,7 @@ edited by hand, a second run in the same folder).
 Runs are real `ppo.py` processes on the tiny model with small budgets (OMP_NUM_THREADS=1)."""
 
 import copy
+import itertools
 import json
 import os
 import random
@@ -91,6 +92,83 @@ def test_win_rate_on_known_labels():
     assert (wr["wins"], wr["n"], wr["rate"]) == (3, 4, 0.75)
     assert (wr["low"], wr["high"]) == pytest.approx(online.wilson_interval(3, 4))
     assert online.win_rate(rows[4:])["rate"] is None
+
+
+def test_win_rate_counts_a_scripted_tie_as_the_share_of_pi_among_the_tied():
+    v = ["rho", "rho", "pi", "pi"]
+    rows = [
+        dict(validation=True, policies=v, best=1, tied=[1, 2]),  # 1 of 2 tied is π's: 1/2
+        dict(validation=True, policies=v, best=3, tied=[0, 1, 2, 3]),  # all tied: 2/4
+        dict(validation=True, policies=v, best=0, tied=[0, 2, 3]),  # 2/3, whichever was drawn
+        dict(validation=True, policies=v, best=3),  # a clear π pick: 1
+    ]
+    wr = online.win_rate(rows)
+    wins = 1 / 2 + 2 / 4 + 2 / 3 + 1
+    assert wr["n"] == 4 and wr["wins"] == pytest.approx(wins)
+    assert wr["rate"] == pytest.approx(wins / 4)
+    assert (wr["low"], wr["high"]) == pytest.approx(online.wilson_interval(wins, 4))
+
+
+def permuted(row: dict, order: tuple) -> dict:
+    """The same comparison with its samples in `order` (new position j holds old sample
+    order[j]); best and tied move with them."""
+    where = {old: new for new, old in enumerate(order)}
+    out = dict(row, policies=[row["policies"][i] for i in order], best=where[row["best"]])
+    if "tied" in row:
+        out["tied"] = sorted(where[i] for i in row["tied"])
+    return out
+
+
+def test_win_rate_does_not_depend_on_the_order_of_the_samples():
+    """The scripted labeler on every order of one validation item's samples (three tie at the
+    top, one of them π's): its tie-break draws ρ's or π's sample depending on the order, the win
+    rate is 1/3 for each. Hand-made rows: every permutation (best and tied moved with the
+    samples), or another draw among the tied, gives the same rate."""
+    lab = tasks.get_labeler("sentiment")
+    texts = {"A door.": "rho", "A chair.": "rho", "A box.": "pi", "It was bad.": "pi"}
+    drawn, rates = set(), set()
+    for shown in itertools.permutations(texts):
+        best, tied = lab.pick("q", list(shown))
+        row = dict(validation=True, policies=[texts[t] for t in shown], best=best)
+        row.update(dict(tied=tied) if len(tied) > 1 else {})
+        drawn.add(row["policies"][best])
+        rates.add(round(online.win_rate([row])["rate"], 9))
+    assert drawn == {"rho", "pi"}  # the pick alone would give 0 or 1 depending on the order
+    assert rates == {round(1 / 3, 9)}
+    v = ["rho", "rho", "pi", "pi"]
+    rows = [
+        dict(validation=True, policies=v, best=0, tied=[0, 2]),
+        dict(validation=True, policies=v, best=2, tied=[1, 2, 3]),
+        dict(validation=True, policies=v, best=1),
+        dict(validation=True, policies=v, best=3, tied=[0, 1, 2, 3]),
+    ]
+    want = online.win_rate(rows)["rate"]
+    assert want == pytest.approx((1 / 2 + 2 / 3 + 0 + 2 / 4) / 4)
+    for order in itertools.permutations(range(4)):
+        assert online.win_rate([permuted(r, order) for r in rows])["rate"] == pytest.approx(want)
+    redrawn = [dict(r, best=r["tied"][-1]) if "tied" in r else r for r in rows]
+    assert online.win_rate(redrawn)["rate"] == pytest.approx(want)
+
+
+def test_scripted_labels_record_ties_and_the_reader_checks_them(tmp_path):
+    """The scripted labeler's label keeps `tied` (the samples of equal top score) where it broke a
+    tie; LabelReader passes it on to win_rate and refuses a `tied` that cannot be one."""
+    folder = make_queue(tmp_path, n=2)
+    queue = {r["id"]: r for r in online.read_queue(folder / "queue.jsonl", "abc")}
+    lab = tasks.get_labeler("sentiment")
+    samples = ["A door.", "It was good.", "A box.", "It was good."]  # 1 and 3 tie at the top
+    best, tied = lab.pick("q", samples)
+    assert tied == [1, 3] and best in tied
+    assert lab.pick("q", ["It was bad.", "It was good and happy.", "A box.", "A door."]) == (1, [1])
+    path = folder / "labels-x.jsonl"
+    labels.append_jsonl(path, dict(item("abc", 0), best=best, tied=tied, labeler="script:x"))
+    labels.append_jsonl(path, dict(item("abc", 1), best=2, labeler="script:x"))
+    got = online.LabelReader(folder, "abc").read(queue)
+    assert [r.get("tied") for r in got] == [[1, 3], None]
+    for bad in ([1], [1, 1], [0, 4], [0, 2], "1,3"):
+        path.write_text(json.dumps(dict(item("abc", 0), best=1, tied=bad)) + "\n")
+        with pytest.raises(SystemExit, match=r"labels-x.jsonl:1: `tied`"):
+            online.LabelReader(folder, "abc").read(queue)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,14 +272,20 @@ def test_scripted_run_labels_are_the_labelers_picks(scripted_run):
     lab = tasks.get_labeler("sentiment")
     lines = labels.read_jsonl(run / "online" / "labels-sentiment.jsonl")
     assert [obj["id"] for _, obj in lines] == [r["id"] for r in rows]  # one label per item
+    shares = []  # per validation item: the share of π's among the samples of top true score
     for (_, obj), r in zip(lines, rows):
         assert obj["best"] == lab.pick_best(r["query"], r["samples"])
         assert obj["run_id"] == r["run_id"] and obj["sample_tokens"] == r["sample_tokens"]
-    # π's win rate in summary.json is the share of π picks on the validation items
-    picks = [r["policies"][obj["best"]] for (_, obj), r in zip(lines, rows) if r["validation"]]
+        score = lab.score(r["samples"])
+        top = [i for i, x in enumerate(score) if x == score.max()]
+        assert obj.get("tied", [obj["best"]]) == top  # recorded where a tie was broken
+        if r["validation"]:
+            shares.append(sum(r["policies"][i] == "pi" for i in top) / len(top))
+    # π's win rate in summary.json: the share of π picks on the validation items, a tie counting
+    # the share of π's samples among the tied
     summary = json.loads((run / "summary.json").read_text())["online"]
-    assert summary["win_n"] == len(picks) > 0
-    assert summary["win_rate"] == pytest.approx(picks.count("pi") / len(picks))
+    assert summary["win_n"] == len(shares) > 0
+    assert summary["win_rate"] == pytest.approx(sum(shares) / len(shares))
 
 
 def test_scripted_run_provenance(scripted_run):
@@ -231,6 +315,33 @@ def test_scripted_run_provenance(scripted_run):
     first_rl = [r for r in rows[N0:] if r["update"] == 0]
     pi0 = copy.deepcopy(ref)  # π before its first update: ρ's weights, in a model of its own
     assert again(first_rl, pi0) == [r["sample_tokens"] for r in first_rl]
+
+
+def test_online_run_samples_everything_at_its_temperature(tmp_path, monkeypatch):
+    """ppo.py --online --temperature 0.9 (sentiment's is 0.7): the queue's comparisons (ρ's and
+    π's samples) and the normalization samples of every retraining are drawn at 0.9, as the
+    rollouts; state.json and the reward model record it, and a resume at another is refused."""
+    from test_reward import record_sampling
+
+    calls = record_sampling(monkeypatch)
+    run = tmp_path / "run"
+    args = [*SMALL, "--labeler", "sentiment", "--run-dir", str(run), "--temperature", "0.9"]
+    for flag, value in (("--total-episodes", "16"), ("--labels-total", "16"),
+                        ("--labels-initial", "8"), ("--rm-trainings", "2")):  # fmt: skip
+        args[args.index(flag) + 1] = value
+    ppo.main(args)
+    callers = {c for c, _ in calls}
+    assert {
+        "machinery.comparisons.sample_responses < machinery.online.sample_comparison_tokens",
+        "machinery.comparisons.sample_responses < reward.normalize.<locals>.draw",
+        "ppo.rollout < ppo.train",
+    } <= callers, callers
+    assert {t for _, t in calls} == {0.9}, sorted(set(calls))
+    assert json.loads((run / "online" / "state.json").read_text())["temperature"] == 0.9
+    rm = torch.load(run / "online" / "rm.pt", weights_only=True)
+    assert rm["online"]["training"] == 1 and rm["temperature"] == 0.9
+    with pytest.raises(SystemExit, match="temperature: 0.9 -> 0.7"):
+        ppo.main(["--resume", str(run), "--temperature", "0.7"])
 
 
 # --------------------------------------------------------------------------------------------------

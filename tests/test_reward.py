@@ -3,8 +3,11 @@ reward read at the last real token, checkpoints, bad input, and the whole sample
 label -> train -> eval path on the tiny model."""
 
 import dataclasses
+import inspect
+import itertools
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -40,6 +43,64 @@ def test_preference_loss_by_hand():
         )
         == 0.5
     )
+
+
+def first_argmax_accuracy(rewards, best):
+    """The old count (argmax: the first of tied candidates wins), the reference below averages."""
+    return (rewards.argmax(-1) == best).float().mean().item()
+
+
+def test_accuracy_counts_a_tie_as_a_share_of_a_win():
+    # a constant reward model on N = 4 with the label on candidate 0: chance, 1/4, exactly (argmax
+    # would credit candidate 0 every time: 1.0)
+    const = torch.zeros(5, 4)
+    assert reward.preference_accuracy(const, torch.zeros(5, dtype=torch.long)).item() == 0.25
+    assert reward.preference_accuracy(const, torch.tensor([0, 1, 2, 3, 3])).item() == 0.25
+    # by hand: a 2-way tie holding the best, 1/2; a 2-way tie without it, 0; a 3-way tie with
+    # it, 1/3; a clear win, 1 -> (1/2 + 0 + 1/3 + 1) / 4
+    rewards = torch.tensor(
+        [[0.5, 0.9, 0.9, 0.1], [0.9, 0.9, 0.2, 0.3], [0.4, 0.4, 0.0, 0.4], [0.1, 0.2, 0.3, 0.8]]
+    )
+    best = torch.tensor([2, 3, 1, 3])
+    expect = (1 / 2 + 0 + 1 / 3 + 1) / 4
+    assert reward.preference_accuracy(rewards, best).item() == pytest.approx(expect, abs=1e-7)
+    assert reward.preference_accuracy(rewards[:1], best[:1]).item() == 0.5
+
+
+@pytest.mark.parametrize("N", [3, 4])
+def test_accuracy_does_not_depend_on_the_order_of_the_candidates(N):
+    """Every permutation of each comparison's candidates (the label moved with them) gives the
+    same accuracy, and it equals the brute-force mean of the first-argmax count over all N!
+    orders (a uniformly random tie-break's expected accuracy)."""
+    g = torch.Generator().manual_seed(N)
+    rewards = torch.randint(0, 3, (64, N), generator=g).float()  # 3 values: many ties
+    rewards[:4] = 1.0  # and some constant rows
+    best = torch.randint(0, N, (64,), generator=g)
+    got = reward.preference_accuracy(rewards, best).item()
+    orders = list(itertools.permutations(range(N)))
+    seen, brute = set(), []
+    for order in orders:
+        perm = torch.tensor(order)
+        moved, new_best = rewards[:, perm], torch.argsort(perm)[best]  # the label moves along
+        assert torch.equal(moved.gather(1, new_best[:, None]), rewards.gather(1, best[:, None]))
+        seen.add(round(reward.preference_accuracy(moved, new_best).item(), 6))
+        brute.append(first_argmax_accuracy(moved, new_best))
+    assert seen == {round(got, 6)}
+    assert got == pytest.approx(sum(brute) / len(orders), abs=1e-6)
+    assert len({round(b, 6) for b in brute}) > 1  # the old count did depend on the order
+
+
+def test_held_out_accuracy_of_a_constant_model_is_chance():
+    """reward.evaluate (held-out and `reward.py eval` accuracy): a model that gives every
+    response the same reward (a zero head) scores 1/N, whatever candidate the labels name."""
+    rm = tiny_random_rm()
+    with torch.no_grad():
+        rm.head.weight.zero_()
+    samples = ((383, 13), (464, 13), (11, 13), (3797, 13))
+    rows = [label_row(i, best=0, samples=samples) for i in range(6)]
+    assert reward.evaluate(rm, rows)["accuracy"] == 0.25
+    rows = [label_row(i, best=i % 4, samples=samples) for i in range(6)]
+    assert reward.evaluate(rm, rows)["accuracy"] == 0.25
 
 
 def test_adam_tf_first_step_by_hand():
@@ -304,6 +365,15 @@ def test_end_to_end_tiny_sample_label_train_eval(tmp_path, capsys):
         and rm.meta["base_model"] == "tiny"
         and rm.meta["seed"] == 1
     )
+    # `reward.py train` samples rho (normalization) at the task's temperature, and says so
+    assert rm.meta["temperature"] == rm.meta["train_config"]["temperature"] == 0.7
+    # a scripted label keeps the indices of equal top score where it broke a tie
+    lab = tasks.get_labeler("descriptiveness")
+    labeled = [json.loads(line) for line in lab_path.read_text().splitlines()]
+    for r in labeled:
+        score = lab.score(r["samples"])
+        assert r.get("tied", [r["best"]]) == [i for i, x in enumerate(score) if x == score.max()]
+    assert any("tied" in r for r in labeled)  # 20 of the 200 on this seed
     # eval on the held-out rows agrees with training's own measurement
     test_path = write_lines(tmp_path / "test.jsonl", lab_path.read_text().splitlines()[150:])
     assert (
@@ -370,3 +440,77 @@ def test_epochs_see_each_label_once_per_epoch_and_anneal_lr_over_all_of_them(mon
     assert seen[:6] != seen[6:12] or seen[6:12] != seen[12:]  # reshuffled, not one order repeated
     # 9 steps, from 1e-3 toward 0
     assert lrs == pytest.approx([1e-3 * (1 - 2 * k / 18) for k in range(9)])
+
+
+# --------------------------------------------------------------------------------------------------
+# One run, one sampling temperature
+
+
+def record_sampling(monkeypatch) -> list[tuple[str, float]]:
+    """(callers, temperature) of every gpt2.generate call from now on, the callers as
+    "module.function < module.function" (the two functions above generate, torch's decorators
+    left out). Patched under every name it has: `from gpt2 import generate` binds a module's own.
+    Also used by test_online.py."""
+    import evaluate  # noqa: F401  (every module a run samples from, imported before patching)
+    import gpt2
+    import ppo  # noqa: F401
+
+    real, calls = gpt2.generate, []
+    signature = inspect.signature(real)
+
+    def recording(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        frame, names = sys._getframe(1), []
+        while frame is not None and len(names) < 2:
+            if not frame.f_globals["__name__"].startswith("torch"):
+                names.append(f"{frame.f_globals['__name__']}.{frame.f_code.co_qualname}")
+            frame = frame.f_back
+        calls.append((" < ".join(names), bound.arguments["temperature"]))
+        return real(*args, **kwargs)
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "generate", None) is real:
+            monkeypatch.setattr(module, "generate", recording)
+    return calls
+
+
+def test_a_ppo_run_samples_everything_at_its_temperature(tmp_path, monkeypatch):
+    """ppo.py --temperature 0.9 (sentiment's is 0.7) without --reward-model: the comparisons and the
+    normalization samples of the reward model it builds are drawn at 0.9, as its rollouts and its
+    end-of-run evaluation, and rm.pt records it."""
+    import ppo
+
+    calls = record_sampling(monkeypatch)
+    run_dir = tmp_path / "run"
+    ppo.main(
+        ["--model", "tiny", "--temperature", "0.9", "--rm.num-comparisons", "8",
+         "--rm.epochs", "1", "--rm.normalize-samples", "8", "--rm.rollout-batch-size", "8",
+         "--total-episodes", "8", "--batch-size", "8", "--micro-batch-size", "8",
+         "--eval-episodes", "8", "--sample-every", "0", "--run-dir", str(run_dir)]
+    )  # fmt: skip
+    callers = {c for c, _ in calls}
+    assert {
+        "machinery.comparisons.sample_responses < machinery.comparisons.sample_comparisons",
+        "machinery.comparisons.sample_responses < reward.normalize.<locals>.draw",
+        "ppo.rollout < ppo.train",  # the rollouts
+        "ppo.rollout < machinery.runs.evaluate_policy",  # the held-out scores before and after
+        "evaluate.sample_side < evaluate.judge",  # the end-of-run win rate against rho
+    } <= callers, callers
+    assert {t for _, t in calls} == {0.9}, sorted(set(calls))
+    rm = torch.load(run_dir / "rm.pt", weights_only=True)
+    assert rm["temperature"] == rm["train_config"]["temperature"] == 0.9
+    assert json.loads((run_dir / "config.json").read_text())["temperature"] == 0.9
+
+
+def test_default_temperature_samples_as_before():
+    """Without --temperature a run's temperature is its task's, and the task it samples with
+    (comparisons.task_at) equals the task itself: the same settings, so the same draws."""
+    import ppo
+    from machinery import presets
+
+    for name in tasks.TASKS:
+        cfg = presets.resolve_config(ppo.Config, {"task": name})
+        assert comparisons.task_at(name, cfg.temperature) == tasks.get_task(name)
+    assert comparisons.task_at("cnndm", 0.9).temperature == 0.9  # and the check can fail
+    assert comparisons.task_at("cnndm", 0.9) != tasks.get_task("cnndm")

@@ -4,6 +4,7 @@ softmax trick (machinery/tiny.py), and the padding equivalence the module docstr
 
 import dataclasses
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -200,6 +201,20 @@ def test_pick_best_and_ties():
         "tldr": "rouge",
         "cnndm": "rouge",
     }
+
+
+def test_scripted_labeler_reports_its_ties():
+    """pick gives the pick and every index of equal top score (a win rate counts their shares;
+    online.win_rate); the tied texts are the same whatever the order of the samples, and the
+    pick is pick_best's, drawn among them."""
+    lab = tasks.get_labeler("sentiment")
+    samples = ["A door.", "It was bad.", "A chair.", "A box."]  # VADER: 0.0 for all but "bad"
+    for order in itertools.permutations(range(4)):
+        shown = [samples[i] for i in order]
+        best, tied = lab.pick("q", shown)
+        assert {shown[i] for i in tied} == {"A door.", "A chair.", "A box."} and len(tied) == 3
+        assert best in tied and best == lab.pick_best("q", shown)
+    assert lab.pick("q", ["It was bad.", "It was good and happy.", "A box."]) == (1, [1])
 
 
 def test_download_caches_and_fails_clearly(tmp_path, monkeypatch):
