@@ -52,7 +52,7 @@ from types import SimpleNamespace
 import torch
 
 import gpt2
-from machinery import cli, labels, runs, tasks
+from machinery import amp, cli, labels, runs, tasks
 from machinery.labels import FormatError
 from machinery.microbatch import forward_in_chunks
 
@@ -241,7 +241,7 @@ def sample_side(lm, ref, reward_model, task, queries, cfg, seed: int, batch_size
         raw = queries[i : i + batch_size]
         context = [tasks.policy_context(task, q) for q in raw]
         q_tokens, q_mask = gpt2.left_pad(context, device=device)  # (B, Q)
-        with gpt2.autocast(device, cfg.precision):
+        with amp.autocast(device, cfg.precision):
             new, _ = gpt2.generate(lm, q_tokens, q_mask, R, cfg.temperature, generator=gen)
             tokens = torch.cat([q_tokens, new], 1)  # (B, T)
             mask = torch.cat([q_mask, torch.ones_like(new, dtype=torch.bool)], 1)

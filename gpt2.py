@@ -30,7 +30,6 @@ H), V = vocabulary (50257), R = response length (new tokens), N = flattened toke
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 import gpt2_kernels  # attention and token log-probs: Triton kernels or PyTorch (imports no triton)
-from machinery import cli, hf, tiny
+from machinery import amp, cli, hf, tiny
 
 # OpenAI's padding id in label files (n_vocab + 2, "for historical reasons"); never fed to the model
 PAD_ID = 50259
@@ -542,7 +541,7 @@ def generate(
     B, T = tokens.shape
     temperature = max(temperature, 1e-10)  # as lm-human-preferences: T = 0 would divide by zero
     # keys and values are written in the dtype the attention matmuls read (bf16 under autocast)
-    cache_dtype = autocast_dtype(tokens) or model.lm_head_weight.dtype
+    cache_dtype = amp.autocast_dtype(tokens) or model.lm_head_weight.dtype
     cache = KVCache(model.config, B, T + max_new_tokens, tokens.device, cache_dtype)
     # pads anywhere (PAD_ID or mask 0) move to the left: the same prompts, and the last position
     # is real
@@ -602,7 +601,7 @@ def response_logprobs(
     hidden = model.response_states(tokens, attention_mask, R)  # (B, R, C)
     # the LM head's GEMM in the autocast dtype (fp32 accumulation, fp32 softmax statistics): both
     # token_logprobs paths run their GEMMs in hidden's dtype, autocast or not
-    h = hidden if autocast_dtype(hidden) is None else hidden.to(autocast_dtype(hidden))
+    h = hidden if amp.autocast_dtype(hidden) is None else hidden.to(amp.autocast_dtype(hidden))
     real = real_tokens(tokens, attention_mask)[:, T - R :]  # (B, R)
     targets = tokens[:, T - R :].masked_fill(~real, 0)  # (B, R)
     lp, ent = gpt2_kernels.token_logprobs(
@@ -613,43 +612,6 @@ def response_logprobs(
         model.config.use_kernels,
     )
     return lp.view(B, R).masked_fill(~real, 0.0), ent.view(B, R).masked_fill(~real, 0.0), hidden
-
-
-# --------------------------------------------------------------------------------------------------
-# Precision: one switch for every forward (sampling, scoring, training)
-
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def resolve_precision(precision: str, device) -> str:
-    """'auto' -> 'bf16' on CUDA, 'fp32' elsewhere (bf16 matmuls are slow on most CPUs); 'bf16' and
-    'fp32' are kept on any device, so the CPU can run the GPU's exact bf16 code path."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        return "bf16" if torch.device(device).type == "cuda" else "fp32"
-    return precision
-
-
-def autocast(device, precision: str):
-    """The mixed-precision context every forward runs in: torch.autocast to bfloat16 on the
-    device's type (CUDA or CPU alike) for 'bf16', nothing for 'fp32'.
-
-    Under it the weights, the optimizer and its state stay fp32 (autocast casts per op); matmuls
-    (Linear, attention, the LM head's logits) run in bf16; the residual stream and LayerNorm stay
-    fp32; log-softmax, log-probs, entropy, values, scores, losses and statistics are fp32
-    (gpt2_kernels.token_logprobs upcasts the logits, the heads' outputs are .float()). bf16 needs
-    no loss scaling: it has fp32's exponent range."""
-    precision = resolve_precision(precision, device)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-
-
-def autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
-    """The dtype autocast casts matmul inputs to on t's device, or None when autocast is off."""
-    kind = t.device.type
-    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
 
 
 # --------------------------------------------------------------------------------------------------

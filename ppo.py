@@ -44,7 +44,7 @@ import torch.nn as nn
 
 import evaluate
 import gpt2
-from machinery import dist, microbatch, online, presets, runs, tasks
+from machinery import amp, dist, microbatch, online, presets, runs, tasks
 from machinery.microbatch import Stats, accumulate, exact_div, fix_size, forward_in_chunks
 from machinery.optim import AdamOptions, make_adam
 
@@ -288,7 +288,7 @@ def rollout(policy, ref, reward_model, task, raw_queries, cfg: Config, kl_coef, 
     q_tokens, q_mask = gpt2.left_pad(queries, device=device)  # (B, Q)
     # 1. rollout: fixed-length responses from π at the task's temperature (EOS does not stop
     #    sampling)
-    with gpt2.autocast(device, cfg.precision):
+    with amp.autocast(device, cfg.precision):
         responses, _ = gpt2.generate(
             policy.lm, q_tokens, q_mask, R, cfg.temperature, generator=generator
         )  # (B, R)
@@ -300,7 +300,7 @@ def rollout(policy, ref, reward_model, task, raw_queries, cfg: Config, kl_coef, 
     # old log-probs and values come from the SAME forward function as training (as
     # lm-human-preference-details), not from the sampling loop, so on the first minibatch of the
     # first epoch the ratio is exactly 1
-    with gpt2.autocast(device, cfg.precision):
+    with amp.autocast(device, cfg.precision):
         logprobs, _, values = forward_in_chunks(
             lambda tok, msk: policy(tok, msk, R, cfg.temperature), cfg, tokens, mask
         )  # (B, R) each
@@ -363,7 +363,7 @@ def ppo_update(policy, optimizer, batch, cfg: Config, n_response: int, shuffle_g
             def loss_fn(j):
                 """5. PPO: clipped policy loss + vf_coef · clipped value loss of the micro-batch
                 at rows j of the minibatch."""
-                with gpt2.autocast(device, cfg.precision):
+                with amp.autocast(device, cfg.precision):
                     new_logprobs, entropy, vpred = policy(
                         batch["tokens"][idx][j], batch["mask"][idx][j], n_response, cfg.temperature
                     )  # (micro, R) each

@@ -41,8 +41,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt2 import GPT2, PAD_ID, GPT2Config, autocast, left_pad
-from machinery import cli, comparisons, dist, labels, tasks
+from gpt2 import GPT2, PAD_ID, GPT2Config, left_pad
+from machinery import amp, cli, comparisons, dist, labels, tasks
 from machinery.comparisons import EvalArgs, cmd_label, cmd_sample
 from machinery.optim import make_adam
 
@@ -313,7 +313,7 @@ def normalize(
 
 
 def train_step(rm: RewardModel, opt, rows: list[dict], device="cpu", precision="auto"):
-    """One optimizer step on a batch of label rows: the rewards under gpt2.autocast, the
+    """One optimizer step on a batch of label rows: the rewards under amp.autocast, the
     preference loss and its gradient's start in fp32 outside it. Returns the whole batch's
     (loss, accuracy).
 
@@ -322,7 +322,7 @@ def train_step(rm: RewardModel, opt, rows: list[dict], device="cpu", precision="
     not split evenly (a rank with no rows reads one at weight 0)."""
     mine = dist.split(rows)
     weight = len(mine) * dist.world_size / len(rows)
-    with autocast(device, precision):
+    with amp.autocast(device, precision):
         rewards, best = comparison_rewards(rm, mine or rows[:1], device)  # (B, N), (B,)
     rewards = rewards.float()
     loss = preference_loss(rewards, best) * weight
@@ -356,7 +356,7 @@ def train_reward_model(
     head init, data order and normalization samples (OpenAI: run.seed 1). policy: rho if already
     loaded, else tasks.load_base_model(model). It is used frozen, for the normalization samples
     (on the task's queries, from query_data when given); the reward model gets its own copy.
-    precision: gpt2.autocast's (every forward, sampling included); grad_checkpoint: activation
+    precision: amp.autocast's (every forward, sampling included); grad_checkpoint: activation
     checkpointing of the trained copy.
     """
     torch.manual_seed(seed)
@@ -379,11 +379,11 @@ def train_reward_model(
 
     # 1. normalize the random head's rewards under rho (OpenAI: normalize_before)
     if cfg.normalize_before:
-        with autocast(device, precision):
+        with amp.autocast(device, precision):
             metrics["norm_before"] = normalize(rm, policy, task, cfg, seed, device, query_data)
         log.normalized("before", metrics["norm_before"])
     if held_out:
-        with autocast(device, precision):
+        with amp.autocast(device, precision):
             metrics["test_before"] = evaluate(rm, held_out, cfg.eval_batch_size)
         log.held_out(metrics["test_before"], before=True)
 
@@ -407,7 +407,7 @@ def train_reward_model(
 
     # 3. normalize again under rho, discarding the trained gain/bias (OpenAI: normalize_after)
     if cfg.normalize_after:
-        with autocast(device, precision):
+        with amp.autocast(device, precision):
             metrics["norm_after"] = normalize(
                 rm, policy, task, cfg, seed + 1000, device, query_data
             )
@@ -415,7 +415,7 @@ def train_reward_model(
 
     # 4. held-out accuracy, and one example pair so a person can see what the model prefers
     if held_out:
-        with autocast(device, precision), torch.no_grad():
+        with amp.autocast(device, precision), torch.no_grad():
             metrics["test"] = evaluate(rm, held_out, cfg.eval_batch_size)
             rewards, _ = comparison_rewards(rm, [held_out[0]], rm.reward_gain.device)  # (1, N)
         log.held_out(metrics["test"])

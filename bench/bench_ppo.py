@@ -31,7 +31,7 @@ import torch
 import gpt2
 import ppo
 import reward
-from machinery import cli, presets, tasks
+from machinery import amp, cli, presets, tasks
 from machinery.microbatch import resolve_micro_batch_size
 from machinery.optim import make_adam
 
@@ -41,7 +41,7 @@ def bench(cfg: ppo.Config) -> dict:
     of the timed ones (seconds, tokens/s, peak GiB on CUDA)."""
     n_timed = cfg.bench_updates
     device = cli.pick_device(cfg.device)
-    cfg.precision = gpt2.resolve_precision(cfg.precision, device)
+    cfg.precision = amp.resolve_precision(cfg.precision, device)
     cfg.micro_batch_size = resolve_micro_batch_size(cfg, device)
     task = tasks.get_task(cfg.task)
     torch.manual_seed(cfg.seed)

@@ -34,13 +34,11 @@ from gpt2 import (
     GPT2,
     PAD_ID,
     GPT2Config,
-    autocast,
     generate,
     get_tokenizer,
     left_pad,
-    resolve_precision,
 )
-from machinery import cli, dist, labels, tasks
+from machinery import amp, cli, dist, labels, tasks
 
 # --------------------------------------------------------------------------------------------------
 # 1. Comparisons: queries from the task, N responses each from rho
@@ -211,7 +209,7 @@ def sample_and_label(
         f"reward model: sampling {cfg.num_comparisons} comparisons from ρ, labeling them with "
         f"the scripted '{labeler.name}' labeler, then training"
     )
-    with autocast(device, precision):
+    with amp.autocast(device, precision):
         rows = sample_comparisons(
             policy,
             task,
@@ -524,13 +522,13 @@ class EvalArgs:
 
 
 def train_device(device: str, precision: str) -> tuple[str, str]:
-    """`reward.py train`'s device (cli.pick_device) and precision (gpt2.resolve_precision; a bad
+    """`reward.py train`'s device (cli.pick_device) and precision (amp.resolve_precision; a bad
     one exits with its error). [dist] Under torchrun it joins the process group (nothing
     otherwise); cmd_train calls dist.finish at its end."""
     device = cli.pick_device(device)
     dist.init(device)  # [dist] under torchrun: joins the process group; nothing otherwise
     try:
-        precision = resolve_precision(precision, device)
+        precision = amp.resolve_precision(precision, device)
     except ValueError as e:
         raise SystemExit(f"error: --precision: {e}")
     return device, precision

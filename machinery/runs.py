@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 import gpt2
 import reward
-from machinery import cli, comparisons, dist, hf, online, summarization, tasks
+from machinery import amp, cli, comparisons, dist, hf, online, summarization, tasks
 from machinery.microbatch import resolve_micro_batch_size
 
 
@@ -136,7 +136,7 @@ def start(cfg) -> tuple[str, Path, dict | None]:
     device = cli.pick_device(cfg.device)
     dist.init(device)  # [dist] joins torchrun's process group; nothing without torchrun
     try:
-        cfg.precision = gpt2.resolve_precision(cfg.precision, device)
+        cfg.precision = amp.resolve_precision(cfg.precision, device)
     except ValueError as e:
         raise SystemExit(f"error: --precision: {e}")
     cfg.micro_batch_size = resolve_micro_batch_size(cfg, device)

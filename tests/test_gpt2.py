@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import gpt2
 from gpt2 import GPT2, generate, left_pad, response_logprobs
 from gpt2_kernels import token_logprobs
+from machinery import amp
 
 transformers = pytest.importorskip("transformers")
 
@@ -442,14 +443,14 @@ def test_response_logprobs_under_bf16_autocast():
     model = GPT2(gpt2.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=211, n_positions=32))
     tokens, mask = left_pad([[1, 2, 3, 4, 5], [7, 8, 9]])
     R, temp, w_lp = 2, 0.7, torch.tensor([[1.0, -2.0], [0.5, 3.0]])
-    with gpt2.autocast("cpu", "bf16"):
+    with amp.autocast("cpu", "bf16"):
         lp, ent, _ = response_logprobs(model, tokens, mask, R, temp)
     assert lp.dtype == ent.dtype == torch.float32 and torch.isfinite(lp).all()
     (lp * w_lp).sum().add(ent.sum()).backward()
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
 
     model.zero_grad(set_to_none=True)
-    with gpt2.autocast("cpu", "bf16"):
+    with amp.autocast("cpu", "bf16"):
         hidden = model.hidden_states(tokens, mask)
     T = tokens.size(1)
     h = hidden[:, T - R - 1 : T - 1].to(torch.bfloat16).float()
@@ -479,7 +480,7 @@ def test_token_logprobs_bf16_gemm_fp32_math(logits_kept):
     lp, ent = token_logprobs(
         hb, w, t, temperature=0.7, use_kernels="off", chunk=4, backward_chunk=4
     )
-    with gpt2.autocast("cpu", "bf16"):
+    with amp.autocast("cpu", "bf16"):
         lp_ac, ent_ac = token_logprobs(
             hb, w, t, temperature=0.7, use_kernels="off", chunk=4, backward_chunk=4
         )
@@ -502,7 +503,7 @@ def test_token_logprobs_bf16_gemm_fp32_math(logits_kept):
     # dh multiplies by the fp32 weight (the reference: its bf16 rounding) and comes back in bf16
     assert (gh.float() - rh).abs().max() < 1e-2 * rh.abs().max()
     # 'auto' is fp32 on the CPU, bf16 on CUDA; unknown names are refused
-    assert gpt2.resolve_precision("auto", "cpu") == "fp32"
-    assert gpt2.resolve_precision("auto", "cuda") == "bf16"
+    assert amp.resolve_precision("auto", "cpu") == "fp32"
+    assert amp.resolve_precision("auto", "cuda") == "bf16"
     with pytest.raises(ValueError, match="precision must be"):
-        gpt2.resolve_precision("fp16", "cpu")
+        amp.resolve_precision("fp16", "cpu")
