@@ -162,7 +162,8 @@ class Args:
     batch_size: int = 64
     """queries sampled at once"""
     show: int = 4
-    """pairs printed side by side"""
+    """pairs printed side by side (scripted labelers only: with --labeler human nothing is shown
+    that tells which sample is the policy's)"""
     device: str = "auto"
     """'auto' (cuda when available), 'cpu' or 'cuda'"""
 
@@ -594,11 +595,9 @@ def judge(
         stats = win_rate(outcomes)
         summary["win_rate"] = dict(stats, labeler=f"script:{name}")
         print(f"{name} labeler: {preference_line(stats, against_name)}")
-    print(
-        side_by_side(
-            [(enc.decode(queries[i]), texts_p[i], texts_o[i]) for i in range(min(show, n))]
-        )
-    )
+    if name != "human":  # people label blind: nothing printed may tell which sample is whose
+        rows = [(enc.decode(queries[i]), texts_p[i], texts_o[i]) for i in range(min(show, n))]
+        print(side_by_side(rows))
     summary["seconds"] = round(time.time() - t0, 1)
     # a fresh summary: anything in the old one was about the pairs just replaced
     cli.atomic_write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

@@ -371,6 +371,20 @@ def test_human_judge_prints_the_label_tool_command(tiny_run, tmp_path, capsys):
     assert f"then: python evaluate.py {run_dir} --report --out {out}" in printed
 
 
+def test_human_judge_shows_nothing_that_unblinds_the_pairs(tiny_run, tmp_path, capsys):
+    # the default --show would print pairs side by side under "policy | other" headers; a person
+    # about to label must see neither the table nor any sample next to its side
+    run_dir, _ = tiny_run
+    out = tmp_path / "eval"
+    evaluate.main([str(run_dir), "--n", "4", "--labeler", "human", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "policy |" not in printed and "| other" not in printed
+    pairs = labels.read_comparisons(out / "pairs.jsonl")
+    # the table clipped each sample to its column: look for their first 20 characters
+    starts = {s.replace("\n", " ")[:20] for row in pairs for s in row["samples"] if len(s) > 20}
+    assert starts and not [s for s in starts if s in printed]
+
+
 def test_against_a_run_of_another_task_or_model_size(tiny_run, tmp_path):
     import shutil
 
