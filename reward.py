@@ -574,7 +574,7 @@ def cmd_eval(argv):
     device = cli.pick_device(a.device)
     rm = load_reward_model(a.reward_model, device)
     rows = comparisons.read_label_rows(a.labels)
-    comparisons.check_rows_fit(rows, rm.lm.config, a.labels)
+    comparisons.check_rows_fit(rows, rm.lm.config, a.labels, rm.meta.get("task"))
     comparisons.print_eval(a.reward_model, rm.meta, evaluate(rm, rows, a.batch_size), rows)
 
 

@@ -268,9 +268,11 @@ def split_rows(rows: list[dict], num_train: int, test_fraction: float):
 
 def resolve_task(rows: list[dict], task, path: str = "labels") -> tasks.TaskConfig:
     """The task given (a name or a tasks.TaskConfig, kept as it is: its temperature may be a
-    run's), else the one task the rows name; ValueError when they name none or several."""
+    run's), else the one task the rows name; ValueError when they name none or several, or when
+    a row names another task than the one given (labels of another task train nothing useful)."""
     found = sorted({r.get("task", "") for r in rows})
     if task:
+        check_task(rows, task if isinstance(task, str) else task.name, path)
         return tasks.get_task(task)
     if len(found) != 1 or found[0] not in tasks.TASKS:
         raise ValueError(
@@ -280,9 +282,22 @@ def resolve_task(rows: list[dict], task, path: str = "labels") -> tasks.TaskConf
     return tasks.get_task(found[0])
 
 
-def check_rows_fit(rows: list[dict], config: GPT2Config, path: str = "labels"):
-    """Token ids inside the model's vocabulary and query+response inside its context, or a clear
-    error."""
+def check_task(rows: list[dict], task: str | None, path: str = "labels"):
+    """ValueError when a row names a task other than `task` (rows without a task field, such as
+    OpenAI's released JSON, are taken as the task's; no task given: nothing to check)."""
+    other = sorted({r["task"] for r in rows if r.get("task") and r["task"] != task})
+    if task and other:
+        n = sum(r.get("task") in other for r in rows)
+        raise ValueError(
+            f"{path}: {n} of {len(rows)} labels are of task {', '.join(other)}, not {task}; give "
+            f"labels of {task} (or --task {other[0]} for a {other[0]} reward model)"
+        )
+
+
+def check_rows_fit(rows: list[dict], config: GPT2Config, path: str = "labels", task=None):
+    """Token ids inside the model's vocabulary and query+response inside its context, and the
+    rows of `task` when one is given (check_task), or a clear error."""
+    check_task(rows, task, path)
     for i, r in enumerate(rows):
         n = len(r["query_tokens"]) + max(len(s) for s in r["sample_tokens"])
         if n > config.n_positions:

@@ -221,6 +221,34 @@ def test_bad_labels_give_clear_errors(tmp_path, capsys, name, lines, message):
     assert not (tmp_path / "rm.pt").exists()
 
 
+def test_labels_of_another_task_are_refused(tmp_path, capsys, monkeypatch):
+    """Descriptiveness labels given to a sentiment reward model: refused by reward.py train
+    --task, reward.py eval (the reward model's task) and ppo.py --rm.labels, naming both tasks,
+    before anything trains; labels without a task field (OpenAI's JSON) are taken as given."""
+    import ppo
+
+    rows = [dict(label_row(i), task="descriptiveness") for i in range(4)]
+    path = write_lines(tmp_path / "desc.jsonl", rows)
+    out = tmp_path / "rm.pt"
+    argv = ["train", "--labels", path, "--task", "sentiment", "--model", "tiny", "--out", str(out)]
+    assert reward.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "4 of 4 labels are of task descriptiveness, not sentiment" in err and not out.exists()
+    rm = tiny_random_rm()
+    rm.meta["task"] = "sentiment"
+    with pytest.raises(ValueError, match="of task descriptiveness, not sentiment"):
+        comparisons.check_rows_fit(
+            comparisons.read_label_rows(path), rm.lm.config, path, "sentiment"
+        )
+    untagged = [{k: v for k, v in r.items() if k != "task"} for r in rows]
+    assert comparisons.resolve_task(untagged, "sentiment").name == "sentiment"
+    reward.save_reward_model(rm, out)
+    assert reward.main(["eval", "--labels", path, "--reward-model", str(out)]) == 1
+    assert "not sentiment" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="of task descriptiveness, not sentiment"):
+        ppo.main(["--model", "tiny", "--rm.labels", path, "--run-dir", str(tmp_path / "run")])
+
+
 def test_skipped_labels_are_counted(tmp_path, capsys):
     path = write_lines(
         tmp_path / "l.jsonl", [label_row(0), label_row(1), {"id": "x1", "undo": True}]
