@@ -243,6 +243,9 @@ def atomic_write(path, data: bytes | str | Callable[[Any], None], encoding: str 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; give it the mode any new file gets (0666 less the umask),
+        # so results are as readable as the files written with open()
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             if callable(data):
                 data(f)
@@ -255,6 +258,12 @@ def atomic_write(path, data: bytes | str | Callable[[Any], None], encoding: str 
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def fsync_dir(path) -> None:

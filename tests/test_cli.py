@@ -96,6 +96,21 @@ def test_atomic_write_text_bytes_and_writer(tmp_path):
     assert sorted(x.name for x in p.parent.iterdir()) == ["f.txt"]  # no temporary file left
 
 
+def test_atomic_write_gives_the_mode_open_would(tmp_path):
+    # config.json, summary.json, rm.pt, eval/* were written 0600 while other files were 0644
+    import os
+
+    old = os.umask(0o022)
+    try:
+        cli.atomic_write(tmp_path / "a.json", "{}")
+        with open(tmp_path / "b.json", "w") as f:
+            f.write("{}")
+    finally:
+        os.umask(old)
+    mode = lambda name: (tmp_path / name).stat().st_mode & 0o777
+    assert mode("a.json") == mode("b.json") == 0o644
+
+
 def test_atomic_write_keeps_the_old_file_when_the_writer_raises(tmp_path):
     p = tmp_path / "ckpt.pt"
     p.write_bytes(b"the last good checkpoint")
