@@ -10,11 +10,11 @@ training labels. This stage measures that number for a ppo.py run:
      (RUN_DIR/policy) and one from the other side (ρ by default, or another run or model), at the
      run's sampling temperature, truncated at the stop token as in the comparisons the labelers saw
      during training;
-  2. pairs: write them as RUN_DIR/eval/pairs.jsonl, a comparisons file with N = 2 (labels.py), in a
-     random order, both the order of the pairs and of the two samples within each. Which sample is
-     the policy's is kept in RUN_DIR/eval/key.json only: a person labeling pairs.jsonl is blind
-     (the ids are a random prefix and the line number);
-  3. judge: a scripted labeler (tasks.py) judges at once; people label pairs.jsonl with
+  2. pairs: write them as RUN_DIR/eval/pairs.jsonl, a comparisons file with N = 2
+     (machinery/labels.py), in a random order, both the order of the pairs and of the two samples
+     within each. Which sample is the policy's is kept in RUN_DIR/eval/key.json only: a person
+     labeling pairs.jsonl is blind (the ids are a random prefix and the line number);
+  3. judge: a scripted labeler (machinery/tasks.py) judges at once; people label pairs.jsonl with
      label_tool.py, each into their own labels file, and `--report` reads all of them;
   4. report: the win rate with a 95% interval, per labeler and pooled, the labelers' agreement,
      the reward model's score, the scripted true score and KL(π‖ρ) of both sides on the same
@@ -91,7 +91,8 @@ def win_rate(outcomes: list[float]) -> dict:
 
 def outcomes_by_labeler(rows: list[dict], policy_index: dict[str, int]) -> dict[str, dict]:
     """{labeler: {pair id: 1.0 if the policy's sample was picked else 0.0}} from label rows
-    (labels.py format, already resolved: one label per labeler and pair; a later row wins)."""
+    (machinery/labels.py format, already resolved: one label per labeler and pair; a later row
+    wins)."""
     out = collections.defaultdict(dict)
     for r in rows:
         out[r.get("labeler", "?")][r["id"]] = 1.0 if r["best"] == policy_index[r["id"]] else 0.0
@@ -271,7 +272,7 @@ def sample_side(lm, ref, reward_model, task, queries, cfg, seed: int, batch_size
 
 
 def make_pairs(task_name, queries, policy_responses, other_responses, rng, references=None):
-    """Comparison rows (labels.py, N = 2) and the key {id: index of the policy's sample}.
+    """Comparison rows (machinery/labels.py, N = 2) and the key {id: index of the policy's sample}.
     references: each query's reference summary or None (kept in the row, as in the comparisons
     the reward model's labels were made on).
 
@@ -358,9 +359,9 @@ def read_pairs(out: Path) -> tuple[list[dict], dict]:
 
 
 def read_eval_labels(paths: list[Path], pairs: list[dict]) -> list[dict]:
-    """Every label row of `paths` (labels.py resolves undo/skip), each checked to be a label of
-    one of `pairs`: same id, same query and sample tokens. Labels of another pairs file (another
-    run, an earlier evaluation) are an error naming the file and id."""
+    """Every label row of `paths` (machinery/labels.py resolves undo/skip), each checked to be a
+    label of one of `pairs`: same id, same query and sample tokens. Labels of another pairs file
+    (another run, an earlier evaluation) are an error naming the file and id."""
     by_id = {r["id"]: r for r in pairs}
     rows = []
     for path in paths:

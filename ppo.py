@@ -101,6 +101,21 @@ class Config(runs.Inputs, AdamOptions, online.Options, runs.RunOptions):
 # The math: small pure functions, imported by tests/test_ppo.py
 
 
+def compute_rewards(scores, logprobs, ref_logprobs, kl_coef: float):
+    """Per-token rewards: -β·(log π - log ρ) at every response token, plus the score at the LAST
+    token.
+
+    scores (B,), logprobs/ref_logprobs (B, R) of the sampled tokens (tempered) -> rewards,
+    non_score_reward, kl (B, R). The score is added at the last position of the fixed-length
+    response even when the text was truncated earlier (lm-human-preferences compute_rewards:
+    rewards[:, -1] += scores)."""
+    kl = logprobs - ref_logprobs  # (B, R) sampled estimate of the per-token KL
+    non_score_reward = -kl_coef * kl  # (B, R)
+    rewards = non_score_reward.clone()
+    rewards[:, -1] += scores  # score lands on the last response token
+    return rewards, non_score_reward, kl
+
+
 def whiten(values: torch.Tensor, shift_mean: bool = True, moments=None) -> torch.Tensor:
     """(v - mean) / sqrt(var + 1e-8) over all elements, with the POPULATION variance, as TF's
     tf.nn.moments (lm-human-preferences utils/core.py::whiten; torch.var's default would be the
@@ -115,21 +130,6 @@ def whiten(values: torch.Tensor, shift_mean: bool = True, moments=None) -> torch
     if not shift_mean:
         whitened = whitened + mean
     return whitened
-
-
-def compute_rewards(scores, logprobs, ref_logprobs, kl_coef: float):
-    """Per-token rewards: -β·(log π - log ρ) at every response token, plus the score at the LAST
-    token.
-
-    scores (B,), logprobs/ref_logprobs (B, R) of the sampled tokens (tempered) -> rewards,
-    non_score_reward, kl (B, R). The score is added at the last position of the fixed-length
-    response even when the text was truncated earlier (lm-human-preferences compute_rewards:
-    rewards[:, -1] += scores)."""
-    kl = logprobs - ref_logprobs  # (B, R) sampled estimate of the per-token KL
-    non_score_reward = -kl_coef * kl  # (B, R)
-    rewards = non_score_reward.clone()
-    rewards[:, -1] += scores  # score lands on the last response token
-    return rewards, non_score_reward, kl
 
 
 def compute_gae(rewards, values, gamma: float, lam: float):
