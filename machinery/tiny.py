@@ -43,18 +43,28 @@ class TinyFitConfig:
 
 
 def tiny_cache_path(preset, fit: TinyFitConfig = TinyFitConfig()) -> Path:
-    """The cache file of the fitted tiny model, keyed by a hash of the passages, the model's config
-    (preset: gpt2.PRESETS["tiny"]) and the fit config."""
+    """The cache file of the fitted tiny model, keyed by a hash of everything that decides its
+    weights: the passages, the model's config (preset: gpt2.PRESETS["tiny"]), the fit config, the
+    code that fits and runs it (FIT_SOURCES) and torch's version."""
     h = hashlib.sha256()
     h.update((ASSETS / "book_passages" / "train.jsonl").read_bytes())
     h.update(repr(dataclasses.replace(preset, use_kernels="auto")).encode())
     h.update(repr(fit).encode())
-    h.update(TINY_FIT_VERSION.encode())
+    for path in FIT_SOURCES:  # the code that fits it, whole: any edit refits (about a minute)
+        h.update(path.read_bytes())
+    h.update(torch.__version__.encode())  # another torch may round the fit differently
     return cache_dir() / f"tiny-{h.hexdigest()[:16]}.pt"
 
 
-# part of the cache key: bump when fit_tiny's method changes
-TINY_FIT_VERSION = "shared-unseen-row-v1"
+# part of the cache key: the files whose code decides the fitted weights (this fit, the model's
+# forward and backward, and its attention on the CPU)
+_ROOT = Path(__file__).resolve().parents[1]
+FIT_SOURCES = (
+    _ROOT / "machinery" / "tiny.py",
+    _ROOT / "gpt2.py",
+    _ROOT / "gpt2_kernels" / "pytorch.py",
+    _ROOT / "gpt2_kernels" / "__init__.py",
+)
 
 
 def passage_stream(encode: Callable[[str], list[int]], eot_id: int) -> torch.Tensor:

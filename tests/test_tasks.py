@@ -294,3 +294,23 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     assert tiny.tiny_cache_path(PRESETS["tiny"]).parent == tmp_path
     monkeypatch.delenv("RLHF_CACHE")
     assert data.cache_dir() == Path("~/.cache/rlhf-gpt2").expanduser()
+
+
+def test_tiny_cache_key_covers_the_code_that_fits_it(monkeypatch, tmp_path):
+    """A fit from older code must not be reused: the key changes with the fitting code, the
+    model's code, the preset and the fit config (a README demo once came from a stale fit)."""
+    sources = [tmp_path / p.name for p in tiny.FIT_SOURCES]
+    for src, copy in zip(tiny.FIT_SOURCES, sources):
+        copy.write_bytes(src.read_bytes())
+    monkeypatch.setattr(tiny, "FIT_SOURCES", tuple(sources))
+    key = lambda: tiny.tiny_cache_path(PRESETS["tiny"]).name
+    before = key()
+    seen = {before}
+    for copy in sources:  # one changed byte in any of them
+        copy.write_bytes(copy.read_bytes() + b"\n# changed\n")
+        seen.add(key())
+    seen.add(tiny.tiny_cache_path(dataclasses.replace(PRESETS["tiny"], n_embd=64)).name)
+    seen.add(tiny.tiny_cache_path(PRESETS["tiny"], tiny.TinyFitConfig(steps=10)).name)
+    assert len(seen) == len(sources) + 3
+    names = {p.name for p in tiny.FIT_SOURCES}
+    assert {"tiny.py", "gpt2.py"} <= names and all(p.is_file() for p in tiny.FIT_SOURCES)
