@@ -401,12 +401,12 @@ def read_config(name_or_dir, use_kernels: str = "auto") -> GPT2Config:
 
 
 def save_pretrained(model: GPT2, folder) -> Path:
-    """Write model to `folder` in the Hugging Face GPT-2 layout (config.json + model.safetensors,
-    LM head tied to wte), so transformers' GPT2LMHeadModel.from_pretrained and our from_pretrained
-    both load it. Parameter names and (in, out) layouts are already the checkpoints' (see the
-    model), so this is a plain copy, written atomically: a process killed at any moment leaves the
-    previous folder or the new one whole (machinery/hf.py::write_checkpoint). Returns the folder's
-    absolute path."""
+    """Write model to `folder` in the Hugging Face GPT-2 layout (config.json with every setting of
+    model.config, machinery/hf.py::hf_config; model.safetensors, with lm_head.weight if untied), so
+    transformers' GPT2LMHeadModel.from_pretrained and our from_pretrained both load the same model.
+    Parameter names and (in, out) layouts are already the checkpoints' (see the model), so this is
+    a plain copy, written atomically: a process killed at any moment leaves the previous folder or
+    the new one whole (machinery/hf.py::write_checkpoint). Returns the folder's absolute path."""
     return hf.write_checkpoint(folder, hf.hf_config(model.config, EOT_ID), model.state_dict())
 
 
@@ -647,10 +647,15 @@ class SampleArgs:
     export: str = ""
     """instead of sampling, write the model to this directory in the Hugging Face layout
     (config.json + model.safetensors) and exit"""
+    overwrite: bool = False
+    """with --export: replace the model an earlier --export wrote there"""
 
 
 def main(argv=None):
     args = cli.parse(SampleArgs, argv, description="Sample continuations of prompts from GPT-2.")
+    if args.export:  # before the model loads: hf.write_checkpoint replaces the folder whole
+        own, cmd = ("config.json", "model.safetensors"), cli.rerun("gpt2.py", argv)
+        cli.check_folder_output(args.export, "--export", args.overwrite, cmd, own)
     device = cli.pick_device(args.device)
     enc = get_tokenizer()
     try:

@@ -10,6 +10,7 @@ object, a state dict), so the model file reads top to bottom without it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -67,7 +68,8 @@ def resolve_checkpoint(name_or_dir: str) -> Path:
 # and the older keys the hub's configs still carry), with what loading does with it. transformers'
 # GPT-2 reads no other key, so a key outside this table changes nothing there either; we warn
 # about it anyway. tests/test_inputs_checkpoints.py checks the table covers transformers'
-# GPT2Config and that every verdict holds against transformers' logits.
+# GPT2Config and that every verdict holds against transformers' logits; tests/test_export.py that
+# an export (hf_config) writes every implemented key back.
 IMPLEMENTED = "implemented"
 HF_CONFIG_KEYS = {
     # the architecture: read into GPT2Config
@@ -255,13 +257,28 @@ def shard_files(index: Path) -> list[Path]:
 
 def load_model(folder: Path, model_class, config):
     """model_class(config) (a gpt2.GPT2 and its GPT2Config) holding the weights of the checkpoint
-    folder, in their stored dtype, on the CPU. Raises what read_hf_weights and
-    checkpoint_to_state_dict raise."""
+    folder, in their stored dtype, on the CPU. A config that ties the LM head to wte while the
+    weights hold an lm_head.weight of other values is untied (a warning), as transformers loads
+    it. Raises what read_hf_weights and checkpoint_to_state_dict raise."""
     state = read_hf_weights(folder)
+    head = state.get("lm_head.weight")
+    wte = state.get("transformer.wte.weight", state.get("wte.weight"))
+    if config.tie_word_embeddings and head is not None and wte is not None and not _same(head, wte):
+        # transformers (5.x) does not tie a head stored with values of its own: it uses them.
+        # Dropping it (as older versions did) would give other logits than transformers'
+        warnings.warn(
+            f"{folder}: config.json ties the LM head to wte, but lm_head.weight is stored with "
+            f"other values; using it, as transformers does (tie_word_embeddings = false)"
+        )
+        config = dataclasses.replace(config, tie_word_embeddings=False)
     with torch.device("meta"):  # no point initializing weights that are about to be overwritten
         model = model_class(config)
     model.load_state_dict(checkpoint_to_state_dict(state, model, folder), strict=True, assign=True)
     return model
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a, b.to(a.dtype))
 
 
 def checkpoint_to_state_dict(state: dict, model, folder: Path) -> dict:
@@ -292,7 +309,7 @@ def checkpoint_to_state_dict(state: dict, model, folder: Path) -> dict:
             )
         out[name] = t.contiguous()
     if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)  # tied to wte (transformers ignores it too)
+        state.pop("lm_head.weight", None)  # a copy of wte (load_model unties one that is not)
     if state:
         warnings.warn(f"{folder}: ignoring tensors not in GPT-2: {', '.join(sorted(state)[:5])}")
     return out
@@ -302,29 +319,41 @@ def checkpoint_to_state_dict(state: dict, model, folder: Path) -> dict:
 # Saving: the Hugging Face layout, written atomically
 
 
+# GPT2Config fields that say how to run the model, not what it computes: not written.
+RUN_ONLY_FIELDS = ("use_kernels",)
+
+
 def hf_config(config, eot_id: int) -> dict:
     """config.json as transformers' GPT2LMHeadModel reads it, for a gpt2.GPT2Config (eot_id: GPT-2's
-    <|endoftext|>, its BOS and EOS). Fixed keys, sorted on write, so the
-    same model always gives the same bytes. Dropout values are GPT-2's released ones (we never use
-    dropout, but someone fine-tuning the export with transformers gets GPT-2's defaults)."""
+    <|endoftext|>, its BOS and EOS). Every field of the config but RUN_ONLY_FIELDS is written under
+    its own name, each a key of HF_CONFIG_KEYS, so both loaders rebuild the model that was saved:
+    read_hf_config gives the same fields back (an untied head, another MLP width or activation,
+    other attention scaling; fixed GPT-2 values here made the export compute something else).
+    Raises ValueError for a field with no config.json key, which the file would drop. Sorted on
+    write, so the same model always gives the same bytes. Dropout values are GPT-2's released
+    ones (we never use dropout, but someone fine-tuning the export with transformers gets GPT-2's
+    defaults)."""
+    fields = {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if f.name not in RUN_ONLY_FIELDS
+    }
+    dropped = sorted(set(fields) - set(HF_CONFIG_KEYS))
+    if dropped:
+        raise ValueError(
+            f"GPT2Config fields {', '.join(dropped)} have no config.json key "
+            f"(machinery/hf.py::HF_CONFIG_KEYS); an export would lose them"
+        )
     return {
-        "activation_function": "gelu_new",  # the tanh approximation, as our MLP
+        **fields,  # n_inner None: 4 * n_embd; tie_word_embeddings false: lm_head.weight is stored
         "architectures": ["GPT2LMHeadModel"],
         "attn_pdrop": 0.1,
         "bos_token_id": eot_id,
         "embd_pdrop": 0.1,
         "eos_token_id": eot_id,
-        "layer_norm_epsilon": config.layer_norm_epsilon,
         "model_type": "gpt2",
-        "n_ctx": config.n_positions,
-        "n_embd": config.n_embd,
-        "n_head": config.n_head,
-        "n_inner": None,  # 4 * n_embd
-        "n_layer": config.n_layer,
-        "n_positions": config.n_positions,
+        "n_ctx": config.n_positions,  # the old name, for readers that predate n_positions
         "resid_pdrop": 0.1,
-        "tie_word_embeddings": True,  # the LM head is wte: no lm_head.weight in the file
-        "vocab_size": config.vocab_size,
     }
 
 

@@ -1,12 +1,15 @@
-"""gpt2.save_pretrained: the Hugging Face layout that transformers loads, byte-stable round trips,
-and atomic replacement (an exception or a SIGKILL mid-export leaves the previous folder whole)."""
+"""gpt2.save_pretrained: the Hugging Face layout that transformers loads, the model that was loaded
+or trained whatever its settings, byte-stable round trips, and atomic replacement (an exception or
+a SIGKILL mid-export leaves the previous folder whole)."""
 
+import dataclasses
 import hashlib
 import json
 import os
 import random
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,8 @@ import torch
 
 import gpt2
 from gpt2 import GPT2, GPT2Config, left_pad
+from machinery import hf as hf_io
+from machinery.hf import HF_CONFIG_ALIASES, HF_CONFIG_KEYS, IMPLEMENTED
 
 transformers = pytest.importorskip("transformers")
 
@@ -161,3 +166,154 @@ def test_cli_exports_tiny_and_samples_from_the_export_and_a_run_folder(tmp_path,
         outs.append(capsys.readouterr().out)
     assert outs[0] == outs[1] and outs[0].startswith("=== 'It was a warm day.'\nIt was a warm day.")
     assert len(outs[0].strip().splitlines()[-1]) > len("It was a warm day.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Every setting from_pretrained accepts survives an export (issue 24): one non-default value per
+# implemented key of machinery/hf.py's table and per alias (n_ctx and the aliases name the key
+# in the checkpoint's config.json only; the value is the canonical key's).
+
+EXPORT_CASES = {
+    "n_layer": 3,
+    "n_head": 4,
+    "n_embd": 48,
+    "n_positions": 40,
+    "n_ctx": 40,
+    "layer_norm_epsilon": 1e-2,
+    "n_inner": 40,
+    "activation_function": "relu",
+    "scale_attn_weights": False,
+    "scale_attn_by_inverse_layer_idx": True,
+    "tie_word_embeddings": False,
+    "hidden_size": 48,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 3,
+    "max_position_embeddings": 40,
+}
+ALIAS_OF = {**HF_CONFIG_ALIASES, "n_ctx": "n_positions"}
+ALL_AT_ONCE = {k: v for k, v in EXPORT_CASES.items() if k in HF_CONFIG_KEYS and k != "n_ctx"}
+
+
+def test_the_cases_cover_every_key_from_pretrained_accepts():
+    implemented = {k for k, v in HF_CONFIG_KEYS.items() if v.startswith(IMPLEMENTED)}
+    assert set(EXPORT_CASES) == implemented | set(HF_CONFIG_ALIASES)
+
+
+def hf_checkpoint(folder, overrides, renames=()):
+    """A random transformers GPT-2 with `overrides` (GPT2Config arguments), saved by transformers
+    into folder, its config.json keys renamed per `renames` (key -> alias). LayerNorms and biases
+    are not 1s and 0s, and attention is sharp (GPT-2's init gives near-uniform attention, under
+    which a wrong attention scale hides below the tolerance)."""
+    torch.manual_seed(0)
+    cfg = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257)
+    cfg.update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **overrides)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**cfg)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.mul_(6.0)
+    model.save_pretrained(folder)
+    raw = json.loads((folder / "config.json").read_text())
+    for key, alias in renames:
+        raw[alias] = raw.pop(key)
+    (folder / "config.json").write_text(json.dumps(raw))
+    return model
+
+
+def assert_export_is_the_model(tmp_path, original, folder):
+    """Our load of folder, exported, reloads in ours and in transformers with the original's
+    logits, and with every setting."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no key of the export is unknown to our loader
+        ours = GPT2.from_pretrained(str(folder))
+        export = gpt2.save_pretrained(ours, tmp_path / "policy")
+        ours_again = GPT2.from_pretrained(str(export))
+    theirs_again = transformers.GPT2LMHeadModel.from_pretrained(str(export)).eval()
+    assert ours_again.config == ours.config
+    written = json.loads((export / "config.json").read_text())
+    assert set(written) <= set(HF_CONFIG_KEYS)
+    from safetensors import safe_open
+
+    with safe_open(str(export / "model.safetensors"), "pt") as f:
+        assert ("lm_head.weight" in f.keys()) == (not ours.config.tie_word_embeddings)
+    tied = theirs_again.lm_head.weight.data_ptr() == theirs_again.transformer.wte.weight.data_ptr()
+    assert tied == ours.config.tie_word_embeddings
+    g = torch.Generator().manual_seed(1)
+    tokens, mask = left_pad(
+        [torch.randint(0, 50257, (n,), generator=g).tolist() for n in (7, 3, 12)]
+    )
+    want = hf_logits(original, tokens, mask)[mask]
+    with torch.no_grad():
+        for got in (ours(tokens, mask), ours_again(tokens, mask)):
+            torch.testing.assert_close(got[mask], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        hf_logits(theirs_again, tokens, mask)[mask], want, atol=1e-5, rtol=1e-5
+    )
+    return written
+
+
+@pytest.mark.parametrize("key", [*EXPORT_CASES, "all"])
+def test_an_export_is_the_model_that_was_loaded_whatever_its_settings(tmp_path, key):
+    if key == "all":
+        overrides, renames = ALL_AT_ONCE, []
+    else:
+        canonical = ALIAS_OF.get(key, key)
+        overrides, renames = {canonical: EXPORT_CASES[key]}, [(canonical, key)] * (key in ALIAS_OF)
+    original = hf_checkpoint(tmp_path / "start", overrides, renames)
+    written = assert_export_is_the_model(tmp_path, original, tmp_path / "start")
+    for k, v in overrides.items():
+        assert written[k] == v, k
+
+
+def test_a_head_stored_with_its_own_values_is_used_even_where_config_says_tied(tmp_path):
+    """transformers (5.x) unties an LM head that the file stores with values other than wte's,
+    whatever config.json says; so do we (with a warning), and the export says so. A stored head
+    equal to wte stays tied."""
+    original = hf_checkpoint(tmp_path / "start", {"tie_word_embeddings": False})
+    raw = json.loads((tmp_path / "start" / "config.json").read_text())
+    (tmp_path / "start" / "config.json").write_text(
+        json.dumps({**raw, "tie_word_embeddings": True})
+    )
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "start")).eval()
+    assert theirs.lm_head.weight.data_ptr() != theirs.transformer.wte.weight.data_ptr()
+    with pytest.warns(UserWarning, match="lm_head.weight is stored with other values"):
+        ours = GPT2.from_pretrained(str(tmp_path / "start"))
+    assert not ours.config.tie_word_embeddings
+    gpt2.save_pretrained(ours, tmp_path / "untied")
+    assert_export_is_the_model(tmp_path, original, tmp_path / "untied")
+
+    from safetensors.torch import load_file, save_file
+
+    tied = hf_checkpoint(tmp_path / "tied", {})
+    state = load_file(tmp_path / "tied" / "model.safetensors")
+    state["lm_head.weight"] = state["transformer.wte.weight"].clone()
+    save_file(state, str(tmp_path / "tied" / "model.safetensors"), metadata={"format": "pt"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert GPT2.from_pretrained(str(tmp_path / "tied")).config.tie_word_embeddings
+    assert_export_is_the_model(tmp_path, tied, tmp_path / "tied")
+
+
+def test_every_model_setting_is_written_and_a_refused_one_stays_refused(tmp_path):
+    """hf_config writes every GPT2Config field but how to run the model (use_kernels), and
+    read_hf_config gives the same config back; a field with no config.json key is an error, not a
+    silent loss; vocab_size, which gpt2.py refuses, is written as it is and refused on reload."""
+    config = GPT2Config(**ALL_AT_ONCE, use_kernels="off")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(hf_io.hf_config(config, gpt2.EOT_ID)))
+    read = hf_io.read_hf_config(path, gpt2.ACTIVATIONS)
+    assert GPT2Config(**read, use_kernels="off") == config
+
+    @dataclasses.dataclass
+    class Wider(GPT2Config):
+        rotary_dim: int = 0
+
+    with pytest.raises(ValueError, match="rotary_dim have no config.json key"):
+        hf_io.hf_config(Wider(), gpt2.EOT_ID)
+
+    model = GPT2.from_config(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=50304))
+    folder = gpt2.save_pretrained(model, tmp_path / "policy")
+    with pytest.raises(ValueError, match="config.json: vocab_size = 50304 .*GPT-2's tokenizer"):
+        GPT2.from_pretrained(str(folder))
