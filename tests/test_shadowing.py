@@ -96,5 +96,6 @@ def test_transformers_loads_our_export_from_the_root(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     version, diff, kernels_origin = out.stdout.split()[-3:]
     assert float(diff) < 1e-4, out.stdout
-    if kernels_origin != "None":  # a transformers that imports `kernels` finds the real one
-        assert not Path(kernels_origin).resolve().is_relative_to(ROOT), kernels_origin
+    if kernels_origin != "None":  # a transformers that imports `kernels` finds the real one,
+        origin = Path(kernels_origin).resolve()  # installed (CI's venv lives inside the checkout)
+        assert "site-packages" in origin.parts or not origin.is_relative_to(ROOT), origin
