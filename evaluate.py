@@ -158,6 +158,8 @@ class Args:
     """with --report: labels files to read (default: every RUN_DIR/eval/labels*.jsonl)"""
     out: str = ""
     """where the pairs, key, labels and summary live (default: RUN_DIR/eval)"""
+    overwrite: bool = False
+    """replace an earlier evaluation in --out (never one that people have labeled)"""
     seed: int = 0
     """sampling seed (the policy samples with it, the other side with seed + 1)"""
     batch_size: int = 64
@@ -326,6 +328,27 @@ def refuse_if_labeled(out: Path) -> None:
         )
 
 
+EVAL_FILES = ("pairs.jsonl", "key.json", "summary.json")  # what judge writes into --out
+
+
+def claim_out(out: Path, overwrite: bool) -> None:
+    """judge's check before anything loads: pairs people have labeled are never replaced
+    (refuse_if_labeled); an earlier evaluation is, only with overwrite (ppo.py's end of run: its
+    own eval/), and its files are deleted first, so that no old summary.json or key.json sits
+    beside new pairs if this one stops halfway."""
+    refuse_if_labeled(out)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out {out} is a file; give a folder")
+    held = cli.held(out, EVAL_FILES)
+    if held and not overwrite:
+        raise SystemExit(
+            f"error: {out} already holds an evaluation ({', '.join(held)}); read its "
+            f"summary.json, evaluate into another folder with --out, or replace it: "
+            f"{cli.rerun('evaluate.py', None)}"
+        )
+    cli.remove(out, held)
+
+
 def write_pairs(out: Path, rows: list[dict], key: dict, meta: dict) -> None:
     """pairs.jsonl, then key.json (which names pairs.jsonl's hash, so a key never vouches for
     another file)."""
@@ -468,18 +491,21 @@ def judge(
     show: int = 4,
     device: str = "cpu",
     models: dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Steps 1-4 for a run folder: sample, write the blind pairs, judge with the scripted labeler
     (unless labeler == 'human') and write eval/summary.json. Returns the summary.
 
     models: already loaded {"policy", "ref", "reward_model"} (ppo.py's end of run passes its own,
-    so nothing is loaded twice); by default they are read from the run folder."""
+    so nothing is loaded twice); by default they are read from the run folder. overwrite: replace
+    an earlier evaluation in `out` (claim_out)."""
     t0 = time.time()
     run_dir = Path(run_dir)
     run = read_run(run_dir)
     cfg = SimpleNamespace(**run)  # config.json: the run's options, resolved when it started
     task = tasks.get_task(cfg.task)
     out = Path(out) if out else run_dir / "eval"
+    claim_out(out, overwrite)  # before any query or model loads: no time wasted
     # the held-out queries: those ppo.py's before/after numbers use
     try:
         source = tasks.QuerySource(task, "test", seed=0, query_data=cfg.query_data)
@@ -502,7 +528,6 @@ def judge(
                 f"held-out queries have none; use --labeler human"
             )
         scripted = ""  # no true score
-    refuse_if_labeled(out)  # before any sampling: no time wasted
     models = models or {}
     policy = models.get("policy")
     if policy is None:
@@ -626,7 +651,7 @@ def end_of_run(run) -> dict:
     models = dict(policy=run.policy.lm, ref=run.ref, reward_model=run.reward_model)
     summary = judge(
         run.run_dir, n=run.cfg.eval_episodes, labeler=run.labeler.name, device=run.device,
-        models=models,
+        models=models, overwrite=True,  # the run's own eval/: a resumed end replaces it
     )  # fmt: skip
     return {"win_rate_vs_initial": summary["win_rate"]}
 
@@ -662,6 +687,7 @@ def main(argv=None):
         args.batch_size,
         args.show,
         cli.pick_device(args.device),
+        overwrite=args.overwrite,
     )
 
 

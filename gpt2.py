@@ -647,10 +647,15 @@ class SampleArgs:
     export: str = ""
     """instead of sampling, write the model to this directory in the Hugging Face layout
     (config.json + model.safetensors) and exit"""
+    overwrite: bool = False
+    """with --export: replace the model an earlier --export wrote there"""
 
 
 def main(argv=None):
     args = cli.parse(SampleArgs, argv, description="Sample continuations of prompts from GPT-2.")
+    if args.export:  # before the model loads: hf.write_checkpoint replaces the folder whole
+        own, cmd = ("config.json", "model.safetensors"), cli.rerun("gpt2.py", argv)
+        cli.check_folder_output(args.export, "--export", args.overwrite, cmd, own)
     device = cli.pick_device(args.device)
     enc = get_tokenizer()
     try:

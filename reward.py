@@ -529,6 +529,8 @@ class TrainArgs:
     shipped passages, or a download"""
     out: str = "rm.pt"
     """where to write the reward model checkpoint"""
+    overwrite: bool = False
+    """replace --out (and, without --labels, the labels file beside it) if they exist"""
     seed: int = 1
     """seed of the head init, data order and normalization samples (OpenAI: run.seed 1)"""
     device: str = "auto"
@@ -543,14 +545,8 @@ class TrainArgs:
 
 
 def cmd_train(argv):
-    a = cli.parse(
-        TrainArgs,
-        argv,
-        description="Train a reward model on best-of-N labels (or, without --labels, on "
-        "comparisons sampled from rho and labeled by the task's scripted labeler).",
-        flat=("train",),
-    )
-    device, precision = comparisons.train_device(a.device, a.precision)  # [dist] joins the group
+    a = cli.parse(TrainArgs, argv, description=comparisons.TRAIN_HELP, flat=("train",))
+    device, precision = comparisons.train_device(a, argv)  # --out checked; [dist] joins the group
     out = build_reward_model(
         a.train,
         a.model,

@@ -1,5 +1,6 @@
-"""What every command line here shares: dataclass configs -> argparse, atomic file writes, device
-choice. Standard library only (label_tool.py and labels.py must start without torch).
+"""What every command line here shares: dataclass configs -> argparse, atomic file writes, the
+check before replacing an output that holds results (--overwrite), device choice. Standard library
+only (label_tool.py and labels.py must start without torch).
 
 A config is a dataclass whose fields each carry a docstring (the string right under the field);
 that string becomes the field's --help line:
@@ -24,6 +25,9 @@ import ast
 import dataclasses
 import inspect
 import os
+import shlex
+import shutil
+import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -278,6 +282,87 @@ def fsync_dir(path) -> None:
         pass
     finally:
         os.close(dfd)
+
+
+# --------------------------------------------------------------------------------------------------
+# Outputs that may hold results already: a command replaces them only when told to (--overwrite)
+
+
+def held(path, names: tuple[str, ...] = ()) -> list[str]:
+    """What writing `path` would replace: a file (or anything but a folder) that is not empty ->
+    [its name]; a folder -> those of `names` inside it (a folder's name ends in /), or with no
+    `names`, everything inside it. Nothing there, or an empty file: []."""
+    path = Path(path)
+    if path.is_dir():
+        names = tuple(n.rstrip("/") for n in names)
+        found = [n for n in names if (path / n).exists()] if names else sorted(os.listdir(path))
+        return [n + "/" if (path / n).is_dir() else n for n in found]
+    if path.exists() and not (path.is_file() and path.stat().st_size == 0):
+        return [path.name]
+    return []
+
+
+def rerun(script: str, args: list[str] | None, flag: str = "--overwrite") -> str:
+    """`python SCRIPT ARGS FLAG`, quoted for a shell: the command that was run, with a flag added,
+    for an error message to offer. args None: this process's own arguments when it runs SCRIPT's
+    file (its first word), else `...`."""
+    if args is None:
+        same = Path(sys.argv[0]).name == Path(script.split()[0]).name
+        args = sys.argv[1:] if same else ["..."]
+    return " ".join(["python", script, *(a if a == "..." else shlex.quote(a) for a in args), flag])
+
+
+def check_output(path, flag: str, overwrite: bool, command: str) -> None:
+    """Before a command writes the file `path` (given as `flag`): a folder there, or a file that
+    is not empty unless `overwrite`, is a one-line SystemExit that says what would work (command:
+    the same command with --overwrite, see rerun). Call it before anything loads."""
+    path = Path(path)
+    if path.is_dir():
+        raise SystemExit(f"error: {flag} {path} is a folder; give a file name ({flag} FILE)")
+    if not overwrite and held(path):
+        raise SystemExit(
+            f"error: {flag} {path} already exists ({path.stat().st_size:,} bytes) and would be "
+            f"replaced; give another {flag}, or replace it: {command}"
+        )
+
+
+def check_folder_output(path, flag: str, overwrite: bool, command: str, own=()) -> None:
+    """Before a command replaces the folder `path` whole (given as `flag`; it writes the files
+    `own` into it): a file there, a folder that holds anything but `own` (even with overwrite:
+    those files would be lost), or one that holds `own` unless `overwrite`, is a one-line
+    SystemExit that says what would work (command: the same command with --overwrite)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SystemExit(f"error: {flag} {path} is a file; give a folder")
+    found = held(path)
+    other = [n for n in found if n not in own]
+    if other:
+        raise SystemExit(
+            f"error: {flag} {path} holds {', '.join(other)}, which {flag} does not write and "
+            f"would delete; give a new or empty folder"
+        )
+    if found and not overwrite:
+        raise SystemExit(
+            f"error: {flag} {path} already holds {', '.join(found)}, which would be replaced; "
+            f"give another {flag}, or replace them: {command}"
+        )
+
+
+def remove(folder, names) -> list[str]:
+    """Delete the entries `names` of `folder` (files, or folders with everything in them) and the
+    folder too if nothing else is left in it; returns what was deleted (held's spelling). What is
+    not named stays."""
+    folder = Path(folder)
+    gone = held(folder, tuple(names))
+    for name in gone:
+        p = folder / name.rstrip("/")
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    return gone
 
 
 # --------------------------------------------------------------------------------------------------

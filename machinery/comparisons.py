@@ -21,6 +21,7 @@ R = response length.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -494,6 +495,8 @@ class SampleArgs:
     """candidates per comparison (the paper: 4)"""
     out: str = "comparisons.jsonl"
     """output file (comparisons.jsonl format, see labels.py)"""
+    overwrite: bool = False
+    """replace --out if it exists (else a file there is refused, before anything loads)"""
     split: str = "train"
     """query split: train or test (use test for held-out comparisons)"""
     batch_size: int = 64
@@ -522,6 +525,8 @@ class LabelArgs:
     """comparisons file to label (from `reward.py sample`)"""
     out: str = "labels.jsonl"
     """labels file to write"""
+    overwrite: bool = False
+    """replace --out if it exists (else a file there, such as people's labels, is refused)"""
 
 
 @dataclass
@@ -536,14 +541,36 @@ class EvalArgs:
     """auto (cuda if available), cpu or cuda"""
 
 
-def train_device(device: str, precision: str) -> tuple[str, str]:
-    """`reward.py train`'s device (cli.pick_device) and precision (amp.resolve_precision; a bad
-    one exits with its error). [dist] Under torchrun it joins the process group (nothing
-    otherwise); cmd_train calls dist.finish at its end."""
-    device = cli.pick_device(device)
+TRAIN_HELP = (
+    "Train a reward model on best-of-N labels (or, without --labels, on comparisons sampled from "
+    "rho and labeled by the task's scripted labeler)."
+)
+
+
+def train_device(a, argv: list[str]) -> tuple[str, str]:
+    """`reward.py train`'s checks before anything loads (a: reward.TrainArgs; argv: its flags):
+    --out, and without --labels the labels file it writes beside it (build_reward_model's
+    default), are refused where they hold results, unless --overwrite (cli.check_output). Then
+    its device (cli.pick_device) and precision (amp.resolve_precision; a bad one exits with its
+    error). [dist] Under torchrun it joins the process group (nothing otherwise); cmd_train calls
+    dist.finish at its end."""
+    device = cli.pick_device(a.device)
     dist.init(device)  # [dist] under torchrun: joins the process group; nothing otherwise
+    command = cli.rerun("reward.py train", argv)
+    outputs = [a.out] + ([] if a.train.labels else [Path(a.out).with_suffix(".labels.jsonl")])
+    # [dist] rank 0 decides for every rank (another machine may not see its files)
+    refusal = None
+    if dist.is_main():
+        try:
+            for path in outputs:
+                cli.check_output(path, "--out", a.overwrite, command)
+        except SystemExit as e:
+            refusal = str(e)
+    refusal = dist.gather_objects(refusal)[0]
+    if refusal:
+        raise SystemExit(refusal)
     try:
-        precision = amp.resolve_precision(precision, device)
+        precision = amp.resolve_precision(a.precision, device)
     except ValueError as e:
         raise SystemExit(f"error: --precision: {e}")
     return device, precision
@@ -553,6 +580,7 @@ def cmd_sample(argv):
     a = cli.parse(
         SampleArgs, argv, description="Sample comparisons (a query and N responses) from rho."
     )
+    cli.check_output(a.out, "--out", a.overwrite, cli.rerun("reward.py sample", argv))
     device = cli.pick_device(a.device)
     policy = tasks.load_base_model(a.model, device)
     rows = sample_comparisons(
@@ -574,6 +602,9 @@ def cmd_sample(argv):
 
 def cmd_label(argv):
     a = cli.parse(LabelArgs, argv, description="Label comparisons with a scripted labeler.")
+    # scripted labels are written whole, never continued (people's label_tool.py files are the
+    # logs that a resumed labeling appends to): a file at --out is replaced only when told to
+    cli.check_output(a.out, "--out", a.overwrite, cli.rerun("reward.py label", argv))
     rows = labels.read_comparisons(a.comparisons)
     if not a.labeler:
         task = rows[0]["task"]
@@ -583,9 +614,7 @@ def cmd_label(argv):
             )
         a.labeler = tasks.TASKS[task].labeler
     out = label_comparisons(rows, a.labeler)
-    Path(a.out).unlink(missing_ok=True)  # a fresh file: scripted labels are not a log to append to
-    for r in out:
-        labels.append_jsonl(a.out, r)
+    cli.atomic_write(a.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
     picks = np.bincount([r["best"] for r in out], minlength=len(out[0]["samples"]))
     print(
         f"label: wrote {len(out)} labels to {a.out} (labeler {a.labeler}; picks per position "

@@ -67,6 +67,8 @@ class RunOptions:
     resume: str = ""
     """continue the run in this folder from its last checkpoint (its config.json; flags given
     here override it)"""
+    overwrite: bool = False
+    """start a new run in a folder that holds one: delete the old run's files first (RUN_FILES)"""
     stop_after: int = 0
     """stop once this many updates are done (0: run to the end); a later --resume continues the
     same run"""
@@ -141,8 +143,11 @@ def start(cfg) -> tuple[str, Path, dict | None]:
         raise SystemExit(f"error: --precision: {e}")
     cfg.micro_batch_size = resolve_micro_batch_size(cfg, device)
     run_dir = Path(cfg.run_dir)
-    if dist.is_main():  # [dist] rank 0 alone writes
-        run_dir.mkdir(parents=True, exist_ok=True)
+    # [dist] rank 0 decides for every rank (another machine may not see its folder), before any
+    # model loads. The folder is made by the first file written into it: a failed start leaves none
+    refusal = dist.gather_objects(claim_folder(cfg, run_dir) if dist.is_main() else None)[0]
+    if refusal:
+        raise SystemExit(refusal)
     # [dist] seeds differ per rank (rank 0: the seed itself); models are copied or broadcast, so
     # they start identical anyway
     torch.manual_seed(dist.seed(cfg.seed))
@@ -160,6 +165,54 @@ def start(cfg) -> tuple[str, Path, dict | None]:
                 f"the same number (torchrun --nproc_per_node ... --nnodes ...)."
             )
     return device, run_dir, ckpt
+
+
+# What a run writes into its folder (the module docstring's list, with the reward model and labels
+# it makes, the end-of-run evaluation and the policy export's leftovers): a folder holding any of
+# them holds a run, and --overwrite deletes them (anything else in the folder stays)
+RUN_FILES = (
+    "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "policy", "online", "rm.pt",
+    "labels.jsonl", "value_head.safetensors", "curves.png", "eval", ".policy.tmp", ".policy.old",
+)  # fmt: skip
+
+
+def claim_folder(cfg, run_dir: Path) -> str | None:
+    """Rank 0's decision on the run folder: None (go on), or the one-line refusal. --resume goes
+    on in its run's folder; a new run starts only in a folder that holds no run (RUN_FILES), or
+    with --overwrite, which deletes the old run's files first (and the folder, if nothing else is
+    left in it). Nothing is created here."""
+    if cfg.resume:
+        clash = f"--resume continues the run in {run_dir}, --overwrite deletes it; give one"
+        return f"error: {clash}" if cfg.overwrite else None
+    elsewhere = "give another --run-dir (or --name)"
+    if run_dir.exists() and not run_dir.is_dir():
+        return f"error: run folder {run_dir} is a file; {elsewhere}"
+    held = cli.held(run_dir, RUN_FILES)
+    if held and cfg.overwrite:
+        inputs = [cfg.model, cfg.reward_model, cfg.rm.labels, cfg.query_data]
+        read = [p for p in inputs if p and any(_within(p, run_dir / h) for h in held)]
+        if read:  # the flags name a file of the old run as an input of the new one
+            return (
+                f"error: --overwrite would delete {', '.join(read)}, read by this run; {elsewhere}"
+            )
+        gone = cli.remove(run_dir, held)
+        print(f"--overwrite: deleted the old run's {', '.join(gone)} in {run_dir}")
+    if not held or cfg.overwrite:
+        return None
+    resume = (
+        f"continue it with `python ppo.py --resume {run_dir}`, " if "config.json" in held else ""
+    )
+    why = "; two runs cannot share one queue" if "online/" in held else ""
+    return (
+        f"error: {run_dir} already holds a run ({', '.join(held)}){why}; {resume}start over "
+        f"(deleting those) with `{cli.rerun('ppo.py', None)}`, or {elsewhere}"
+    )
+
+
+def _within(path, entry: Path) -> bool:
+    """Is `path` the file or folder `entry`, or inside it?"""
+    path, entry = Path(path).resolve(), entry.resolve()
+    return path == entry or entry in path.parents
 
 
 def labelers(cfg, task) -> tuple[str, tasks.ScriptedLabeler | None]:
@@ -266,7 +319,7 @@ def resume(run: Run, ckpt: dict | None):
         kept = [line for line in lines if json.loads(line)["update"] <= run.start]
         cli.atomic_write(path, "".join(line + "\n" for line in kept))
     else:
-        run.metrics_path.write_text("")
+        cli.atomic_write(run.metrics_path, "")  # the folder's first file when nothing made it yet
     write_config(run)
 
 

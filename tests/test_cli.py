@@ -125,6 +125,36 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_raises(tmp_path):
     assert [x.name for x in tmp_path.iterdir()] == ["ckpt.pt"]
 
 
+def test_outputs_that_hold_results(tmp_path, monkeypatch):
+    """held / check_output / check_folder_output / remove: what counts as results, the refusal's
+    one line, and what --overwrite removes (tests/test_folders.py runs the commands)."""
+    f, d = tmp_path / "out.jsonl", tmp_path / "run"
+    assert cli.held(f) == [] and cli.held(d, ("config.json",)) == []
+    f.write_bytes(b"")
+    assert cli.held(f) == []  # an empty file holds nothing
+    cli.check_output(f, "--out", False, "CMD")
+    f.write_text("{}\n")
+    with pytest.raises(SystemExit, match=r"^error: --out .*out.jsonl already exists \(3 bytes\).*"
+                       r"another --out, or replace it: CMD$"):  # fmt: skip
+        cli.check_output(f, "--out", False, "CMD")
+    cli.check_output(f, "--out", True, "CMD")
+    (d / "policy").mkdir(parents=True)
+    (d / "config.json").write_text("{}")
+    (d / "notes.txt").write_text("mine")
+    assert cli.held(d, ("config.json", "policy", "rm.pt")) == ["config.json", "policy/"]
+    with pytest.raises(SystemExit, match="is a folder"):
+        cli.check_output(d, "--out", True, "CMD")
+    with pytest.raises(SystemExit, match="holds notes.txt, policy/, which --export does not"):
+        cli.check_folder_output(d, "--export", True, "CMD", ("config.json",))
+    assert cli.remove(d, ("config.json", "policy/", "rm.pt")) == ["config.json", "policy/"]
+    assert [p.name for p in d.iterdir()] == ["notes.txt"]  # what is not named stays
+    assert cli.remove(d, ("notes.txt",)) == ["notes.txt"] and not d.exists()  # empty: gone too
+    monkeypatch.setattr(sys, "argv", ["/x/ppo.py", "--name", "a b"])
+    assert cli.rerun("ppo.py", None) == "python ppo.py --name 'a b' --overwrite"
+    assert cli.rerun("reward.py sample", None) == "python reward.py sample ... --overwrite"
+    assert cli.rerun("reward.py sample", ["--out", "c.jsonl"]).endswith("c.jsonl --overwrite")
+
+
 def test_cli_is_standard_library_only():
     code = (
         "import sys; from machinery import cli; "
