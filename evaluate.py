@@ -59,23 +59,6 @@ from machinery.microbatch import forward_in_chunks
 # --------------------------------------------------------------------------------------------------
 # The statistics: small pure functions, imported by tests/test_evaluate.py
 
-Z95 = 1.959963984540054  # the standard normal's 97.5% quantile: a two-sided 95% interval
-
-
-def wilson_interval(rate: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson's score interval for a proportion `rate` observed over n trials.
-
-    Unlike rate ± z·sqrt(rate(1 - rate)/n) it stays inside [0, 1] and does not collapse to a point
-    at 0% or 100%, which matters at the win rates RLHF reaches (the paper's 88%) and at small n.
-    With ties counted as half a win, rate need not be k/n for an integer k; the formula is the same.
-    """
-    if n == 0:
-        return 0.0, 1.0
-    denom = 1 + z * z / n
-    center = (rate + z * z / (2 * n)) / denom
-    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
-
 
 def win_rate(outcomes: list[float]) -> dict:
     """Win rate of a list of outcomes, one per comparison: 1 the policy was preferred, 0 the
@@ -85,7 +68,7 @@ def win_rate(outcomes: list[float]) -> dict:
     wins = sum(1 for o in outcomes if o == 1)
     losses = sum(1 for o in outcomes if o == 0)
     rate = sum(outcomes) / n if n else float("nan")
-    lo, hi = wilson_interval(rate, n) if n else (float("nan"), float("nan"))
+    lo, hi = labels.wilson_interval(rate, n) if n else (float("nan"), float("nan"))
     return dict(rate=rate, lo=lo, hi=hi, n=n, wins=wins, ties=n - wins - losses, losses=losses)
 
 

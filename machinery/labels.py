@@ -775,3 +775,24 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------------------------------
+# The win rate's interval: one definition for evaluate.py and ppo.py --online
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile: a two-sided 95% interval
+
+
+def wilson_interval(rate: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson's score interval for a proportion `rate` observed over n trials.
+
+    Unlike rate ± z·sqrt(rate(1 - rate)/n) it stays inside [0, 1] and does not collapse to a point
+    at 0% or 100%, which matters at the win rates RLHF reaches (the paper's 88%) and at small n.
+    With ties counted as half a win, rate need not be k/n for an integer k; the formula is the same.
+    """
+    if n == 0:
+        return 0.0, 1.0
+    denom = 1 + z * z / n
+    center = (rate + z * z / (2 * n)) / denom
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)

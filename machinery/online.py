@@ -108,19 +108,6 @@ def is_validation(j: int, every: int) -> bool:
     return every > 0 and (j + 1) % every == 0
 
 
-def wilson_interval(wins: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95% with z = 1.96); (0, 1) when n = 0.
-    Unlike p ± z·sqrt(p(1-p)/n) it stays inside [0, 1] and is sensible for small n. wins may be
-    fractional (ties, see win_rate)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = wins / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, center - half), min(1.0, center + half)
-
-
 def win_rate(rows: list[dict]) -> dict:
     """π's win rate over ρ from labeled validation items: the share of picks that went to a π
     sample. rows: label rows with `policies` and `best` (one per label: two labelers of the same
@@ -132,7 +119,7 @@ def win_rate(rows: list[dict]) -> dict:
     tops = [(r["policies"], r.get("tied") or [r["best"]]) for r in rows if r.get("validation")]
     wins = sum(sum(pol[i] == "pi" for i in top) / len(top) for pol, top in tops)
     n = len(tops)
-    low, high = wilson_interval(wins, n)
+    low, high = labels.wilson_interval(wins / n if n else 0.0, n)  # (0, 1) when n = 0
     return dict(rate=wins / n if n else None, low=low, high=high, n=n, wins=wins)
 
 

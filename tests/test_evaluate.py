@@ -25,13 +25,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_wilson_interval_hand_worked():
     # 8 of 10: center (0.8 + z²/20) / (1 + z²/10) = 0.99208 / 1.38415 = 0.71674,
     # half-width z·sqrt(0.016 + z²/400) / 1.38415 = 1.96·0.16001 / 1.38415 = 0.22658
-    lo, hi = evaluate.wilson_interval(0.8, 10)
+    lo, hi = labels.wilson_interval(0.8, 10)
     assert lo == pytest.approx(0.49016, abs=1e-4) and hi == pytest.approx(0.94332, abs=1e-4)
     # 0 of 10 and 10 of 10: not a point, and inside [0, 1]: z² / (n + z²) = 3.8415 / 13.8415
-    assert evaluate.wilson_interval(0.0, 10) == pytest.approx((0.0, 0.27753), abs=1e-4)
-    assert evaluate.wilson_interval(1.0, 10) == pytest.approx((0.72247, 1.0), abs=1e-4)
+    assert labels.wilson_interval(0.0, 10) == pytest.approx((0.0, 0.27753), abs=1e-4)
+    assert labels.wilson_interval(1.0, 10) == pytest.approx((0.72247, 1.0), abs=1e-4)
     # symmetric about 1/2 when the rate is
-    lo, hi = evaluate.wilson_interval(0.5, 40)
+    lo, hi = labels.wilson_interval(0.5, 40)
     assert lo + hi == pytest.approx(1.0) and lo == pytest.approx(0.35199, abs=1e-4)
 
 

@@ -71,11 +71,11 @@ def test_validation_items_every_k():
 
 
 def test_wilson_interval_hand_worked():
-    # 8 wins of 10, z = 1.96: center (0.8 + 1.9208/10)/1.38416 = 0.71674, half 1.41602·0.160012
-    low, high = online.wilson_interval(8, 10)
+    # 8 wins of 10, z ≈ 1.96: center (0.8 + 1.9208/10)/1.38416 = 0.71674, half 1.41602·0.160012
+    low, high = labels.wilson_interval(8 / 10, 10)
     assert low == pytest.approx(0.49016, abs=1e-4) and high == pytest.approx(0.94332, abs=1e-4)
-    assert online.wilson_interval(0, 0) == (0.0, 1.0)
-    low, high = online.wilson_interval(0, 5)  # stays inside [0, 1]
+    assert labels.wilson_interval(0.0, 0) == (0.0, 1.0)
+    low, high = labels.wilson_interval(0.0, 5)  # stays inside [0, 1]
     assert low == 0.0 and 0 < high < 0.5
 
 
@@ -90,7 +90,7 @@ def test_win_rate_on_known_labels():
     ]
     wr = online.win_rate(rows)
     assert (wr["wins"], wr["n"], wr["rate"]) == (3, 4, 0.75)
-    assert (wr["low"], wr["high"]) == pytest.approx(online.wilson_interval(3, 4))
+    assert (wr["low"], wr["high"]) == pytest.approx(labels.wilson_interval(3 / 4, 4))
     assert online.win_rate(rows[4:])["rate"] is None
 
 
@@ -106,7 +106,7 @@ def test_win_rate_counts_a_scripted_tie_as_the_share_of_pi_among_the_tied():
     wins = 1 / 2 + 2 / 4 + 2 / 3 + 1
     assert wr["n"] == 4 and wr["wins"] == pytest.approx(wins)
     assert wr["rate"] == pytest.approx(wins / 4)
-    assert (wr["low"], wr["high"]) == pytest.approx(online.wilson_interval(wins, 4))
+    assert (wr["low"], wr["high"]) == pytest.approx(labels.wilson_interval(wins / 4, 4))
 
 
 def permuted(row: dict, order: tuple) -> dict:
