@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt2 import GPT2, PAD_ID, GPT2Config, left_pad
-from machinery import amp, cli, comparisons, dist, labels, tasks
+from machinery import amp, cli, comparisons, dist, labels, presets, tasks
 from machinery.comparisons import EvalArgs, cmd_label, cmd_sample
 from machinery.optim import make_adam
 
@@ -547,6 +547,7 @@ class TrainArgs:
 def cmd_train(argv):
     a = cli.parse(TrainArgs, argv, description=comparisons.TRAIN_HELP, flat=("train",))
     device, precision = comparisons.train_device(a, argv)  # --out checked; [dist] joins the group
+    presets.tiny_reward_options(a, argv)  # --model tiny: the CPU demo's reward-model options
     out = build_reward_model(
         a.train,
         a.model,

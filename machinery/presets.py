@@ -9,9 +9,12 @@ The layers, later wins (PRECEDENCE, shown at the end of `ppo.py --help`):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict
 from pathlib import Path
+
+import torch
 
 from machinery import cli, tasks
 
@@ -83,6 +86,8 @@ def resolve_config(cls, given: dict, saved: dict | None = None):
     saved = cli.flatten(saved or {})
     if saved:
         saved["stop_after"] = 0  # a resumed run goes to the end unless told otherwise now
+    elif given.get("reward_model"):  # a new run on a given reward model: its --model and --task
+        given = {**reward_model_origin(given["reward_model"], given), **given}
     chosen = {**saved, **given}  # the task and model the layers below depend on
     task_name = chosen.get("task", cls.task)
     if task_name not in TASK_DEFAULTS:
@@ -100,9 +105,46 @@ def resolve_config(cls, given: dict, saved: dict | None = None):
         raise SystemExit(f"error: {e}")
     if cfg.resume:  # a resumed run stays in its folder
         cfg.run_dir = cfg.resume
+    # Input files as absolute paths in config.json, so evaluate.py and --resume find them from any
+    # directory (a model name such as gpt2 is not a path and stays as given)
+    for key in ("model", "reward_model", "query_data"):
+        if getattr(cfg, key) and Path(getattr(cfg, key)).exists():
+            setattr(cfg, key, str(Path(getattr(cfg, key)).resolve()))
+    if cfg.rm.labels and Path(cfg.rm.labels).exists():
+        cfg.rm.labels = str(Path(cfg.rm.labels).resolve())
     cfg.name = cfg.name or f"{cfg.task}-{Path(cfg.model).name}-s{cfg.seed}"
     cfg.run_dir = cfg.run_dir or str(Path("runs") / cfg.name)
     return cfg
+
+
+def reward_model_origin(path: str, given: dict) -> dict:
+    """The --model and --task a reward model was trained from (rm.pt's base_model and task), for a
+    run given --reward-model without them: `reward.py train --model tiny` then `ppo.py
+    --reward-model rm.pt` is a tiny run. Empty when the file cannot be read: the run's own load
+    then says what is wrong with it."""
+    try:  # mmap: only the small metadata is read, not the weights
+        meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        origin = dict(model=meta["base_model"], task=meta["task"])
+    except Exception:
+        return {}
+    origin = {k: v for k, v in origin.items() if k not in given and isinstance(v, str) and v}
+    if origin:
+        print(f"{path}: " + ", ".join(f"--{k} {v}" for k, v in origin.items()) + " (its training)")
+    return origin
+
+
+def tiny_reward_options(a, argv: list[str]) -> None:
+    """`reward.py train --model tiny` (a: reward.TrainArgs; argv: its flags): the tiny preset's
+    reward-model options (TINY_DEFAULTS' rm.*) go into a.train where the command line gives none,
+    so that a stage-by-stage run on a CPU trains its reward model as the CPU demo does (GPT-2's
+    defaults leave tiny's near chance). Other models: nothing changes."""
+    if a.model != "tiny":
+        return
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    preset = {k[3:]: v for k, v in TINY_DEFAULTS.items() if k.startswith("rm.")}
+    preset = {k: v for k, v in preset.items() if "--" + k.replace("_", "-") not in given}
+    print("--model tiny: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in preset.items()))
+    a.train = dataclasses.replace(a.train, **preset)
 
 
 def parse_args(cls, description: str, argv=None):

@@ -271,7 +271,7 @@ def reward_model_for(cfg, run_dir: Path, ref, device, labeler_name: str):
             )
         except (ValueError, tasks.DownloadError) as e:
             raise SystemExit(f"error: {e}")
-        cfg.reward_model = str(path)
+        cfg.reward_model = str(Path(path).resolve())  # found from any directory
     return load_reward(cfg.reward_model, ref, device)
 
 

@@ -214,3 +214,48 @@ def test_ppo_help_shows_precedence_and_nested_reward_flags(capsys):
         assert flag in out, flag
     with pytest.raises(SystemExit, match="unknown option.*rm_lr"):
         presets.resolve_config(ppo.Config, {"resume": "/runs/old"}, {"rm_lr": 1e-4})
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage by stage: a reward model's --model and --task carry into ppo.py; tiny's reward options
+
+
+def test_ppo_takes_model_and_task_from_the_reward_model(tmp_path, monkeypatch, capsys):
+    import gpt2
+    import ppo
+    import reward
+
+    rm = reward.RewardModel(gpt2.GPT2(gpt2.PRESETS["tiny"]), base_model="tiny")
+    rm.meta.update(task="descriptiveness", temperature=0.7, seed=1)
+    reward.save_reward_model(rm, tmp_path / "rm.pt")
+    monkeypatch.chdir(tmp_path)
+    # neither given: both from rm.pt, and tiny's preset follows from the model (layer 3)
+    cfg = presets.resolve_config(ppo.Config, {"reward_model": "rm.pt"})
+    assert (cfg.model, cfg.task, cfg.lr) == ("tiny", "descriptiveness", 2e-4)
+    assert "--model tiny, --task descriptiveness" in capsys.readouterr().out
+    # stored absolute, so evaluate.py finds it from another directory
+    assert cfg.reward_model == str(tmp_path / "rm.pt")
+    # flags given win; a file that is no checkpoint adds nothing (the run's own load reports it)
+    cfg = presets.resolve_config(ppo.Config, {"reward_model": "rm.pt", "task": "sentiment"})
+    assert (cfg.model, cfg.task) == ("tiny", "sentiment")
+    (tmp_path / "bad.pt").write_text("not a checkpoint")
+    cfg = presets.resolve_config(ppo.Config, {"reward_model": "bad.pt"})
+    assert (cfg.model, cfg.task) == (ppo.Config.model, ppo.Config.task)
+
+
+def test_reward_train_tiny_takes_the_demo_reward_options():
+    import reward
+
+    def parsed(*argv):
+        a = cli.parse(reward.TrainArgs, list(argv), flat=("train",))
+        presets.tiny_reward_options(a, list(argv))
+        return a.train
+
+    tiny = {k[3:]: v for k, v in presets.TINY_DEFAULTS.items() if k.startswith("rm.")}
+    cfg = parsed("--model", "tiny")
+    assert {k: getattr(cfg, k) for k in tiny} == tiny
+    cfg = parsed("--model", "tiny", "--lr", "1e-3", "--epochs=2")  # given flags win
+    assert (cfg.lr, cfg.epochs, cfg.batch_size) == (1e-3, 2, tiny["batch_size"])
+    default = reward.TrainConfig()
+    cfg = parsed("--model", "gpt2")  # other models: their own defaults
+    assert (cfg.lr, cfg.epochs) == (default.lr, default.epochs)
