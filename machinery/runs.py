@@ -501,42 +501,76 @@ def print_samples(enc, queries, batch, true_scores, n: int = 4):
         print(f"{q:<42} | {r:<60} | {score:6.2f} | {t} | {kl:5.2f}")
 
 
-def plot_curves(metrics: list[dict], path: Path, kl_target: float | None):
-    """curves.png: score, true score, KL and β against episodes (--online: and π's win rate)."""
+def smooth(values: list[float], window: int) -> list[float]:
+    """Centered moving average over `window` points (fewer at the ends): the trend line drawn over
+    the noisy per-update points of curves.png."""
+    half = window // 2
+    return [
+        sum(values[max(0, i - half) : i + half + 1]) / len(values[max(0, i - half) : i + half + 1])
+        for i in range(len(values))
+    ]
+
+
+def plot_curves(metrics: list[dict], path: Path, kl_target: float | None, title: str = ""):
+    """curves.png, from metrics.jsonl's rows (curves_figure)."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(metrics, kl_target, title)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def curves_figure(metrics: list[dict], kl_target: float | None, title: str = ""):
+    """Score, true score, KL and β against updates, as the console counts them (the title gives
+    the episodes per update); each a faint point per update and a moving average over about a
+    tenth of the run. --online adds π's win rate over ρ and the labels received against those
+    the schedule called for."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = [row["episodes"] for row in metrics]
     keys = [
         ("objective/score", "reward-model score"),
         ("objective/true_score", "scripted labeler's true score"),
         ("objective/kl", "KL(π‖ρ), nats"),
         ("objective/kl_coef", "β"),
     ]
-    if any("online/win_rate" in row for row in metrics):  # --online: π's win rate over ρ
-        keys.append(("online/win_rate", "π's win rate over ρ (validation items, 95% interval)"))
-    fig, axes = plt.subplots(2, (len(keys) + 1) // 2, figsize=(5 * ((len(keys) + 1) // 2), 6.5))
-    for ax, (key, title) in zip(axes.flat, keys):
-        if key == "online/win_rate":
-            rows = [row for row in metrics if key in row]
-            xs = [row["episodes"] for row in rows]
-            ax.plot(xs, [row[key] for row in rows])
+    if any("online/win_rate" in row for row in metrics):  # --online
+        keys += [
+            ("online/win_rate", "π's win rate over ρ (validation items, 95% interval)"),
+            ("online/labels", "labels received (dashed: due by the schedule)"),
+        ]
+    cols = (len(keys) + 1) // 2
+    fig, axes = plt.subplots(2, cols, figsize=(5 * cols, 6.5), squeeze=False)
+    for ax, (key, name) in zip(axes.flat, keys):
+        rows = [row for row in metrics if row.get(key) is not None]
+        xs, ys = [row["update"] for row in rows], [row[key] for row in rows]
+        if key == "online/win_rate":  # already a mean over the last 50 labels: no smoothing
+            ax.plot(xs, ys)
             low, high = [r[key + "_low"] for r in rows], [r[key + "_high"] for r in rows]
             ax.fill_between(xs, low, high, alpha=0.2)
             ax.axhline(0.5, color="gray", ls="--", lw=1)
-        elif metrics and key in metrics[0]:
-            ax.plot(x, [row[key] for row in metrics])
+        elif key == "online/labels":
+            ax.plot(xs, ys)
+            ax.plot(xs, [r.get("online/labels_due") for r in rows], color="gray", ls="--", lw=1)
+        elif rows:
+            ax.plot(xs, ys, ".", color="C0", alpha=0.25, ms=4)
+            ax.plot(xs, smooth(ys, len(ys) // 10 | 1), color="C0")
         if key == "objective/kl" and kl_target is not None:
             ax.axhline(kl_target, color="gray", ls="--", lw=1, label="target")
             ax.legend()
-        ax.set_title(title)
-        ax.set_xlabel("episodes")
+        ax.set_title(name)
+        ax.set_xlabel("update")
         ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.set_visible(False)
+    if metrics and metrics[0].get("update"):
+        per = metrics[0]["episodes"] // metrics[0]["update"]
+        title = f"{title} ({per} episodes per update)" if title else ""
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    return fig
 
 
 @torch.no_grad()
@@ -677,6 +711,7 @@ def save_checkpoint(run: Run, update: int, seconds: float):
         [json.loads(line) for line in run.metrics_path.read_text().splitlines()],
         run.run_dir / "curves.png",
         run.cfg.kl_target if run.cfg.adaptive_kl else None,
+        f"{run.cfg.name}: {run.cfg.task}, {Path(run.cfg.model).name}, seed {run.cfg.seed}",
     )
 
 

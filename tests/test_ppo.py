@@ -419,3 +419,31 @@ def test_resume_refuses_a_checkpoint_that_needs_unpickling(pipeline_run, tmp_pat
         with pytest.raises(SystemExit, match=r"checkpoint\.pt: it holds something other than"):
             ppo.main(["--resume", str(run_dir)])
         assert folder_digest(run_dir) == before
+
+
+def test_curves_smoothing_and_figure():
+    # centered moving average, fewer points at the ends (hand-worked)
+    assert runs.smooth([0.0, 3.0, 6.0, 3.0, 0.0], 3) == [1.5, 3.0, 4.0, 3.0, 1.5]
+    assert runs.smooth([1.0, 2.0], 1) == [1.0, 2.0]
+
+    def row(u, online=False):
+        out = {"update": u, "episodes": 32 * u, "objective/score": float(u % 3),
+               "objective/true_score": 0.1 * u, "objective/kl": 1.0,
+               "objective/kl_coef": 0.15}  # fmt: skip
+        if online:
+            out.update({"online/win_rate": 0.6, "online/win_rate_low": 0.4,
+                        "online/win_rate_high": 0.8, "online/labels": 10 * u,
+                        "online/labels_due": 11 * u})  # fmt: skip
+        return out
+
+    fig = runs.curves_figure([row(u) for u in range(1, 41)], 6.0, "demo-s1: sentiment")
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 4 and all(ax.get_xlabel() == "update" for ax in shown)
+    assert fig._suptitle.get_text() == "demo-s1: sentiment (32 episodes per update)"
+    score = shown[0].lines  # faint raw points, then the trend: x is the update number
+    assert list(score[0].get_xdata()) == list(range(1, 41)) and score[0].get_alpha() < 0.5
+    assert list(score[1].get_ydata()) == runs.smooth([float(u % 3) for u in range(1, 41)], 5)
+    # --online: six panels, none of them empty
+    fig = runs.curves_figure([row(u, online=True) for u in range(1, 41)], None)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 6 and all(ax.lines for ax in shown)
