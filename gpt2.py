@@ -41,7 +41,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 import gpt2_kernels  # attention and token log-probs: Triton kernels or PyTorch (imports no triton)
-from machinery import amp, cli, hf, tiny
+from machinery import amp, cli, hf, tiny, tokenizer
 
 # OpenAI's padding id in label files (n_vocab + 2, "for historical reasons"); never fed to the model
 PAD_ID = 50259
@@ -402,12 +402,15 @@ def read_config(name_or_dir, use_kernels: str = "auto") -> GPT2Config:
 
 def save_pretrained(model: GPT2, folder) -> Path:
     """Write model to `folder` in the Hugging Face GPT-2 layout (config.json with every setting of
-    model.config, machinery/hf.py::hf_config; model.safetensors, with lm_head.weight if untied), so
-    transformers' GPT2LMHeadModel.from_pretrained and our from_pretrained both load the same model.
+    model.config, machinery/hf.py::hf_config; model.safetensors, with lm_head.weight if untied;
+    the tokenizer's vocab.json, merges.txt and tokenizer_config.json), so transformers'
+    GPT2LMHeadModel, AutoTokenizer and pipeline, and our from_pretrained, all load the same model.
     Parameter names and (in, out) layouts are already the checkpoints' (see the model), so this is
     a plain copy, written atomically: a process killed at any moment leaves the previous folder or
     the new one whole (machinery/hf.py::write_checkpoint). Returns the folder's absolute path."""
-    return hf.write_checkpoint(folder, hf.hf_config(model.config, EOT_ID), model.state_dict())
+    config = hf.hf_config(model.config, EOT_ID)
+    files = tokenizer.hf_tokenizer_files(model.config.n_positions)  # for transformers' tokenizer
+    return hf.write_checkpoint(folder, config, model.state_dict(), files)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -415,16 +418,10 @@ def save_pretrained(model: GPT2, folder) -> Path:
 
 
 def get_tokenizer():
-    """tiktoken's 'gpt2' encoding (the same BPE as the checkpoints). Encode text with `encode`."""
-    import tiktoken
-
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as e:
-        raise RuntimeError(
-            f"could not load tiktoken's gpt2 encoding ({e}). Offline, point TIKTOKEN_CACHE_DIR "
-            f"at a folder holding its cache files."
-        ) from None
+    """tiktoken's 'gpt2' encoding (the same BPE as the checkpoints). Encode text with `encode`.
+    Its files: tiktoken's cache ($TIKTOKEN_CACHE_DIR, else the checkout's .tiktoken_cache/) or a
+    download; with neither, a one-line SystemExit says what to put where (machinery/tokenizer.py)"""
+    return tokenizer.gpt2_encoding()
 
 
 def encode(text: str) -> list[int]:
@@ -646,7 +643,7 @@ class SampleArgs:
     """Triton kernels: 'auto' (on CUDA), 'on', 'off'"""
     export: str = ""
     """instead of sampling, write the model to this directory in the Hugging Face layout
-    (config.json + model.safetensors) and exit"""
+    (config.json, model.safetensors and the tokenizer's files) and exit"""
     overwrite: bool = False
     """with --export: replace the model an earlier --export wrote there"""
 
@@ -654,7 +651,8 @@ class SampleArgs:
 def main(argv=None):
     args = cli.parse(SampleArgs, argv, description="Sample continuations of prompts from GPT-2.")
     if args.export:  # before the model loads: hf.write_checkpoint replaces the folder whole
-        own, cmd = ("config.json", "model.safetensors"), cli.rerun("gpt2.py", argv)
+        own = ("config.json", "model.safetensors", *tokenizer.HF_FILES)
+        cmd = cli.rerun("gpt2.py", argv)
         cli.check_folder_output(args.export, "--export", args.overwrite, cmd, own)
     device = cli.pick_device(args.device)
     enc = get_tokenizer()
@@ -664,7 +662,8 @@ def main(argv=None):
         raise SystemExit(f"error: {e}")
     if args.export:
         folder = save_pretrained(model, args.export)
-        print(f"wrote {args.model} to {folder} (config.json + model.safetensors)")
+        names = ", ".join(sorted(p.name for p in folder.iterdir()))
+        print(f"wrote {args.model} to {folder}: {names}")
         return
     # prompts are plain text, "<|endoftext|>" included (as every text in the project)
     tokens, mask = left_pad([encode(p) for p in args.prompt], device=device)

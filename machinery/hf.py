@@ -399,9 +399,10 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(AT_FDCWD, bytes(a), AT_FDCWD, bytes(b), RENAME_EXCHANGE) == 0
 
 
-def write_checkpoint(folder, config: dict, tensors: dict) -> Path:
+def write_checkpoint(folder, config: dict, tensors: dict, files: dict | None = None) -> Path:
     """Write a checkpoint folder: config (hf_config's dict) as config.json, tensors (a state dict)
-    as model.safetensors. Returns the folder's absolute path (gpt2.save_pretrained).
+    as model.safetensors, and `files` (name -> bytes: the tokenizer's, machinery/tokenizer.py)
+    beside them. Returns the folder's absolute path (gpt2.save_pretrained).
 
     Atomic: the files are written and fsynced in a sibling temporary folder, which then replaces
     `folder` in one rename (an exchange where the OS has one). A process killed at any moment
@@ -416,11 +417,12 @@ def write_checkpoint(folder, config: dict, tensors: dict) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
     tmp.mkdir(parents=True)
-    config = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    with open(tmp / "config.json", "w", encoding="utf-8", newline="\n") as f:
-        f.write(config)
-        f.flush()
-        os.fsync(f.fileno())
+    config = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+    for name, data in {"config.json": config, **(files or {})}.items():
+        with open(tmp / name, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
     write_safetensors(tensors, tmp / "model.safetensors")
     _fsync(tmp)
     if not folder.exists():

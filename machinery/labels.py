@@ -558,10 +558,10 @@ def _read_openai_json(path, vocab_size) -> list[dict]:
 
 
 def _decode_text(rows) -> None:
-    """Fill `query`/`samples` text for converted OpenAI rows (tiktoken is imported only here)."""
-    import tiktoken
+    """Fill `query`/`samples` text for converted OpenAI rows (the tokenizer is loaded only here)."""
+    from machinery import tokenizer
 
-    enc = tiktoken.get_encoding("gpt2")
+    enc = tokenizer.gpt2_encoding()
     for r in rows:
         r["query"] = enc.decode(r["query_tokens"])
         r["samples"] = [enc.decode(t) for t in r["sample_tokens"]]

@@ -19,8 +19,10 @@ import gpt2
 from gpt2 import GPT2, GPT2Config, left_pad
 from machinery import hf as hf_io
 from machinery.hf import HF_CONFIG_ALIASES, HF_CONFIG_KEYS, IMPLEMENTED
+from machinery.tokenizer import HF_FILES
 
 transformers = pytest.importorskip("transformers")
+EXPORT_FILES = sorted(["config.json", "model.safetensors", *HF_FILES])
 
 
 def random_model(seed, n_embd=32):
@@ -49,7 +51,7 @@ def hf_logits(hf, tokens, mask):
 def test_transformers_loads_the_tiny_export_with_our_logits(tmp_path):
     ours = GPT2.from_pretrained("tiny")
     folder = gpt2.save_pretrained(ours, tmp_path / "policy")
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == EXPORT_FILES
     from safetensors import safe_open
 
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
@@ -71,6 +73,60 @@ def test_transformers_loads_the_tiny_export_with_our_logits(tmp_path):
     new, _ = gpt2.generate(ours, prompt, None, 8, greedy=True)
     hf_new = hf.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
     assert new[0].tolist() == hf_new[0, prompt.size(1) :].tolist()
+
+
+# --------------------------------------------------------------------------------------------------
+# The tokenizer beside the weights (issue 25): transformers' tools read an export as it is
+
+TEXTS = [
+    "Hello, my name is",
+    "  two leading spaces, two trailing  ",
+    "\n\nnewlines\n\tand tabs\t\r\nand CRLF",
+    "héllo wörld, naïve café 🤖 日本語 한국어 עברית",
+    "\u00a0no-break\u2009thin space, ﬁ ligature, a\u0301 combining, zero\u200bwidth",
+    "it's they'll I'D we've 's  's",
+    "x <|endoftext|> y",  # plain text, as gpt2.encode reads every text: not id 50256
+    "<|endoftext|>",
+    "",
+]
+
+
+def test_transformers_tokenizer_and_pipeline_read_an_export(tmp_path):
+    """An export (a ppo.py run's policy/) carries GPT-2's tokenizer files: transformers'
+    AutoTokenizer gives our ids for any text, and pipeline("text-generation") continues a prompt
+    with our greedy tokens (without the files it returned the prompt unchanged). A folder without
+    them (an older export) still loads in ours."""
+    model = random_model(0)
+    folder = gpt2.save_pretrained(model, tmp_path / "policy")
+    assert sorted(p.name for p in folder.iterdir()) == EXPORT_FILES
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    assert len(tok) == 50257 and tok.eos_token_id == gpt2.EOT_ID
+    assert tok.model_max_length == model.config.n_positions
+    enc = gpt2.get_tokenizer()
+    for text in TEXTS:
+        ids = tok(text)["input_ids"]
+        assert ids == gpt2.encode(text), text
+        assert tok.decode(ids) == enc.decode(ids), text
+    pipe = transformers.pipeline("text-generation", model=str(folder), device="cpu")
+    for prompt in ("It was a warm day.", "  naïve 🤖\n"):
+        out = pipe(prompt, max_new_tokens=8, do_sample=False, return_tensors=True)[0]
+        theirs = out["generated_token_ids"]
+        theirs = theirs.tolist() if hasattr(theirs, "tolist") else list(theirs)
+        prompt_ids = gpt2.encode(prompt)
+        new, _ = gpt2.generate(model, torch.tensor([prompt_ids]), None, 8, greedy=True)
+        ours = new[0].tolist()  # transformers stops at <|endoftext|> (config.json's eos)
+        ours = ours[: ours.index(gpt2.EOT_ID) + 1] if gpt2.EOT_ID in ours else ours
+        assert len(ours) > 0 and theirs == prompt_ids + ours, prompt
+        text = pipe(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+        assert text == prompt + enc.decode(ours)
+    # an export written before the tokenizer files were: our loader never needed them
+    for name in HF_FILES:
+        (folder / name).unlink()
+    tokens, mask = left_pad([gpt2.encode(t) for t in TEXTS[:4]])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            GPT2.from_pretrained(str(folder))(tokens, mask), model(tokens, mask)
+        )
 
 
 def test_round_trip_is_byte_stable(tmp_path):

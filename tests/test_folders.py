@@ -307,9 +307,10 @@ def test_export_replaces_an_earlier_export_only(tmp_path):
     gpt2.main(["--model", "tiny", "--export", str(export)])
     before = snapshot(export)
     r = run([str(ROOT / "gpt2.py"), "--model", "tiny", "--export", str(export)])
-    refused(r, "already holds config.json, model.safetensors", f"--export {export} --overwrite")
+    held = "config.json, merges.txt, model.safetensors, tokenizer_config.json, vocab.json"
+    refused(r, f"already holds {held}", f"--export {export} --overwrite")
     assert snapshot(export) == before
     gpt2.main(["--model", "tiny", "--export", str(export), "--overwrite"])
-    assert sorted(os.listdir(export)) == ["config.json", "model.safetensors"]
+    assert ", ".join(sorted(os.listdir(export))) == held
     with pytest.raises(SystemExit, match="is a file; give a folder"):
         gpt2.main(["--model", "tiny", "--export", str(export / "config.json")])
