@@ -136,6 +136,9 @@ def shuffled_order(item_id: str, labeler: str, seed: int, n: int) -> list[int]:
     return order
 
 
+RATE_MIN_SECONDS = 1.0  # labels/hour counts no faster label: that is no reading of N candidates
+
+
 class Session:
     """Which items are decided, what comes next, and the append-only log on disk.
 
@@ -258,9 +261,12 @@ class Session:
         return sum(1 for v in self.state.values() if v == "skip")
 
     def rate_per_hour(self) -> float | None:
-        """From the mean time of the last 20 labels: tracks the current pace, survives restarts."""
-        recent = self.recent_seconds[-20:]
-        return 3600.0 / max(statistics.fmean(recent), 1e-3) if recent else None
+        """From the mean time of the last 20 labels: tracks the current pace, survives restarts.
+        None (shown as --) until 3 labels each took a reader's time (RATE_MIN_SECONDS): a key
+        held down, or lines a script wrote (a resumed file, one repaired on open), take ~0 s and
+        would show millions of labels an hour and an ETA of 0s."""
+        recent = [t for t in self.recent_seconds if t >= RATE_MIN_SECONDS][-20:]
+        return 3600.0 / statistics.fmean(recent) if len(recent) >= 3 else None
 
     # --- decisions: each one is on disk before it returns
     # ----------------------------------------------------------------------------------------------
@@ -391,6 +397,7 @@ class Follow:
         self.state: dict = {}  # online/state.json: run_id, labels_total
         self.metrics: dict = {}  # the last line of metrics.jsonl: update, labels received
         self.finished = False  # summary.json exists: the run has ended
+        self.final: dict = {}  # summary.json's `online`: the labels the run had when it ended
         self.tail: labels.ComparisonsTail | None = None  # the queue, once the run has made it
         self.lock = None  # the open labels file holding our flock, once taken
         self._seen: dict[Path, tuple | None] = {}
@@ -498,6 +505,8 @@ class Follow:
             self.metrics = labels.last_json_line(path)
         if self._changed(path := self.dir / "summary.json"):
             self.finished = path.exists()
+            final = labels.read_json(path, missing_ok=True, quiet=True).get("online")
+            self.final = final if isinstance(final, dict) else {}
         if self._changed(self.state_path):
             state = labels.read_json(self.state_path, missing_ok=True, quiet=True)
             if s.run_id and state.get("run_id", s.run_id) != s.run_id:
@@ -519,11 +528,14 @@ class Follow:
 
     def progress(self) -> str:
         """'update 12/60, 140 of 1000 labels so far' (labels the run has received, of its
-        budget)."""
+        budget); once it has ended, 'update 60/60, 1000 of 1000 labels', the count it ended with
+        (summary.json: the last metrics line predates the labels of its last update)."""
         received, total = self.metrics.get("online/labels_received"), self.state.get("labels_total")
+        received = self.final.get("comparisons_labeled", received)
         if received is None:
             return self.updates()
-        return f"{self.updates()}, {received}{f' of {total}' if total else ''} labels so far"
+        so_far = "" if self.finished else " so far"
+        return f"{self.updates()}, {received}{f' of {total}' if total else ''} labels{so_far}"
 
     def waiting_text(self, s: Session) -> str:
         """What the screen says when there is nothing to label."""

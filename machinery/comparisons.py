@@ -97,7 +97,10 @@ def sample_comparisons(
     rows, n_dropped, n_drawn, n_valid = [], 0, 0, 0
     # disable=None: a progress bar in a terminal, none in a log file (the summary lines are printed
     # either way)
-    bar = tqdm(total=n, desc=f"sample comparisons ({task.name})", unit=" cmp", disable=None)
+    # leave=None: kept alone on screen, gone when under ppo.py's bar
+    bar = tqdm(
+        total=n, desc=f"sample comparisons ({task.name})", unit=" cmp", disable=None, leave=None
+    )
     while len(rows) < n:
         items = src.next_queries(min(max(1, batch_size // n_samples), n - len(rows)))
         queries = [q.tokens for q in items]
@@ -322,21 +325,23 @@ def check_rows_fit(rows: list[dict], config: GPT2Config, path: str = "labels", t
 class TrainLog:
     """What reward.train_reward_model prints: its plan (at construction), the normalization and
     held-out lines, the steps under a progress bar (in a terminal; none in a log file) with a line
-    every cfg.log_interval steps, and one held-out example. cfg: reward.TrainConfig."""
+    every cfg.log_interval steps, and one held-out example. cfg: reward.TrainConfig. Every line
+    goes through tqdm.write: ppo.py --online retrains under its own bar, which a print would run
+    into."""
 
     def __init__(self, task: str, model: str, cfg, n_train: int, n_held_out: int, N: int, n_steps):
         self.N, self.n_held_out, self.n_steps = N, n_held_out, n_steps
         self.log_interval = cfg.log_interval
         self.losses: list[float] = []
         self.accuracies: list[float] = []
-        print(
+        tqdm.write(
             f"train: task {task}, {n_train} train / {n_held_out} held-out comparisons of N={N}, "
             f"{cfg.epochs} epoch(s), {n_steps} steps of {cfg.batch_size}, lr {cfg.lr} -> 0, base "
             f"model {model}"
         )
 
     def normalized(self, when: str, s: dict):
-        print(
+        tqdm.write(
             f"normalize {when}: raw rewards under rho {s['mean']:+.4f} +- {s['std']:.4f} -> gain "
             f"{s['gain']:.4f}, bias {s['bias']:+.4f}; check on fresh samples "
             f"{s['after_mean']:+.3f} +- {s['after_std']:.3f}"
@@ -346,12 +351,12 @@ class TrainLog:
         """Held-out accuracy and loss (reward.evaluate's m) against chance."""
         N = self.N
         if before:
-            print(
+            tqdm.write(
                 f"train: held-out accuracy before training {m['accuracy']:.3f} (chance "
                 f"{1 / N:.3f}), loss {m['loss']:.4f} (uniform {math.log(N):.4f})"
             )
         else:
-            print(
+            tqdm.write(
                 f"train: held-out accuracy {m['accuracy']:.3f} on {self.n_held_out} comparisons "
                 f"(chance {1 / N:.3f}), loss {m['loss']:.4f}"
             )
@@ -359,7 +364,10 @@ class TrainLog:
     def steps(self):
         """range(n_steps), under the progress bar."""
         self.t0 = time.time()
-        self.bar = tqdm(range(self.n_steps), desc="train reward model", unit="step", disable=None)
+        # leave=None: kept by `reward.py train`, gone when ppo.py --online retrains under its bar
+        self.bar = tqdm(
+            range(self.n_steps), desc="train reward model", unit="step", disable=None, leave=None
+        )
         return self.bar
 
     def step(self, step: int, loss: float, accuracy: float, lr: float):
@@ -386,9 +394,9 @@ class TrainLog:
         so a person can see what the model prefers."""
         chosen = row["best"]
         rejected = min(range(len(r)), key=lambda i: r[i] if i != chosen else float("inf"))
-        print(f"example query: {row['query'][-200:]!r}")
-        print(f"  labeled best ({r[chosen]:+.2f}): {row['samples'][chosen]!r}")
-        print(f"  lowest other ({r[rejected]:+.2f}): {row['samples'][rejected]!r}")
+        tqdm.write(f"example query: {row['query'][-200:]!r}")
+        tqdm.write(f"  labeled best ({r[chosen]:+.2f}): {row['samples'][chosen]!r}")
+        tqdm.write(f"  lowest other ({r[rejected]:+.2f}): {row['samples'][rejected]!r}")
 
 
 def print_eval(path: str, meta: dict, result: dict, rows: list[dict]):

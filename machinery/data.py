@@ -66,8 +66,9 @@ def read_passages(path: Path) -> list[str]:
         try:
             text = json.loads(line)
         except json.JSONDecodeError as e:
+            where = f"{e.msg.removesuffix(' at')} at column {e.colno}"  # labels.json_error
             raise DataError(
-                f"{path}:{i}: not valid JSON ({e.msg}); expected {LAYOUTS['books']}"
+                f"{path}:{i}: not valid JSON ({where}); expected {LAYOUTS['books']}"
             ) from None
         if not isinstance(text, str):
             raise DataError(

@@ -136,8 +136,20 @@ def now_iso() -> str:
 # Reading
 
 
-def read_jsonl(path) -> list[tuple[int, dict]]:
-    """(line number, object) for every non-blank line. FormatError names the first bad line.
+# What to do about a last line cut off mid-write (no final newline, not JSON), by the kind of
+# file: read_jsonl's `cut` hint. label_tool.py repairs the labels file it appends to (--out), never
+# the comparisons file it reads.
+CUT_LABELS = "label_tool.py removes it when it opens this file as --out, or delete that line"
+CUT_COMPARISONS = (
+    "wait if a program is still writing the file; otherwise make or copy it again, or delete that "
+    "line (label_tool.py never changes the comparisons file it reads)"
+)
+CUT_ANY = "delete that line (label_tool.py removes it from the labels file it opens as --out)"
+
+
+def read_jsonl(path, cut: str = CUT_ANY) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line. FormatError names the first bad line, and
+    for a last line cut off mid-write, what to do about it (`cut`: CUT_LABELS, CUT_COMPARISONS).
 
     Lines are split on "\\n" only: str.splitlines would also split on U+2028 and friends, which
     json.dumps leaves unescaped inside strings (ensure_ascii=False).
@@ -152,14 +164,15 @@ def read_jsonl(path) -> list[tuple[int, dict]]:
     for i, raw in enumerate(lines, 1):
         if not raw.strip():
             continue  # blank lines hold nothing (a trailing "\n" makes the last one)
-        cut = i == len(lines) and not data.endswith(b"\n")
-        out.append((i, parse_line(raw, f"{path}:{i}", cut)))
+        is_cut = i == len(lines) and not data.endswith(b"\n")
+        out.append((i, parse_line(raw, f"{path}:{i}", cut if is_cut else "")))
     return out
 
 
-def parse_line(raw: bytes, where: str, cut: bool = False) -> dict:
+def parse_line(raw: bytes, where: str, cut: str = "") -> dict:
     """One line of a JSONL file as a dict; FormatError names `where` (file:line). `cut`: this is a
-    last line without its newline, which the message then explains."""
+    last line without its newline, and what to do about it (read_jsonl), said if it does not
+    parse."""
     try:
         obj = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -167,17 +180,19 @@ def parse_line(raw: bytes, where: str, cut: bool = False) -> dict:
             f"{where}: not UTF-8 ({e.reason} at byte {e.start}); save the file as UTF-8"
         ) from None
     except json.JSONDecodeError as e:
-        hint = ""
-        if cut:
-            hint = (
-                " (the last line is incomplete: the writer was interrupted; `python "
-                "label_tool.py` repairs it when it opens the file, or delete that line)"
-            )
-        raise FormatError(f"{where}: not valid JSON: {e.msg} at column {e.colno}{hint}") from None
+        hint = f" (the last line is incomplete, as a write or copy cut off leaves it: {cut})"
+        hint = hint if cut else ""
+        raise FormatError(f"{where}: not valid JSON: {json_error(e)}{hint}") from None
     if not isinstance(obj, dict):
         raise FormatError(f"{where}: expected a JSON object {{...}}, got {type(obj).__name__}")
     check_text(obj, where)
     return obj
+
+
+def json_error(e: json.JSONDecodeError) -> str:
+    """json's message and column, as one phrase: some of json's messages end in "at" (its str()
+    adds ": line 1 column 9"), as in "Unterminated string starting at column 9"."""
+    return f"{e.msg.removesuffix(' at')} at column {e.colno}"
 
 
 def check_text(obj, where) -> None:
@@ -288,7 +303,7 @@ class _FileChecker:
 def read_comparisons(path, vocab_size=VOCAB_SIZE) -> list[dict]:
     """All comparisons in the file, validated (fields, token ids < vocab_size, same N everywhere,
     unique ids)."""
-    items = read_jsonl(path)
+    items = read_jsonl(path, CUT_COMPARISONS)
     if not items:
         raise FormatError(
             f"{path}: empty; expected one comparison per line (make one with `python reward.py "
@@ -399,14 +414,16 @@ def read_labels(path, vocab_size=VOCAB_SIZE, counts: dict | None = None) -> list
     Accepts our labels.jsonl and OpenAI's released JSON (detected by a leading "["). Validation:
     every line parses, `best` is an int in range, token ids < vocab_size, the same N on every row;
     no labels at all is an error. Pass a dict as `counts` to receive {"lines", "labels", "undone",
-    "skipped"} so callers can print what they did not use (nothing is dropped silently).
+    "skipped", "undos"} so callers can print what they did not use (nothing is dropped silently):
+    undone and skipped count ids whose last word is an undo or a skip; undos counts undo lines
+    (the times u was pressed, as `label_tool.py --stats` says).
     """
     if is_json_list(path):
         rows = _read_openai_json(path, vocab_size)
         if counts is not None:
-            counts.update(lines=len(rows), labels=len(rows), undone=0, skipped=0)
+            counts.update(lines=len(rows), labels=len(rows), undone=0, skipped=0, undos=0)
         return rows
-    items = read_jsonl(path)
+    items = read_jsonl(path, CUT_LABELS)
     if not items:
         raise FormatError(
             f"{path}: empty; expected one label per line (label with `python label_tool.py` or "
@@ -446,7 +463,9 @@ def read_labels(path, vocab_size=VOCAB_SIZE, counts: dict | None = None) -> list
             "skipped)"
         )
     if counts is not None:
-        counts.update(lines=len(items), labels=len(rows), undone=n_undone, skipped=n_skipped)
+        counts.update(
+            lines=len(items), labels=len(rows), undone=n_undone, skipped=n_skipped, undos=c["undo"]
+        )
     return rows
 
 
@@ -506,9 +525,7 @@ def _read_openai_json(path, vocab_size) -> list[dict]:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise FormatError(
-            f"{path}:{e.lineno}: not valid JSON: {e.msg} at column {e.colno}"
-        ) from None
+        raise FormatError(f"{path}:{e.lineno}: not valid JSON: {json_error(e)}") from None
     except UnicodeDecodeError as e:
         raise FormatError(f"{path}: not UTF-8 ({e.reason}); save the file as UTF-8") from None
     if not data:
@@ -673,7 +690,7 @@ def stats_report(paths: list[str]) -> str:
         if is_json_list(path):  # OpenAI's released JSON: labels only, no log
             rows, c = read_labels(path), None
         else:
-            items = read_jsonl(path)
+            items = read_jsonl(path, CUT_LABELS)
             final, order, c = resolve(items, path)
             rows = [final[i][2] for i in order if final[i][1] == "label"]
         if not rows:
@@ -762,10 +779,9 @@ def main(argv=None) -> int:
         else:
             c = {}
             rows = read_labels(path, counts=c)
-            print(
-                f"{path}: {c['labels']} labels, N = {len(rows[0]['sample_tokens'])} ({c['lines']} "
-                "lines, "
-                f"{c['undone']} undone, {c['skipped']} skipped)"
+            print(  # the words and order of label_tool.py --stats (stats_report)
+                f"{path}: {c['labels']} labels, N = {len(rows[0]['sample_tokens'])} "
+                f"({c['skipped']} skipped, {c['undos']} undos, {c['lines']} lines)"
             )
     except (FormatError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

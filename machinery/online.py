@@ -598,18 +598,17 @@ class Online:
         if got >= need:
             return
         t0 = time.time()
-        print(
+        say(
             f"online: waiting for labels: {why} needs {need} labeled comparisons, {got} so far "
             f"({len(self.queue) - got} queued in {self.queue_path} are unlabeled). Label them with"
-            f"\n  python label_tool.py --follow {self.dir.parent} --labeler YOUR_NAME",
-            flush=True,
+            f"\n  python label_tool.py --follow {self.dir.parent} --labeler YOUR_NAME"
         )
         last = got
         while got < need:
             time.sleep(POLL_SECONDS)
             got = self.refresh()
             if got != last:
-                print(f"online: {got}/{need} labeled ({time.time() - t0:.0f} s waited)", flush=True)
+                say(f"online: {got}/{need} labeled ({time.time() - t0:.0f} s waited)")
                 last = got
         self.wait_seconds += time.time() - t0
 
@@ -619,10 +618,9 @@ class Online:
         ρ (reward.train_reward_model); saved to rm.pt, then logged in trainings.jsonl."""
         rows = list(self.rows)
         n_items = len({r["id"] for r in rows})
-        print(
+        say(
             f"online: reward model training {k + 1}/{self.s.rm_trainings} on {len(rows)} labels "
-            f"({n_items} comparisons; point {self.points[k]}), at update {update}",
-            flush=True,
+            f"({n_items} comparisons; point {self.points[k]}), at update {update}"
         )
         t0 = time.time()
         cfg = dataclasses.replace(self.s.rm, labels=str(self.dir / "labels-*.jsonl"), num_train=0)
@@ -749,10 +747,15 @@ class Online:
         return out
 
     def summary(self) -> dict:
+        """summary.json's `online`, from the labels files as the run ends: the last metrics line
+        was written before the labels of the comparisons queued at its update came in (what
+        label_tool.py --follow says when the run has finished)."""
+        labeled = self.refresh()
         wr = win_rate(self.rows)
         return dict(
             run_id=self.run_id,
             labels=len(self.rows),
+            comparisons_labeled=labeled,
             comparisons_queued=len(self.queue),
             rm_trainings=len(self.trainings),
             rm_accuracy=[t.get("accuracy") for t in self.trainings],
@@ -825,4 +828,14 @@ def metric_part(m: dict) -> str:
 def cli_tqdm(total: int, desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=" cmp", file=sys.stdout, disable=None)
+    # leave=None: gone when done under ppo.py's bar (a second line), kept when it is the only one
+    return tqdm(total=total, desc=desc, unit=" cmp", file=sys.stdout, disable=None, leave=None)
+
+
+def say(text: str) -> None:
+    """A console line that may come while ppo.py's progress bar is up: tqdm.write lifts the bar
+    above it (a print would start on the bar's line), flushed for a log file."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stdout)
+    sys.stdout.flush()

@@ -491,14 +491,15 @@ def metric_line(update: int, n_updates: int, metrics: dict) -> str:
 
 def print_samples(enc, queries, batch, true_scores, n: int = 4):
     """A plain-text table of a few queries, responses and scores (the lm-human-preference-details
-    rich table)."""
-    print(f"{'query (end)':<42} | {'response (truncated)':<60} | score  | true   | kl")
+    rich table), written above the progress bar (tqdm.write: a print would start on its line)."""
+    lines = [f"{'query (end)':<42} | {'response (truncated)':<60} | score  | true   | kl"]
     for i in range(min(n, len(queries))):
         q = decode(enc, queries[i]).replace("\n", " ")[-40:]
         r = decode(enc, batch["truncated"][i].tolist()).replace("\n", " ")[:60]
         t = f"{true_scores[i].item():6.2f}" if true_scores is not None else "   -  "
         score, kl = batch["scores"][i].item(), batch["kl"][i].sum().item()
-        print(f"{q:<42} | {r:<60} | {score:6.2f} | {t} | {kl:5.2f}")
+        lines.append(f"{q:<42} | {r:<60} | {score:6.2f} | {t} | {kl:5.2f}")
+    tqdm.write("\n".join(lines), file=sys.stdout)
 
 
 def smooth(values: list[float], window: int) -> list[float]:

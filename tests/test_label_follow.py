@@ -259,8 +259,8 @@ def test_follow_waits_then_shows_items_as_they_are_queued(tmp_path, cleanup):
     t.wait_for(status(2, 3, 2))
     pick(t, "c2-0")
     t.wait_for(status(3, 3, None))
-    (run / "summary.json").write_text("{}")  # the run ends
-    wait_text(t, "The run has finished (update 4/60, 8 of 200 labels so far)")
+    (run / "summary.json").write_text("{}")  # the run ends (a summary without `online`)
+    wait_text(t, "The run has finished (update 4/60, 8 of 200 labels):")
     t.send("q")
     assert t.wait_exit() == 0
     assert b"3 labels this session" in t.output and b"Traceback" not in t.output
@@ -272,6 +272,28 @@ def test_follow_waits_then_shows_items_as_they_are_queued(tmp_path, cleanup):
     # The provenance travels with the label, for the run to use.
     assert [r["validation"] for r in rows] == [False, True, False]
     assert rows[1]["policies"] == ["rho", "rho", "pi", "pi"]
+
+
+@needs_terminal
+def test_the_finish_line_counts_the_labels_the_run_ended_with(tmp_path, cleanup):
+    """The run's last metrics line is written as its last update begins, before the labels of
+    the comparisons queued then: 2 of 3. Its summary.json counts them as it ends, and the finish
+    line says that count (it said "2 of 3 labels so far" beside the labeler's "3/3 done")."""
+    run = make_run(tmp_path, n_items=3)
+    state = json.loads((run / "online" / "state.json").read_text())
+    (run / "online" / "state.json").write_text(json.dumps({**state, "labels_total": 3}))
+    progress(run, 60, 2)
+    t = start(cleanup, run, "ann")
+    for n in range(3):
+        t.wait_for(status(n, 3, n))
+        pick(t, f"c{n}-0")
+    wait_text(t, status(3, 3, None), "(update 60/60, 2 of 3 labels so far)")
+    summary = {"online": {"comparisons_labeled": 3, "labels": 3, "comparisons_queued": 3}}
+    (run / "summary.json").write_text(json.dumps(summary))  # the run ends
+    scr = wait_text(t, "The run has finished (update 60/60, 3 of 3 labels):")
+    assert status(3, 3, None) in scr and "so far" not in scr
+    t.send("q")
+    assert t.wait_exit() == 0
 
 
 @needs_terminal

@@ -427,6 +427,37 @@ def test_truncated_last_line_is_repaired_on_open(tmp_path, cleanup):
     assert [r["id"] for r in labels.read_labels(out)] == ["q-plain", "q-unicode"]
 
 
+@needs_terminal
+def test_labels_per_hour_only_from_labels_that_took_a_readers_time(tmp_path, cleanup):
+    """A file repaired on open whose label took ~0 s (a script wrote it), and a key pressed at once:
+    no rate yet (this showed "3600000 labels/h | ETA 0s"). Three labels of 2 s each, resumed: 1800
+    an hour, and the ETA of the one item left from it."""
+    out = tmp_path / "labels.jsonl"
+    rows = labels.read_comparisons(MIXED)
+    labels.append_jsonl(
+        out, {**rows[0], "best": 2, "labeler": "script:x", "seconds": 4e-5, "created": ""}
+    )
+    with open(out, "ab") as f:
+        f.write(json.dumps({**rows[1], "best": 1})[:50].encode())
+    t = start(cleanup, [MIXED, "--out", str(out)])
+    scr = t.wait_for("1/4 done | item q-unicode")
+    assert "removed an incomplete last line" in scr.replace("\n", " ")
+    assert scr.split("\n")[-1].endswith("| -- labels/h | ETA --")
+    t.send("1")
+    scr = t.wait_for("2/4 done")
+    assert scr.split("\n")[-1].endswith("| -- labels/h | ETA --"), scr
+    t.send("q")
+    assert t.wait_exit() == 0
+    out.unlink()
+    for row in rows[:3]:
+        labels.append_jsonl(out, {**row, "best": 0, "labeler": "x", "seconds": 2.0, "created": ""})
+    t = start(cleanup, [MIXED, "--out", str(out)])
+    scr = t.wait_for("3/4 done")
+    assert scr.split("\n")[-1].endswith("| 1800 labels/h | ETA 2s"), scr
+    t.send("q")
+    assert t.wait_exit() == 0
+
+
 def make_comparisons(path, n_items, n=4):
     rows = [
         {
@@ -602,6 +633,21 @@ def test_malformed_comparisons_names_the_line(tmp_path):
     )
     r = run_tool(str(bad), "--out", str(tmp_path / "l.jsonl"))
     assert r.returncode == 1 and f"{bad}:3: not valid JSON" in r.stderr
+
+
+def test_a_cut_off_comparisons_file_is_left_alone_with_the_fix_that_works(tmp_path):
+    """label_tool.py repairs the labels file it appends to, never the comparisons file it reads;
+    so the message about a comparisons file's incomplete last line must not send the labeler back
+    to label_tool.py, and the file is not touched."""
+    cut = tmp_path / "c.jsonl"
+    data = Path(MIXED).read_bytes()
+    cut.write_bytes(data[: data.rindex(b"\n", 0, len(data) - 1) + 41])  # the last line: 40 bytes
+    before = cut.read_bytes()
+    r = run_tool(str(cut), "--out", str(tmp_path / "l.jsonl"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "the last line is incomplete" in r.stderr and "copy it again" in r.stderr
+    assert "removes it when" not in r.stderr and " at at " not in r.stderr
+    assert cut.read_bytes() == before and not (tmp_path / "l.jsonl").exists()
 
 
 def test_labels_file_of_another_comparisons_file_is_refused(tmp_path):

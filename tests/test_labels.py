@@ -95,7 +95,8 @@ def test_undo_and_skip_resolve_last_word_wins(tmp_path):
     rows = labels.read_labels(p, counts=counts)
     # order of the last word
     assert [(r["id"], r["best"]) for r in rows] == [("c1", 2), ("c2", 0), ("c0", 3)]
-    assert counts == {"lines": 8, "labels": 3, "undone": 1, "skipped": 1}
+    # undone: ids whose last word is an undo (c4); undos: undo lines (c0's too)
+    assert counts == {"lines": 8, "labels": 3, "undone": 1, "skipped": 1, "undos": 2}
 
 
 def test_append_jsonl_writes_whole_lines(tmp_path):
@@ -307,4 +308,55 @@ def test_cli_summary(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert out.returncode == 0 and "1 labels, N = 4 (2 lines, 0 undone, 1 skipped)" in out.stdout
+    assert out.returncode == 0 and "1 labels, N = 4 (1 skipped, 0 undos, 2 lines)" in out.stdout
+
+
+def test_the_summary_and_stats_count_undos_alike(tmp_path):
+    """`python -m machinery.labels` and `label_tool.py --stats` (stats_report) count the same
+    thing, undo lines, under the same word: two items undone and labeled again leave no id
+    undone, and 2 undos."""
+    lines = [label(0, 1), {"id": "c0", "undo": True}, label(0, 2)]
+    lines += [label(1, 0), {"id": "c1", "undo": True}, label(1, 3)]
+    p = write_lines(tmp_path / "l.jsonl", lines)
+    out = subprocess.run(
+        [sys.executable, "-m", "machinery.labels", p],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert "2 labels, N = 4 (0 skipped, 2 undos, 6 lines)" in out.stdout, out.stdout
+    assert "2 labels by t (2); 0 skipped, 2 undos, 6 lines" in labels.stats_report([p])
+
+
+def test_a_cut_off_last_line_gets_the_fix_for_its_kind_of_file(tmp_path):
+    """label_tool.py repairs the labels file it appends to, never the comparisons file it reads:
+    each message gives the fix that works for its file. json's messages that end in "at" read as
+    one phrase ("Unterminated string starting at column 9", not "... at at column 9")."""
+    cut = json.dumps(comparison(2))
+    cut = cut[: cut.index("query") + 10]  # inside the value of "query"
+    for rows, read, fix in (
+        ([comparison(0), comparison(1)], labels.read_comparisons, "copy it again"),
+        ([label(0, 1), label(1, 2)], labels.read_labels, "label_tool.py removes it when"),
+    ):
+        p = tmp_path / "f.jsonl"
+        write_lines(p, rows)
+        with open(p, "a", encoding="utf-8") as f:
+            f.write(cut)
+        with pytest.raises(FormatError) as e:
+            read(p)
+        msg = str(e.value)
+        assert msg.startswith(f"{p}:3: not valid JSON: Unterminated string starting at column ")
+        assert "at at" not in msg and "the last line is incomplete" in msg and fix in msg
+        if read is labels.read_comparisons:
+            assert "label_tool.py never changes the comparisons file" in msg
+    # a whole JSON file (OpenAI's labels) and a passages file say it the same way
+    p.write_text('[{"query": "cut')
+    at_12 = r"f.jsonl:1: not valid JSON: Unterminated string starting at column 12$"
+    with pytest.raises(FormatError, match=at_12):
+        labels.read_labels(p)
+    from machinery import data
+
+    p.write_text('"a passage\n')
+    at_1 = r"not valid JSON \(Unterminated string starting at column 1\)"
+    with pytest.raises(data.DataError, match=at_1):
+        data.read_passages(p)

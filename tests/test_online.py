@@ -534,6 +534,28 @@ def make_queue(tmp_path, run_id="abc", n=3):
     return folder
 
 
+def test_summary_counts_the_labels_given_during_the_last_update(tmp_path):
+    """The metrics line of the last update counts the labels read as it began; the comparisons
+    queued then are labeled during it. summary.json's `online` reads the labels files as the run
+    ends, so it counts them (label_tool.py --follow's finish line shows it: it said "2 of 3"
+    beside the labeler's "3/3 done")."""
+    folder = make_queue(tmp_path)
+    queue = online.read_queue(folder / "queue.jsonl", "abc")
+    run = object.__new__(online.Online)  # the state summary() reads, without a model
+    run.run_id, run.queue, run.by_id = "abc", queue, {r["id"]: r for r in queue}
+    run.reader, run.rows, run.seen, run.latencies = online.LabelReader(folder, "abc"), [], set(), []
+    run.trainings, run.rm_path = [], folder / "rm.pt"
+    for n in range(2):
+        labels.append_jsonl(
+            folder / "labels-ann.jsonl", dict(item("abc", n), best=n, labeler="ann")
+        )
+    assert run.refresh() == 2  # the last update's metrics line: 2 received
+    labels.append_jsonl(folder / "labels-ann.jsonl", dict(item("abc", 2), best=0, labeler="ann"))
+    summary = run.summary()
+    assert summary["comparisons_labeled"] == summary["labels"] == 3
+    assert summary["comparisons_queued"] == 3
+
+
 def test_labels_file_of_another_run_is_refused(tmp_path):
     folder = make_queue(tmp_path)
     queue = {r["id"]: r for r in online.read_queue(folder / "queue.jsonl", "abc")}
