@@ -332,6 +332,13 @@ def claim_out(out: Path, overwrite: bool) -> None:
     cli.remove(out, held)
 
 
+def interrupted(out: Path) -> str:
+    """What Ctrl-C leaves (cli.run_main says it): judge writes its files once sampling ends."""
+    if cli.held(out, EVAL_FILES):
+        return f"{out} holds an unfinished evaluation; redo it: {cli.rerun('evaluate.py', None)}"
+    return f"nothing written to {out}; run the same command again"
+
+
 def write_pairs(out: Path, rows: list[dict], key: dict, meta: dict) -> None:
     """pairs.jsonl, then key.json (which names pairs.jsonl's hash, so a key never vouches for
     another file)."""
@@ -660,6 +667,7 @@ def main(argv=None):
         print("\n".join(lines))
         update_summary(out, {"human": entries})
         return entries
+    cli.on_interrupt(lambda: interrupted(out))
     return judge(
         run_dir,
         args.against,
@@ -675,4 +683,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)  # expected errors and Ctrl-C: one line each

@@ -686,4 +686,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)  # expected errors and Ctrl-C: one line each

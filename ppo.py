@@ -44,7 +44,7 @@ import torch.nn as nn
 
 import evaluate
 import gpt2
-from machinery import amp, dist, microbatch, online, presets, runs, tasks
+from machinery import amp, cli, dist, microbatch, online, presets, runs, tasks
 from machinery.microbatch import Stats, accumulate, exact_div, fix_size, forward_in_chunks
 from machinery.optim import AdamOptions, make_adam
 
@@ -68,7 +68,7 @@ class Config(runs.Inputs, AdamOptions, online.Options, runs.RunOptions):
     """minibatches per epoch: one optimizer step each (the released code: 1)"""
     noptepochs: int = 4
     """PPO epochs over each rollout batch, reshuffled every epoch"""
-    micro_batch_size: int | str = 64
+    micro_batch_size: int | str = 64  # --help: performance
     """episodes per forward/backward, gradients accumulated (memory, not math); halved on out of
     memory; 'auto': the whole minibatch on CUDA, at most 64 on CPU (machinery/microbatch.py)"""
     lr: float = 1e-5
@@ -495,4 +495,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)  # expected errors and Ctrl-C: one line each (what is saved, how to resume)

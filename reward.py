@@ -579,18 +579,12 @@ COMMANDS = {"sample": cmd_sample, "label": cmd_label, "train": cmd_train, "eval"
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in COMMANDS:
-        print(__doc__.split("Shape letters")[0].rstrip())
-        print("\nrun `python reward.py COMMAND --help` for a command's options")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    try:
-        COMMANDS[argv[0]](argv[1:])
+    try:  # no command, or an unknown one: the docstring, or one line naming the commands
+        return cli.dispatch("reward.py", COMMANDS, argv, __doc__.split("Shape letters")[0])
     except (labels.FormatError, ValueError, FileNotFoundError, tasks.DownloadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_main(main)  # expected errors and Ctrl-C: one line each

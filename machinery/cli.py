@@ -16,6 +16,16 @@ A field whose default is itself a dataclass (field(default_factory=Sub)) is nest
 flags under a prefix, `--<name>.<field>` (e.g. ppo.py's `--rm.lr`), or no prefix at all when the
 caller asks for it (reward.py train). Bool fields get --x / --no-x, list fields take one or more
 values (`--stats a.jsonl b.jsonl`, or the flag repeated).
+
+A long config's --help is split into groups. A comment `# --help: TITLE` in the class puts fields
+under TITLE: on a line of its own, every field after it (to the next such comment); at the end of a
+field's line, that field alone. Other fields are in their class's group (titled by its docstring),
+a nested dataclass in a group of its own; groups of one title merge, across base classes.
+
+Errors: a command's expected errors (a bad flag or input file, a missing download) are UserError,
+or SystemExit("error: ..."); `run_main` runs a command's main() so that either is one line on
+stderr and Ctrl-C is one line saying what was saved (`on_interrupt`). Anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -23,13 +33,20 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import difflib
 import inspect
+import io
+import json
 import os
+import re
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import textwrap
+import time
+import tokenize
 from pathlib import Path
 from typing import Any, Callable
 
@@ -85,8 +102,61 @@ def _scalar_type(f: dataclasses.Field, default):
 
 
 def _title(cls) -> str:
-    """A --help group's title: the first line of the class docstring."""
-    return (cls.__doc__ or cls.__name__).strip().split(". ")[0].splitlines()[0].rstrip(".:")
+    """A --help group's title: the first line of the class docstring (dataclasses make one from
+    the signature for a class without: then its name)."""
+    doc = cls.__doc__ or ""
+    if not doc.strip() or doc.startswith(cls.__name__ + "("):
+        return cls.__name__
+    return doc.strip().split(". ")[0].splitlines()[0].rstrip(".:")
+
+
+_HELP_GROUP = re.compile(r"#\s*--help:\s*(.+?)\s*$")
+
+
+def field_groups(cls) -> dict[str, str]:
+    """The --help group title of each field `cls` declares itself (inherited ones aside), in the
+    order declared: a `# --help: TITLE` comment's (see the module docstring), else the class's
+    title. Comments are read from the source, as field_docs reads docstrings."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    body = ast.parse(source).body[0].body
+    fields = {
+        a.lineno: a.target.id
+        for a in body
+        if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name)
+    }
+    comments = {}  # line -> (title, whether the comment is the whole line)
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        found = _HELP_GROUP.match(tok.string) if tok.type == tokenize.COMMENT else None
+        if found:
+            comments[tok.start[0]] = (found.group(1), not tok.line[: tok.start[1]].strip())
+    title, groups = _title(cls), {}
+    for line in sorted({*fields, *comments}):
+        own, whole_line = comments.get(line, (None, False))
+        if whole_line:
+            title = own
+        elif line in fields:
+            groups[fields[line]] = own or title
+    return groups
+
+
+def _help_groups(parser, cls, flat, order) -> dict:
+    """Field name -> its --help group (a nested dataclass's name -> a group of its own, unless
+    flat), or {} when every field would be in one. The groups come in the order of the fields
+    named in `order`, then of the classes, most derived first."""
+    titles = {}
+    for base in cls.__mro__:
+        if dataclasses.is_dataclass(base):
+            for name, title in field_groups(base).items():
+                titles.setdefault(name, title)
+    for f in dataclasses.fields(cls):
+        default = _default(f)
+        if dataclasses.is_dataclass(default) and f.name not in flat:
+            titles[f.name] = f"{_title(type(default))} (--{f.name}.*)"
+    if len(set(titles.values())) < 2:
+        return {}
+    names = [n for n in order if n in titles] + list(titles)
+    made = {t: parser.add_argument_group(t) for t in dict.fromkeys(titles[n] for n in names)}
+    return {name: made[title] for name, title in titles.items()}
 
 
 def add_dataclass_args(
@@ -96,6 +166,7 @@ def add_dataclass_args(
     positional: tuple[str, ...] = (),
     only_given: bool = False,
     flat: tuple[str, ...] = (),
+    order: tuple[str, ...] = (),
 ) -> None:
     """One flag per field of `cls` (recursing into nested dataclass fields), each with its
     docstring and default as help. The namespace key of a field is its dotted path ("rm.lr").
@@ -104,24 +175,23 @@ def add_dataclass_args(
     only_given: flags not given stay out of the namespace (argparse.SUPPRESS), so a caller can
       layer them over other defaults (ppo.py's resolve_config).
     flat: nested fields whose own fields get flags without the `<name>.` prefix.
-    A config built from several dataclasses (ppo.py's) gets a --help group per class, titled by
-    its docstring, the class's own fields first; a nested dataclass gets a group of its own."""
+    order: fields whose --help groups come first, in this order (see the module docstring for the
+      groups). A config with groups gets a short usage line: its groups list the flags."""
     docs = field_docs(cls)
+    fields = dataclasses.fields(cls)
     groups = {}
-    if not prefix and len([b for b in cls.__mro__ if dataclasses.is_dataclass(b)]) > 1:
-        for base in cls.__mro__:
-            own = getattr(base, "__annotations__", {}) if "__annotations__" in vars(base) else {}
-            if dataclasses.is_dataclass(base) and own:
-                group = parser.add_argument_group(_title(base))
-                groups.update({name: group for name in own if name not in groups})
-    for f in dataclasses.fields(cls):
+    if not prefix and isinstance(parser, argparse.ArgumentParser):
+        groups = _help_groups(parser, cls, flat, order)
+    if groups:  # the class's own fields first, then its bases'
+        place = {name: i for i, name in enumerate(groups)}
+        fields = sorted(fields, key=lambda f: place.get(f.name, len(place)))
+        parser.usage = "%(prog)s [-h] [--OPTION VALUE ...]"
+    for f in fields:
         default = _default(f)
         dest = prefix + f.name
         if dataclasses.is_dataclass(default):
             sub_prefix = prefix if f.name in flat else dest + "."
-            sub = parser
-            if groups:
-                sub = parser.add_argument_group(f"{_title(type(default))} (--{dest}.*)")
+            sub = groups.get(f.name, parser)
             add_dataclass_args(sub, type(default), sub_prefix, only_given=only_given)
             continue
         target = groups.get(f.name, parser)
@@ -200,7 +270,35 @@ def _build(cls, values: dict, prefix: str, flat: tuple[str, ...] = ()):
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Description and epilog as written (they hold examples), option help wrapped."""
+    """Description and epilog as written (they hold examples), but for a line longer than the
+    source's 100 columns (a long string, not a line written by hand), which is wrapped (an
+    indented one with its continuation indented further); option help wrapped."""
+
+    def _fill_text(self, text, width, indent):
+        out = []
+        for line in text.splitlines():
+            lead = indent + line[: len(line) - len(line.lstrip())]
+            if len(line) > max(width, 100):
+                more = lead + "    " * (lead != indent)
+                wrap = dict(initial_indent=lead, subsequent_indent=more, break_on_hyphens=False)
+                out.append(textwrap.fill(line.strip(), width, **wrap))
+            else:
+                out.append(indent + line)
+        return "\n".join(out)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, `PROG: error: MESSAGE (see PROG --help)`, status 2,
+    instead of the whole usage block; an unknown flag gets the nearest known one."""
+
+    def error(self, message):
+        unknown = re.match(r"unrecognized arguments: (.*)", message)
+        for arg in unknown.group(1).split() if unknown else []:
+            near = difflib.get_close_matches(arg.split("=")[0], self._option_string_actions, n=1)
+            if arg.startswith("--") and near:
+                message += f" (did you mean {near[0]}?)"
+                break
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def make_parser(
@@ -210,11 +308,16 @@ def make_parser(
     positional: tuple[str, ...] = (),
     only_given: bool = False,
     flat: tuple[str, ...] = (),
+    order: tuple[str, ...] = (),
 ) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=description, epilog=epilog, formatter_class=HelpFormatter
+    """The parser of `cls` (add_dataclass_args); its usage line names the subcommand that runs
+    (dispatch), e.g. `usage: reward.py train`."""
+    parser = Parser(
+        prog=_prog, description=description, epilog=epilog, formatter_class=HelpFormatter
     )
-    add_dataclass_args(parser, cls, positional=positional, only_given=only_given, flat=flat)
+    add_dataclass_args(
+        parser, cls, positional=positional, only_given=only_given, flat=flat, order=order
+    )
     return parser
 
 
@@ -229,6 +332,102 @@ def parse(
     """Parse argv (default: sys.argv[1:]) into a `cls` instance; --help lists every field."""
     parser = make_parser(cls, description, epilog, positional, flat=flat)
     return from_flat(cls, vars(parser.parse_args(argv)), flat=flat)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a command: expected errors and Ctrl-C in one line each, subcommands
+
+
+class UserError(Exception):
+    """An expected error (a bad flag, an input that cannot be read, a model that is not there):
+    its message says what went wrong and what would work, and run_main prints it as one line."""
+
+
+class UsageError(UserError):
+    """A UserError that every torchrun process meets alike (the command line itself): rank 0
+    alone says it."""
+
+
+_interrupt_note: Callable[[], str] | None = None  # on_interrupt's
+_prog: str | None = None  # the subcommand dispatch runs ("reward.py train"), for its usage line
+
+
+def on_interrupt(note: Callable[[], str]) -> None:
+    """What run_main says after `stopped (Ctrl-C)`: note() (called then, so that it can look at
+    the files) says what is saved and the command that continues."""
+    global _interrupt_note
+    _interrupt_note = note
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a command's main() as the program, and exit: with main's status (an int; else 0); an
+    expected error (UserError, or SystemExit with a message) as one line on stderr, status 1;
+    Ctrl-C as one line, `stopped (Ctrl-C)` and on_interrupt's note, status 130 (whatever was being
+    written is not: every result file is written atomically). Anything else is a bug and keeps
+    its traceback. Under torchrun (RANK set) rank 0 alone says a UsageError or Ctrl-C, and a
+    failing rank's line goes into torchrun's report too (its error file)."""
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        status = main()
+    except UsageError as e:
+        if rank:
+            sys.exit(0)  # rank 0 says it and fails the job
+        _fail(f"error: {e}", 1)
+    except UserError as e:
+        _fail(f"error: {e}", 1)
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            _fail(e.code, 1)
+        raise
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the line
+        try:
+            note = _interrupt_note() if _interrupt_note and not rank else ""
+        except Exception:  # the note is a courtesy: never a traceback instead of the line
+            note = ""
+        if rank:
+            sys.exit(130)
+        _fail("stopped (Ctrl-C)" + (f"; {note}" if note else ""), 130)
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def _fail(line: str, status: int):
+    print(line, file=sys.stderr)
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")  # torchrun's, per rank
+    if path:  # its report then shows this line rather than a link to its docs
+        when = str(int(time.time()))
+        error = {"message": line, "extraInfo": {"py_callstack": line, "timestamp": when}}
+        try:
+            Path(path).write_text(json.dumps({"message": error}))
+        except OSError:
+            pass
+    sys.exit(status)
+
+
+def dispatch(prog: str, commands: dict, argv: list[str] | None, doc: str) -> int:
+    """A command made of subcommands (`reward.py train ...`): runs commands[argv[0]](argv[1:])
+    and returns 0. No command: `doc`, status 2 (-h: 0); an unknown one: one line with the nearest
+    and the list, status 2. The subcommand's parser names it (`usage: reward.py train ...`)."""
+    global _prog
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(doc.rstrip() + f"\n\nrun `python {prog} COMMAND --help` for a command's options")
+        return 0 if argv else 2
+    if argv[0] not in commands:
+        near = difflib.get_close_matches(argv[0], commands, n=1)
+        what = (
+            f"give a command before its options ({argv[0]})"
+            if argv[0].startswith("-")
+            else f"unknown command {argv[0]!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+        )
+        print(f"{prog}: {what}; commands: {', '.join(commands)}", file=sys.stderr)
+        return 2
+    _prog = f"{prog} {argv[0]}"
+    try:
+        commands[argv[0]](argv[1:])
+    finally:
+        _prog = None
+    return 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,13 +502,14 @@ def held(path, names: tuple[str, ...] = ()) -> list[str]:
 
 
 def rerun(script: str, args: list[str] | None, flag: str = "--overwrite") -> str:
-    """`python SCRIPT ARGS FLAG`, quoted for a shell: the command that was run, with a flag added,
-    for an error message to offer. args None: this process's own arguments when it runs SCRIPT's
-    file (its first word), else `...`."""
+    """`python SCRIPT ARGS FLAG`, quoted for a shell: the command that was run, with a flag added
+    (unless given already, or empty), for an error message to offer. args None: this process's
+    own arguments when it runs SCRIPT's file (its first word), else `...`."""
     if args is None:
         same = Path(sys.argv[0]).name == Path(script.split()[0]).name
         args = sys.argv[1:] if same else ["..."]
-    return " ".join(["python", script, *(a if a == "..." else shlex.quote(a) for a in args), flag])
+    words = [a if a == "..." else shlex.quote(a) for a in args]
+    return " ".join(["python", script, *words, *([flag] if flag and flag not in args else [])])
 
 
 def check_output(path, flag: str, overwrite: bool, command: str) -> None:

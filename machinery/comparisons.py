@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -581,7 +582,18 @@ def train_device(a, argv: list[str]) -> tuple[str, str]:
         precision = amp.resolve_precision(a.precision, device)
     except ValueError as e:
         raise SystemExit(f"error: --precision: {e}")
+    cli.on_interrupt(lambda: train_interrupted(a, argv, time.time()))  # Ctrl-C's line
     return device, precision
+
+
+def train_interrupted(a, argv: list[str], started: float) -> str:
+    """What Ctrl-C leaves of `reward.py train` (cli.run_main says it): no --out (written whole at
+    the end); the labels it made, if it got that far, and the command that trains on them."""
+    made = Path(a.out).with_suffix(".labels.jsonl")
+    if a.train.labels or not made.exists() or made.stat().st_mtime < started:
+        return f"{a.out} not written (it is written when training ends)"
+    again = cli.rerun("reward.py train", argv, f"--labels {shlex.quote(str(made))}")
+    return f"{a.out} not written; the labels it made are in {made}: train on them with {again}"
 
 
 def cmd_sample(argv):

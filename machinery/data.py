@@ -12,12 +12,14 @@ import json
 import os
 from pathlib import Path
 
+from machinery import cli
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
-class DataError(ValueError):
+class DataError(cli.UserError, ValueError):
     """Query data given by path holds the wrong thing; the message names the path and the layout
-    expected."""
+    expected (a cli.UserError: a command says it in one line)."""
 
 
 def cache_dir() -> Path:

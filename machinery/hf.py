@@ -11,6 +11,7 @@ object, a state dict), so the model file reads top to bottom without it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import shutil
@@ -20,15 +21,31 @@ from pathlib import Path
 
 import torch
 
+from machinery import cli
+
 HUB_REPOS = {
     name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 }
 
 
+class CheckpointError(cli.UserError, ValueError):
+    """A model that cannot be loaded as given: an unknown name, or a folder whose config or
+    tensors GPT-2 cannot match. A ValueError, and a cli.UserError: a command says it in one line."""
+
+
+class CheckpointMissing(cli.UserError, FileNotFoundError):
+    """A checkpoint folder without a file it needs (config.json, the weights, a shard)."""
+
+
+class DownloadFailed(cli.UserError, RuntimeError):
+    """A hub model that is not in the Hugging Face cache and could not be downloaded."""
+
+
 def resolve_checkpoint(name_or_dir: str) -> Path:
     """The checkpoint folder of name_or_dir: a local directory (a ppo.py run folder: its policy/),
     or a hub name downloaded (once, with a progress bar) into the Hugging Face cache. Raises
-    ValueError for an unknown name, RuntimeError when the download fails."""
+    CheckpointError for an unknown name, DownloadFailed when it is not cached and cannot be
+    downloaded (offline, no network); each message says what would work."""
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
         # whole or sharded weights (WEIGHT_FILES); a run folder has none of its own, only policy/
@@ -40,28 +57,49 @@ def resolve_checkpoint(name_or_dir: str) -> Path:
         name_or_dir, name_or_dir if name_or_dir.startswith("openai-community/") else None
     )
     if repo is None:
-        raise ValueError(
-            f"no such model {name_or_dir!r}: give a directory holding config.json and the weights "
-            f"(model.safetensors or pytorch_model.bin, whole or sharded), or one of "
-            f"{', '.join(HUB_REPOS)} (or 'openai-community/<name>')"
-        )
+        path_like = "/" in name_or_dir or name_or_dir.startswith((".", "~"))
+        what = "no such folder" if path_like else "no such model"
+        raise CheckpointError(f"{what} {name_or_dir!r}{_nearest(name_or_dir)}: {CHOICES}")
     # the standard cache: users who have GPT-2 don't download it again
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
     files = ["config.json", "model.safetensors"]
     try:
         return Path(snapshot_download(repo, allow_patterns=files, local_files_only=True))
     except Exception:
         pass  # not cached yet
+    missing = f"{name_or_dir} ({repo}) is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+    connect = "unset HF_HUB_OFFLINE and connect" if constants.HF_HUB_OFFLINE else "connect"
+    fix = (
+        f"{connect} once (it stays cached), give the path of a local folder in the Hugging Face "
+        "layout (config.json + model.safetensors) instead, or set HF_HOME to a cache that holds "
+        "it; on a CPU, --model tiny needs no download"
+    )
+    if constants.HF_HUB_OFFLINE:
+        raise DownloadFailed(f"{missing} and downloads are off (HF_HUB_OFFLINE=1): {fix}")
     try:
         print(f"downloading {repo} into the Hugging Face cache (once)...", file=sys.stderr)
         return Path(snapshot_download(repo, allow_patterns=files))
     except Exception as e:
-        raise RuntimeError(
-            f"could not download {repo!r} ({type(e).__name__}: {e}). Without network access, copy "
-            f"a checkpoint directory (config.json + model.safetensors) here and pass its path to "
-            f"--model."
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        raise DownloadFailed(
+            f"{missing}, and downloading it failed ({type(e).__name__}: {why}): {fix}"
         ) from None
+
+
+# What --model takes, for the error that names a model that is none of them. "tiny" is gpt2.py's
+# own preset (GPT2.from_pretrained builds it; no checkpoint).
+MODEL_NAMES = ("tiny", *HUB_REPOS)
+CHOICES = (
+    f"give one of {', '.join(MODEL_NAMES)} (or openai-community/<name>), or the path of a folder "
+    f"in the Hugging Face layout (config.json + model.safetensors or pytorch_model.bin)"
+)
+
+
+def _nearest(name: str) -> str:
+    """' (did you mean X?)' for the model name nearest a mistyped one, else ''."""
+    near = difflib.get_close_matches(name, MODEL_NAMES, n=1)
+    return f" (did you mean {near[0]}?)" if near and near[0] != name else ""
 
 
 # Every key of a Hugging Face GPT-2 config.json (transformers' GPT2Config, its base class's keys,
@@ -136,23 +174,23 @@ def read_hf_config(path: Path, activations) -> dict:
     compute something other than what we compute is refused with a ValueError naming it
     (HF_CONFIG_KEYS); a missing file is a FileNotFoundError."""
     if not path.is_file():
-        raise FileNotFoundError(
+        raise CheckpointMissing(
             f"{path}: missing; a checkpoint directory needs config.json next to its weights"
         )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     if raw.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"{path}: model_type is {raw['model_type']!r}, expected 'gpt2'")
+        raise CheckpointError(f"{path}: model_type is {raw['model_type']!r}, expected 'gpt2'")
     for alias, key in HF_CONFIG_ALIASES.items():
         if alias in raw and key not in raw:
             raw[key] = raw[alias]
 
     def refuse(key, why):
-        raise ValueError(f"{path}: {key} = {raw[key]!r} {why}; this GPT-2 cannot match it")
+        raise CheckpointError(f"{path}: {key} = {raw[key]!r} {why}; this GPT-2 cannot match it")
 
     if raw.get("vocab_size", 50257) != 50257:
         refuse("vocab_size", "(GPT-2's tokenizer has 50257 tokens)")
@@ -179,11 +217,11 @@ def read_hf_config(path: Path, activations) -> dict:
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", True)),
         )
     except KeyError as e:
-        raise ValueError(f"{path}: missing key {e.args[0]!r}; not a GPT-2 config") from None
+        raise CheckpointError(f"{path}: missing key {e.args[0]!r}; not a GPT-2 config") from None
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: a size is not a number ({e})") from None
+        raise CheckpointError(f"{path}: a size is not a number ({e})") from None
     if config["n_embd"] % config["n_head"]:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: n_embd = {config['n_embd']} is not divisible by n_head = {config['n_head']}"
         )
     return config
@@ -217,7 +255,7 @@ def read_hf_weights(folder: Path) -> dict:
             break
     else:
         names = ", ".join(n for pair in WEIGHT_FILES for n in pair)
-        raise FileNotFoundError(f"{folder}: no weights; expected one of {names}")
+        raise CheckpointMissing(f"{folder}: no weights; expected one of {names}")
     state = {}
     for f in files:
         try:
@@ -227,7 +265,7 @@ def read_hf_weights(folder: Path) -> dict:
                 )
             )
         except Exception as e:
-            raise ValueError(
+            raise CheckpointError(
                 f"{f}: cannot read ({e}); the file is damaged, truncated or not a weights file"
             ) from None
     return state
@@ -240,7 +278,7 @@ def shard_files(index: Path) -> list[Path]:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         names = sorted(set(weight_map.values()))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(
+        raise CheckpointError(
             f"{index}: not a shard index ({type(e).__name__}: {e}); expected a JSON object with "
             f"a 'weight_map' of tensor name -> shard file"
         ) from None
@@ -248,9 +286,11 @@ def shard_files(index: Path) -> list[Path]:
     out = []
     for name in names:
         if not isinstance(name, str) or Path(name).name != name or not name.endswith(kind):
-            raise ValueError(f"{index}: shard {name!r} is not a {kind} file name in this folder")
+            raise CheckpointError(
+                f"{index}: shard {name!r} is not a {kind} file name in this folder"
+            )
         if not (index.parent / name).is_file():
-            raise FileNotFoundError(f"{index}: names shard {name}, which is missing; download it")
+            raise CheckpointMissing(f"{index}: names shard {name}, which is missing; download it")
         out.append(index.parent / name)
     return out
 
@@ -297,13 +337,13 @@ def checkpoint_to_state_dict(state: dict, model, folder: Path) -> dict:
     for name, param in model.state_dict().items():
         key = name.removeprefix("transformer.")
         if key not in state:
-            raise ValueError(
+            raise CheckpointError(
                 f"{folder}: tensor {key!r} is missing from the checkpoint; "
                 f"is it a GPT-2 checkpoint?"
             )
         t = state.pop(key)
         if tuple(t.shape) != tuple(param.shape):
-            raise ValueError(
+            raise CheckpointError(
                 f"{folder}: tensor {key!r} has shape {tuple(t.shape)}, expected "
                 f"{tuple(param.shape)} for this config"
             )

@@ -77,9 +77,9 @@ TASK_INSTRUCTIONS: dict[str, str] = {
 COMPARISON_FIELDS = ("id", "task", "query", "query_tokens", "samples", "sample_tokens")
 
 
-class FormatError(ValueError):
+class FormatError(cli.UserError, ValueError):
     """A comparisons or labels file is malformed. The message names the file and line and says
-    how to fix it."""
+    how to fix it (a cli.UserError: a command says it in one line)."""
 
 
 # --------------------------------------------------------------------------------------------------

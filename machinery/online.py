@@ -839,3 +839,14 @@ def say(text: str) -> None:
 
     tqdm.write(text, file=sys.stdout)
     sys.stdout.flush()
+
+
+if __name__ == "__main__":  # a part of ppo.py, not a command: say which commands run it
+    asked = any(a in ("-h", "--help") for a in sys.argv[1:])
+    print(
+        "machinery/online.py is not a command: `python ppo.py --online` collects labels during RL "
+        "(see `python ppo.py --help`, group online), `python label_tool.py --follow RUN_DIR` "
+        "labels its queue; docs/online.md",
+        file=sys.stdout if asked else sys.stderr,
+    )
+    sys.exit(0 if asked else 2)

@@ -101,6 +101,7 @@ def make_adam(params, adam: str, lr: float, eps: float) -> torch.optim.Optimizer
 class AdamOptions:
     """Adam"""
 
+    # --help: PPO
     adam: str = "tf"
     """'tf': TF1 epsilon placement as the released code (AdamTF); 'torch': torch.optim.Adam"""
     adam_eps: float = 1e-5

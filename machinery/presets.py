@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -103,6 +104,11 @@ def resolve_config(cls, given: dict, saved: dict | None = None):
         cfg = cli.from_flat(cls, values, "config.json" if saved else "flags")
     except ValueError as e:
         raise SystemExit(f"error: {e}")
+    if cfg.online and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # [dist] before any rank joins
+        raise cli.UsageError(  # rank 0 alone says it (cli.run_main): one line, not one per rank
+            "--online runs in one process (its queue and labels have one writer); start it "
+            f"without torchrun: {cli.rerun('ppo.py', None, '')}"
+        )
     if cfg.resume:  # a resumed run stays in its folder
         cfg.run_dir = cfg.resume
     # Input files as absolute paths in config.json, so evaluate.py and --resume find them from any
@@ -147,16 +153,26 @@ def tiny_reward_options(a, argv: list[str]) -> None:
     a.train = dataclasses.replace(a.train, **preset)
 
 
+def as_flags(values: dict) -> str:
+    """{"rm.lr": 3e-4, "adaptive_kl": False} -> "--rm.lr 0.0003 --no-adaptive-kl" (for --help)."""
+    flag = lambda k: "--" + k.replace("_", "-")
+    return " ".join(
+        (flag(k) if v else flag("no_" + k)) if isinstance(v, bool) else f"{flag(k)} {v}"
+        for k, v in values.items()
+    )
+
+
 def parse_args(cls, description: str, argv=None):
     """--help from the dataclass `cls`; only the flags actually given reach resolve_config."""
     parser = cli.make_parser(
         cls,
         description=description,
         epilog=PRECEDENCE
-        + "\n\nper-task defaults: "
-        + "; ".join(f"{k}: {v}" for k, v in TASK_DEFAULTS.items() if v)
-        + f"\n--model tiny: {TINY_DEFAULTS}",
+        + "\n\nper-task defaults:\n"
+        + "\n".join(f"  --task {k}: {as_flags(v)}" for k, v in TASK_DEFAULTS.items() if v)
+        + f"\n  --model tiny: {as_flags(TINY_DEFAULTS)}",
         only_given=True,
+        order=("task", "lr", "rm", "online", "seed", "device"),  # --help's groups: what, how, where
     )
     given = vars(parser.parse_args(argv))
     saved = None

@@ -10,8 +10,10 @@ value_head.safetensors, curves.png, summary.json.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import random
+import shlex
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,7 +57,7 @@ class Inputs:
 
 @dataclass
 class RunOptions:
-    """the run: seed, folder, resume, checkpoints, logging, device, precision"""
+    """the run: seed, folder, resume, checkpoints, logging"""
 
     seed: int = 1
     """random seed (the released code: 1)"""
@@ -78,6 +80,7 @@ class RunOptions:
     """print a table of queries, responses and scores every N updates"""
     eval_episodes: int = 256
     """episodes on held-out queries for score_before / score_after in summary.json"""
+    # --help: performance
     device: str = "auto"
     """'auto' (cuda when available), 'cpu' or 'cuda'"""
     precision: str = "auto"
@@ -154,9 +157,15 @@ def start(cfg) -> tuple[str, Path, dict | None]:
     np.random.seed(dist.seed(cfg.seed))
     random.seed(dist.seed(cfg.seed))
     ckpt = None
-    # --online: a run killed before its first checkpoint resumes its labels, PPO from the start
-    if cfg.resume and not (cfg.online and not (run_dir / "checkpoint.pt").exists()):
-        ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    cli.on_interrupt(lambda: interrupted(cfg, run_dir))  # what Ctrl-C says (cli.run_main)
+    # a run stopped before its first checkpoint resumes from update 0, its reward model (and with
+    # --online its labels) kept; [dist] rank 0 decides for every rank
+    path = run_dir / "checkpoint.pt"
+    saved = cfg.resume and dist.gather_objects(path.exists() if dist.is_main() else None)[0]
+    if cfg.resume and not saved:
+        print(f"{run_dir}: no checkpoint yet; PPO starts from update 0 (its reward model kept)")
+    elif cfg.resume:
+        ckpt = load_checkpoint(path)
         n = ckpt.get("world_size", 1)
         if n != dist.world_size:  # [dist] each rank's random state is in the checkpoint
             raise SystemExit(
@@ -714,6 +723,23 @@ def save_checkpoint(run: Run, update: int, seconds: float):
         run.cfg.kl_target if run.cfg.adaptive_kl else None,
         f"{run.cfg.name}: {run.cfg.task}, {Path(run.cfg.model).name}, seed {run.cfg.seed}",
     )
+
+
+def interrupted(cfg, run_dir: Path) -> str:
+    """What Ctrl-C leaves (cli.run_main says it after `stopped (Ctrl-C)`): the last checkpoint and
+    the command that continues from it. checkpoint.pt is written atomically: a save that Ctrl-C
+    cuts leaves the one before it whole."""
+    resume = f"ppo.py --resume {shlex.quote(str(run_dir))}"
+    resume = f"python {resume}" if dist.world_size == 1 else f"torchrun ... {resume} (same ranks)"
+    path = run_dir / "checkpoint.pt"
+    if path.exists():  # mmap: the update number without reading the weights
+        update = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["update"]
+        n = math.ceil(cfg.total_episodes / cfg.batch_size)
+        return f"the last checkpoint is update {update}/{n} ({path}); continue with: {resume}"
+    if (run_dir / "config.json").exists():
+        return f"no checkpoint saved yet; continue (PPO from update 0, reward model kept): {resume}"
+    again = cli.rerun("ppo.py", None, "--overwrite" if cli.held(run_dir, RUN_FILES) else "")
+    return f"no checkpoint saved yet; start again: {again}"
 
 
 def stopped_on_nan(run: Run, update: int, e: FloatingPointError) -> SystemExit:

@@ -391,9 +391,10 @@ OPENAI_LABELS = {
 MIRROR_HINT = "the Hugging Face dataset vwxyzjn/lm-human-preferences mirrors the labels and TL;DR"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(cli.UserError, RuntimeError):
     """A download failed; the message names the url, says what happened and how to get the file by
-    hand. Nothing incomplete or unchecked is ever left at the destination."""
+    hand (a cli.UserError: a command says it in one line). Nothing incomplete or unchecked is ever
+    left at the destination."""
 
 
 def openai_base() -> str:
@@ -952,4 +953,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)
