@@ -113,11 +113,11 @@ def resolve_config(cls, given: dict, saved: dict | None = None):
         cfg.run_dir = cfg.resume
     # Input files as absolute paths in config.json, so evaluate.py and --resume find them from any
     # directory (a model name such as gpt2 is not a path and stays as given)
-    for key in ("model", "reward_model", "query_data"):
-        if getattr(cfg, key) and Path(getattr(cfg, key)).exists():
-            setattr(cfg, key, str(Path(getattr(cfg, key)).resolve()))
-    if cfg.rm.labels and Path(cfg.rm.labels).exists():
-        cfg.rm.labels = str(Path(cfg.rm.labels).resolve())
+    inputs = [(cfg, "model"), (cfg, "reward_model"), (cfg, "query_data"), (cfg.rm, "labels")]
+    for obj, key in inputs:
+        path = getattr(obj, key)
+        if path and Path(path).exists():
+            setattr(obj, key, str(Path(path).resolve()))
     cfg.name = cfg.name or f"{cfg.task}-{Path(cfg.model).name}-s{cfg.seed}"
     cfg.run_dir = cfg.run_dir or str(Path("runs") / cfg.name)
     return cfg
@@ -146,7 +146,7 @@ def tiny_reward_options(a, argv: list[str]) -> None:
     defaults leave tiny's near chance). Other models: nothing changes."""
     if a.model != "tiny":
         return
-    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    given = {arg.split("=")[0] for arg in argv if arg.startswith("--")}
     preset = {k[3:]: v for k, v in TINY_DEFAULTS.items() if k.startswith("rm.")}
     preset = {k: v for k, v in preset.items() if "--" + k.replace("_", "-") not in given}
     print("--model tiny: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in preset.items()))

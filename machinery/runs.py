@@ -515,10 +515,8 @@ def smooth(values: list[float], window: int) -> list[float]:
     """Centered moving average over `window` points (fewer at the ends): the trend line drawn over
     the noisy per-update points of curves.png."""
     half = window // 2
-    return [
-        sum(values[max(0, i - half) : i + half + 1]) / len(values[max(0, i - half) : i + half + 1])
-        for i in range(len(values))
-    ]
+    spans = [values[max(0, i - half) : i + half + 1] for i in range(len(values))]
+    return [sum(span) / len(span) for span in spans]
 
 
 def plot_curves(metrics: list[dict], path: Path, kl_target: float | None, title: str = ""):
