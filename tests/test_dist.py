@@ -343,8 +343,8 @@ def finished(proc: subprocess.Popen, out: Path, timeout: float = 240) -> str:
 
 def test_torchrun_reward_train(tmp_path):
     """`torchrun --nproc_per_node 2 reward.py train` on tiny: 11 training comparisons in steps of 4
-    (the last step's 3 split 2 + 1), normalization over both ranks' samples; one checkpoint,
-    written by rank 0, and its log once."""
+    (one epoch, not the tiny preset's 8; the last step's 3 split 2 + 1), normalization over both
+    ranks' samples; one checkpoint, written by rank 0, and its log once."""
     import reward
     from machinery import labels, tasks
     from machinery.comparisons import label_comparisons, sample_comparisons
@@ -356,7 +356,7 @@ def test_torchrun_reward_train(tmp_path):
     log = tmp_path / "log.txt"
     proc = torchrun(
         ["reward.py", "train", "--model", "tiny", "--labels", str(labels_path), "--out", str(out),
-         "--num-train", "11", "--batch-size", "4", "--normalize-samples", "8",
+         "--num-train", "11", "--batch-size", "4", "--epochs", "1", "--normalize-samples", "8",
          "--rollout-batch-size", "4", "--log-interval", "1", "--device", "cpu"],
         log,
     )  # fmt: skip
