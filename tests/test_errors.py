@@ -132,8 +132,12 @@ def start_ppo(tmp_path, *extra):
             "--noptepochs", "1", "--eval-episodes", "4", "--sample-every", "0", "--run-dir",
             "run", *CPU, *extra]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    # Ctrl-C as a terminal delivers it: a suite started in the background (`cmd &`, nohup) has
+    # SIGINT ignored, which the child would inherit, and Python then installs no KeyboardInterrupt
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
     return subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=restore)  # fmt: skip
 
 
 def interrupt_when(proc, ready, timeout=240):
