@@ -10,15 +10,25 @@ training labels. This stage measures that number for a ppo.py run:
      (RUN_DIR/policy) and one from the other side (ρ by default, or another run or model), at the
      run's sampling temperature, truncated at the stop token as in the comparisons the labelers saw
      during training;
-  2. pairs: write them as RUN_DIR/eval/pairs.jsonl, a comparisons file with N = 2
-     (machinery/labels.py), in a random order, both the order of the pairs and of the two samples
-     within each. Which sample is the policy's is kept in RUN_DIR/eval/key.json only: a person
-     labeling pairs.jsonl is blind (the ids are a random prefix and the line number);
+  2. pairs: write them as pairs.jsonl, a comparisons file with N = 2 (machinery/labels.py), in a
+     random order, both the order of the pairs and of the two samples within each. Which sample is
+     the policy's is kept in key.json only: a person labeling pairs.jsonl is blind (the ids are a
+     random prefix and the line number);
   3. judge: a scripted labeler (machinery/tasks.py) judges at once; people label pairs.jsonl with
      label_tool.py, each into their own labels file, and `--report` reads all of them;
   4. report: the win rate with a 95% interval, per labeler and pooled, the labelers' agreement,
      the reward model's score, the scripted true score and KL(π‖ρ) of both sides on the same
-     queries, and a few pairs side by side; RUN_DIR/eval/summary.json holds all of it.
+     queries, and (scripted labelers) a few pairs side by side; summary.json holds all of it.
+
+Where: RUN_DIR/eval-<labeler>/ (eval-sentiment/, eval-human/, ...; against another run or model
+eval-<labeler>-vs-<its name>/), or --out. ppo.py's end of run writes its own scripted evaluation
+to RUN_DIR/eval/. A scripted evaluation is replaced by the same one made again (same labeler,
+other side, n and seed); anything else that holds an evaluation takes --overwrite, and pairs that
+people have labeled are never replaced.
+
+Blind: with --labeler human nothing printed or written to summary.json before the labeling tells
+which sample is the policy's: the two sides' scores wait in key.json, and --report shows only how
+many pairs are labeled until every labels file covers every pair (--unblind: the rates now).
 
 How the numbers are counted (functions below, tested on hand-worked label sets):
   * a win is a comparison where the policy's sample was picked; a tie (a scripted labeler scoring
@@ -31,7 +41,7 @@ How the numbers are counted (functions below, tested on hand-worked label sets):
 Run it:
     python evaluate.py runs/sentiment-tiny-s1                  # scripted labeler, against ρ
     python evaluate.py runs/sentiment-tiny-s1 --labeler human  # prints the label_tool.py command
-    python evaluate.py runs/sentiment-tiny-s1 --report         # read the people's labels files
+    python evaluate.py runs/sentiment-tiny-s1 --report         # read eval-human/'s labels files
     python evaluate.py runs/a --against runs/b                 # one run against another
 """
 
@@ -42,8 +52,10 @@ import hashlib
 import json
 import math
 import random
+import re
 import secrets
 import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,13 +148,18 @@ class Args:
     write the pairs and print the label_tool.py command (default: the task's scripted labeler, else
     human)"""
     report: bool = False
-    """do not sample: read the labels files of the pairs already written and print the win rates"""
+    """do not sample: read the labels files of the pairs already written and print the win rates
+    (once every labels file covers every pair; until then only how many are labeled)"""
+    unblind: bool = False
+    """with --report: print the win rates and scores before the labeling is done (whoever reads
+    them learns which sample of each pair labeled so far was the policy's)"""
     labels: list[str] = field(default_factory=list)
-    """with --report: labels files to read (default: every RUN_DIR/eval/labels*.jsonl)"""
+    """with --report: labels files to read (default: every labels*.jsonl of the folder)"""
     out: str = ""
-    """where the pairs, key, labels and summary live (default: RUN_DIR/eval)"""
+    """where the pairs, key, labels and summary live (default: RUN_DIR/eval-<labeler>, plus
+    -vs-<name> with --against; --report: RUN_DIR/eval-human)"""
     overwrite: bool = False
-    """replace an earlier evaluation in --out (never one that people have labeled)"""
+    """replace an earlier evaluation in that folder (never one that people have labeled)"""
     seed: int = 0
     """sampling seed (the policy samples with it, the other side with seed + 1)"""
     batch_size: int = 64
@@ -306,29 +323,83 @@ def refuse_if_labeled(out: Path) -> None:
     if done:
         raise SystemExit(
             f"error: {out} already holds labels of its pairs ({', '.join(p.name for p in done)}); "
-            f"writing new pairs would orphan them. Read them with --report, or evaluate into "
-            f"another folder with --out"
+            f"writing new pairs would orphan them. Read them with --report, or make new pairs in "
+            f"another folder: {rerun_into(out)}"
         )
 
 
 EVAL_FILES = ("pairs.jsonl", "key.json", "summary.json")  # what judge writes into --out
+# What makes two evaluations the same (key.json's fields): made again, a scripted one replaces the
+# old one. The run folder is not among them: the same run may be named by another path.
+METHOD = ("task", "model", "labeler", "against", "n", "seed")
 
 
-def claim_out(out: Path, overwrite: bool) -> None:
+def labeler_name(run: dict, labeler: str) -> str:
+    """The labeler an evaluation of `run` (its config.json) uses: --labeler, else the run's
+    scripted labeler, else the task's, else 'human'."""
+    try:
+        task = tasks.get_task(run["task"])
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    return labeler or run.get("labeler") or task.labeler or "human"
+
+
+def default_out(run_dir: Path, labeler: str, against: str) -> Path:
+    """RUN_DIR/eval-<labeler>[-vs-<against's name>]: one folder per kind of evaluation, none of
+    them ppo.py's end-of-run eval/, so that neither replaces the other."""
+    name = f"eval-{labeler}"
+    if against != "initial":
+        other = Path(against)
+        other = other.resolve().name if other.exists() else against.rstrip("/").split("/")[-1]
+        name += "-vs-" + re.sub(r"[^A-Za-z0-9._-]+", "_", other)
+    return run_dir / name
+
+
+def rerun_into(out: Path) -> str:
+    """This command with --out naming a free folder beside `out` (any --out it had dropped)."""
+    i = 2
+    while (out.parent / f"{out.name}-{i}").exists():
+        i += 1
+    args = None
+    if Path(sys.argv[0]).name == "evaluate.py":  # drop --out X / --out=X: the new one replaces it
+        args = [a for a in sys.argv[1:] if not a.startswith("--out=")]
+        if "--out" in args[:-1]:
+            del args[args.index("--out") : args.index("--out") + 2]
+    return cli.rerun(
+        "evaluate.py", args, f"--out {shlex.quote(str(out.parent / f'{out.name}-{i}'))}"
+    )
+
+
+def claim_out(out: Path, overwrite: bool, method: dict) -> None:
     """judge's check before anything loads: pairs people have labeled are never replaced
-    (refuse_if_labeled); an earlier evaluation is, only with overwrite (ppo.py's end of run: its
-    own eval/), and its files are deleted first, so that no old summary.json or key.json sits
-    beside new pairs if this one stops halfway."""
+    (refuse_if_labeled); a scripted evaluation made the same way (METHOD) is replaced, as if
+    made again; another evaluation only with overwrite (ppo.py's end of run: its own eval/). The
+    old files are deleted first, so that no old summary.json or key.json sits beside new pairs if
+    this one stops halfway."""
     refuse_if_labeled(out)
     if out.exists() and not out.is_dir():
         raise SystemExit(f"error: --out {out} is a file; give a folder")
     held = cli.held(out, EVAL_FILES)
     if held and not overwrite:
-        raise SystemExit(
-            f"error: {out} already holds an evaluation ({', '.join(held)}); read its "
-            f"summary.json, evaluate into another folder with --out, or replace it: "
-            f"{cli.rerun('evaluate.py', None)}"
-        )
+        try:
+            before = json.loads((out / "key.json").read_text())
+            before = {k: before.get(k) for k in METHOD}
+        except (OSError, ValueError, AttributeError):
+            before = {}
+        replace = f"or replace it: {cli.rerun('evaluate.py', None)}"
+        if before.get("labeler") == "human":
+            raise SystemExit(
+                f"error: {out} holds blind pairs for people, not labeled yet; label them: "
+                f"{label_command(out, before.get('task') or '')}, {replace}"
+            )
+        if before != method:
+            differ = [f"{k} {before[k]} -> {method[k]}" for k in METHOD if before[k] != method[k]]
+            raise SystemExit(
+                f"error: {out} already holds an evaluation ({', '.join(held)}; made another way: "
+                f"{', '.join(differ) if before else 'no key.json'}); keep it and evaluate into "
+                f"another folder: {rerun_into(out)}, {replace}"
+            )
+        print(f"{out}: replacing the scripted evaluation made the same way ({', '.join(METHOD)})")
     cli.remove(out, held)
 
 
@@ -371,17 +442,20 @@ def read_pairs(out: Path) -> tuple[list[dict], dict]:
     return rows, meta
 
 
-def read_eval_labels(paths: list[Path], pairs: list[dict]) -> list[dict]:
+def read_eval_labels(paths: list[Path], pairs: list[dict]) -> tuple[list[dict], dict]:
     """Every label row of `paths` (machinery/labels.py resolves undo/skip), each checked to be a
     label of one of `pairs`: same id, same query and sample tokens. Labels of another pairs file
-    (another run, an earlier evaluation) are an error naming the file and id."""
+    (another run, an earlier evaluation) are an error naming the file and id. Also returns each
+    file's progress, {path: (pairs labeled, pairs skipped)}."""
     by_id = {r["id"]: r for r in pairs}
-    rows = []
+    rows, progress = [], {}
     for path in paths:
+        counts = {}
         try:
-            got = labels.read_labels(path)
+            got = labels.read_labels(path, counts=counts)
         except FormatError as e:
             raise SystemExit(f"error: {e}")
+        progress[path] = (counts["labels"], counts["skipped"])
         for r in got:
             p = by_id.get(r["id"])
             if p is None or (r["query_tokens"], r["sample_tokens"]) != (
@@ -397,26 +471,60 @@ def read_eval_labels(paths: list[Path], pairs: list[dict]) -> list[dict]:
             if len(r["sample_tokens"]) != 2:
                 raise SystemExit(f"error: {path}: id {r['id']!r} has N != 2")
             rows.append(r)
-    return rows
+    return rows, progress
 
 
 # --------------------------------------------------------------------------------------------------
 # 3-4. Judging and reporting
 
 
-def human_report(out: Path, paths: list[Path], against: str) -> tuple[list[str], dict]:
-    """The report lines and summary entries for people's labels files: a line per labeler,
-    pooled, and their agreement."""
+def score_lines(scores: dict, against: str) -> list[str]:
+    """The two sides' reward-model score and KL(·‖ρ), and their scripted true score if any."""
+    lines = [
+        f"reward model score: policy {scores['score_policy']:.3f}, {against} "
+        f"{scores['score_against']:.3f} | KL(·‖ρ) nats: policy {scores['kl_policy']:.2f}, "
+        f"{against} {scores['kl_against']:.2f} (on the same queries)"
+    ]
+    if "true_score_policy" in scores:
+        lines.append(
+            f"true score ({scores['true_labeler']} labeler): policy "
+            f"{scores['true_score_policy']:.3f}, {against} {scores['true_score_against']:.3f}"
+        )
+    return lines
+
+
+def human_report(
+    out: Path, paths: list[Path], against: str, unblind: bool = False
+) -> tuple[list[str], dict | None]:
+    """The report lines and summary entries for people's labels files: how far each file is,
+    then (once every file covers every pair, labeled or skipped, or with unblind) a line per
+    labeler, pooled, their agreement and the two sides' scores. Before that the entries are None:
+    a person who reads the rates after each pick would learn which sample was the policy's."""
     pairs, meta = read_pairs(out)
     if not paths:
         raise SystemExit(
             f"error: no labels files in {out} (labels*.jsonl); label the pairs first:\n"
             f"  {label_command(out, meta.get('task', ''))}"
         )
-    rows = read_eval_labels(paths, pairs)
+    rows, progress = read_eval_labels(paths, pairs)
+    lines = [f"{len(pairs)} pairs in {out / 'pairs.jsonl'}"]
+    for path, (labeled, skipped) in progress.items():
+        lines.append(
+            f"{path}: {labeled} of {len(pairs)} labeled"
+            + (f", {skipped} skipped" if skipped else "")
+        )
+    done = all(labeled + skipped >= len(pairs) for labeled, skipped in progress.values())
+    if not done and not unblind:
+        lines.append(
+            "the win rates stay hidden until every labels file covers every pair (labeled or "
+            "skipped): seen after each pick they would tell which sample was the policy's. "
+            "--unblind shows them now"
+        )
+        return lines, None
+    if not done:
+        lines.append("--unblind: the labeling is not finished; these rates unblind it")
     by_labeler = outcomes_by_labeler(rows, meta["policy_index"])
-    lines = [f"labels: {', '.join(str(p) for p in paths)}; {len(pairs)} pairs"]
-    summary = {"labels": [str(p) for p in paths], "by_labeler": {}}
+    summary = {"labels": [str(p) for p in paths], "by_labeler": {}, "finished": done}
     width = max(len(k) for k in by_labeler) + 1
     for who, per_pair in sorted(by_labeler.items()):
         s = win_rate(list(per_pair.values()))
@@ -439,6 +547,8 @@ def human_report(out: Path, paths: list[Path], against: str) -> tuple[list[str],
             f"{100 * agree['percent']:.1f}% of pairs of votes agree (chance 50%), Fleiss' κ "
             f"{kappa}"
         )
+    if meta.get("scores"):
+        lines += score_lines(meta["scores"], against)
     return lines, summary
 
 
@@ -452,12 +562,14 @@ def label_command(out: Path, task: str) -> str:
 
 
 def side_by_side(rows: list[tuple[str, str, str]], width: int = 100) -> str:
-    """A plain-text table of (query end, policy response, other response)."""
+    """A plain-text table of (query end, policy response, other response); the end-of-text
+    token, which starts many queries, shows as ⟨eot⟩."""
     col = (width - 6) // 3
-    clip = lambda s, n: s.replace("\n", " ")[:n]  # noqa: E731
+    clip = lambda s: s.replace("\n", " ").replace("<|endoftext|>", "⟨eot⟩")  # noqa: E731
     lines = [f"{'query (end)':<{col}} | {'policy':<{col}} | other"]
     for q, a, b in rows:
-        lines.append(f"{clip(q[-col:], col):<{col}} | {clip(a, col):<{col}} | {clip(b, col)}")
+        a, b = clip(a)[:col], clip(b)[:col]
+        lines.append(f"{clip(q)[-col:]:<{col}} | {a:<{col}} | {b}")
     return "\n".join(lines)
 
 
@@ -484,7 +596,8 @@ def judge(
     overwrite: bool = False,
 ) -> dict:
     """Steps 1-4 for a run folder: sample, write the blind pairs, judge with the scripted labeler
-    (unless labeler == 'human') and write eval/summary.json. Returns the summary.
+    (unless labeler == 'human') and write summary.json into `out` (default_out). Returns the
+    summary.
 
     models: already loaded {"policy", "ref", "reward_model"} (ppo.py's end of run passes its own,
     so nothing is loaded twice); by default they are read from the run folder. overwrite: replace
@@ -494,8 +607,17 @@ def judge(
     run = read_run(run_dir)
     cfg = SimpleNamespace(**run)  # config.json: the run's options, resolved when it started
     task = tasks.get_task(cfg.task)
-    out = Path(out) if out else run_dir / "eval"
-    claim_out(out, overwrite)  # before any query or model loads: no time wasted
+    name = labeler_name(run, labeler)  # the labeler that judges ('human': people do)
+    if name != "human" and name not in tasks.LABELERS:
+        raise SystemExit(
+            f"error: --labeler {name!r}: use one of {', '.join(tasks.LABELERS)} or 'human'"
+        )
+    out = Path(out) if out else default_out(run_dir, name, against)
+    # what names this evaluation, in key.json and in summary.json
+    names = dict(run=str(run_dir), against=against, task=task.name, model=cfg.model, n=n)
+    names["labeler"] = name
+    method = {k: dict(names, seed=seed)[k] for k in METHOD}
+    claim_out(out, overwrite, method)  # before any query or model loads: no time wasted
     # the held-out queries: those ppo.py's before/after numbers use
     try:
         source = tasks.QuerySource(task, "test", seed=0, query_data=cfg.query_data)
@@ -503,14 +625,8 @@ def judge(
     except (ValueError, tasks.DownloadError) as e:
         raise SystemExit(f"error: {e}")
     queries, references = [q.tokens for q in items], [q.reference for q in items]
-    # the scripted labeler that judges (none: people do) and the one that gives the true score
-    scripted = cfg.labeler or task.labeler
-    name = labeler or scripted or "human"
-    if name != "human" and name not in tasks.LABELERS:
-        raise SystemExit(
-            f"error: --labeler {name!r}: use one of {', '.join(tasks.LABELERS)} or 'human'"
-        )
-    scripted = scripted if name == "human" else name
+    # the scripted labeler that gives the true score: the judge's, or with people the run's
+    scripted = (cfg.labeler or task.labeler) if name == "human" else name
     if scripted and tasks.get_labeler(scripted).needs_reference and None in references:
         if name != "human":
             raise SystemExit(
@@ -565,53 +681,46 @@ def judge(
         pol = sample_side(policy, ref, rm, task, queries, cfg, seed, batch_size, device)
         oth = sample_side(other, ref, rm, task, queries, cfg, seed + 1, batch_size, device)
 
-    # 2. the blind pairs file; the key beside it
-    rng = random.Random(secrets.randbits(64))  # not the seed: the order must not be guessable
-    rows, key, query_index = make_pairs(task.name, queries, pol[0], oth[0], rng, references)
-    # what names this evaluation, in key.json and in summary.json
-    names = dict(run=str(run_dir), against=against, task=task.name, model=cfg.model, n=n)
-    meta = dict(names, seed=seed, query_index=query_index)
-    write_pairs(out, rows, key, meta)
-    print(f"wrote {len(rows)} blind pairs to {out / 'pairs.jsonl'} (the key: {out / 'key.json'})")
-
-    # 3-4. scores, the judge, the report
+    # the two sides' scores (step 4): the reward model's, KL(·‖ρ) and the scripted true score
     enc = gpt2.get_tokenizer()
     texts_p = [enc.decode(r) for r in pol[0]]
     texts_o = [enc.decode(r) for r in oth[0]]
-    summary = dict(
-        names,
-        distinct_queries=distinct,
-        temperature=cfg.temperature,
+    scores = dict(
         score_policy=pol[1].mean().item(),
         score_against=oth[1].mean().item(),
         kl_policy=pol[2].mean().item(),
         kl_against=oth[2].mean().item(),
     )
-    print(
-        f"reward model score: policy {summary['score_policy']:.3f}, {against_name} "
-        f"{summary['score_against']:.3f} | KL(·‖ρ) nats: policy {summary['kl_policy']:.2f}, "
-        f"{against_name} {summary['kl_against']:.2f} (on the same {n} queries)"
-    )
     if scripted:
         scorer = tasks.get_labeler(scripted)
         refs = references if scorer.needs_reference else None
         true_p, true_o = scorer.score(texts_p, refs), scorer.score(texts_o, refs)
-        summary.update(
+        scores.update(
             true_score_policy=float(true_p.mean()),
             true_score_against=float(true_o.mean()),
             true_labeler=scorer.name,
         )
-        print(
-            f"true score ({scorer.name} labeler): policy {summary['true_score_policy']:.3f}, "
-            f"{against_name} {summary['true_score_against']:.3f}"
-        )
-    if name != "human":
+
+    # 2. the blind pairs file; the key beside it (with people, the scores too: until they are
+    # done, nothing they may see says which side scored higher)
+    rng = random.Random(secrets.randbits(64))  # not the seed: the order must not be guessable
+    rows, key, query_index = make_pairs(task.name, queries, pol[0], oth[0], rng, references)
+    meta = dict(names, seed=seed, query_index=query_index)
+    if name == "human":
+        meta["scores"] = scores
+    write_pairs(out, rows, key, meta)
+    print(f"wrote {len(rows)} blind pairs to {out / 'pairs.jsonl'} (the key: {out / 'key.json'})")
+
+    # 3-4. the judge and the report
+    summary = dict(names, distinct_queries=distinct, temperature=cfg.temperature)
+    if name != "human":  # people label blind: nothing they see may tell which sample is whose
+        summary.update(scores)
+        print("\n".join(score_lines(scores, against_name)))
         # the scripted labeler's choice: the higher score; equal scores are a tie (half a win)
         outcomes = [1.0 if a > b else 0.0 if a < b else 0.5 for a, b in zip(true_p, true_o)]
         stats = win_rate(outcomes)
         summary["win_rate"] = dict(stats, labeler=f"script:{name}")
         print(f"{name} labeler: {preference_line(stats, against_name)}")
-    if name != "human":  # people label blind: nothing printed may tell which sample is whose
         rows = [(enc.decode(queries[i]), texts_p[i], texts_o[i]) for i in range(min(show, n))]
         print(side_by_side(rows))
     summary["seconds"] = round(time.time() - t0, 1)
@@ -622,7 +731,11 @@ def judge(
             f"label the pairs (blind: each person into their own labels file):\n"
             f"  {label_command(out, task.name)}\n"
             f"then: python evaluate.py {shlex.quote(str(run_dir))} --report"
-            + (f" --out {shlex.quote(str(out))}" if out != run_dir / "eval" else "")
+            + (
+                f" --out {shlex.quote(str(out))}"
+                if out != default_out(run_dir, "human", "initial")
+                else ""
+            )
         )
     return summary
 
@@ -640,8 +753,8 @@ def end_of_run(run) -> dict:
         return {}
     models = dict(policy=run.policy.lm, ref=run.ref, reward_model=run.reward_model)
     summary = judge(
-        run.run_dir, n=run.cfg.eval_episodes, labeler=run.labeler.name, device=run.device,
-        models=models, overwrite=True,  # the run's own eval/: a resumed end replaces it
+        run.run_dir, n=run.cfg.eval_episodes, labeler=run.labeler.name, out=out,
+        device=run.device, models=models, overwrite=True,  # its eval/: a resumed end replaces it
     )  # fmt: skip
     return {"win_rate_vs_initial": summary["win_rate"]}
 
@@ -657,16 +770,24 @@ def main(argv=None):
     if not args.run_dir:
         raise SystemExit("error: give a run folder: python evaluate.py RUN_DIR (see --help)")
     run_dir = Path(args.run_dir)
-    out = Path(args.out) if args.out else run_dir / "eval"
+    run = read_run(run_dir)
     if args.report:
-        read_run(run_dir)
+        out = Path(args.out) if args.out else default_out(run_dir, "human", args.against)
         paths = [Path(p) for p in args.labels] if args.labels else existing_labels(out)
         meta = read_pairs(out)[1]
         against = "ρ" if meta.get("against", "initial") == "initial" else meta["against"]
-        lines, entries = human_report(out, paths, against)
+        lines, entries = human_report(out, paths, against, args.unblind)
         print("\n".join(lines))
-        update_summary(out, {"human": entries})
+        if entries is not None:
+            update_summary(out, {"human": entries, **meta.get("scores", {})})
         return entries
+    if args.unblind:
+        raise SystemExit("error: --unblind goes with --report (it shows the labels' win rates)")
+    out = (
+        Path(args.out)
+        if args.out
+        else default_out(run_dir, labeler_name(run, args.labeler), args.against)
+    )
     cli.on_interrupt(lambda: interrupted(out))
     return judge(
         run_dir,

@@ -142,26 +142,28 @@ def test_pairs_are_blind():
 
 def fake_run(tmp_path, task="sentiment", n=4, seed=0):
     """A run folder as ppo.py leaves it (config.json, policy/) with evaluate.py's blind pairs of
-    fake_pairs in eval/: what --report reads."""
+    fake_pairs in eval-human/: what --report reads."""
     run = tmp_path / "run"
-    (run / "eval").mkdir(parents=True)
+    (run / "eval-human").mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"task": task, "model": "tiny", "seed": 1}))
     gpt2.save_pretrained(gpt2.GPT2(gpt2.GPT2Config(n_layer=1, n_head=1, n_embd=8)), run / "policy")
     rows, key, query_index = fake_pairs(n, seed)
-    meta = dict(run=str(run), against="initial", task=task, query_index=query_index)
-    evaluate.write_pairs(run / "eval", rows, key, meta)
+    scores = dict(score_policy=1.306, score_against=-1.233, kl_policy=2.5, kl_against=0.0)
+    meta = dict(run=str(run), against="initial", task=task, labeler="human", scores=scores)
+    meta["query_index"] = query_index
+    evaluate.write_pairs(run / "eval-human", rows, key, meta)
     return run
 
 
 def test_pairs_file_is_a_comparisons_file_and_the_key_is_beside_it(tmp_path):
     run = fake_run(tmp_path, n=6)
-    pairs = labels.read_comparisons(run / "eval" / "pairs.jsonl")  # validated, N = 2
+    pairs = labels.read_comparisons(run / "eval-human" / "pairs.jsonl")  # validated, N = 2
     assert len(pairs) == 6 and all(len(r["samples"]) == 2 for r in pairs)
-    raw = (run / "eval" / "pairs.jsonl").read_text()
+    raw = (run / "eval-human" / "pairs.jsonl").read_text()
     assert "policy" not in raw and "initial" not in raw and "key" not in raw
-    key = json.loads((run / "eval" / "key.json").read_text())
+    key = json.loads((run / "eval-human" / "key.json").read_text())
     assert set(key["policy_index"]) == {r["id"] for r in pairs}
-    assert key["pairs_sha256"] == evaluate.sha256_of(run / "eval" / "pairs.jsonl")
+    assert key["pairs_sha256"] == evaluate.sha256_of(run / "eval-human" / "pairs.jsonl")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,11 +175,12 @@ _why_not = terminal.missing()
 @pytest.mark.skipif(_why_not is not None, reason=_why_not or "")
 def test_a_person_labels_the_pairs_and_report_counts_them(tmp_path, capsys):
     run = fake_run(tmp_path, n=4)
-    pairs = labels.read_comparisons(run / "eval" / "pairs.jsonl")
-    out = run / "eval" / "labels_ann.jsonl"
+    pairs = labels.read_comparisons(run / "eval-human" / "pairs.jsonl")
+    out = run / "eval-human" / "labels_ann.jsonl"
     # The command evaluate.py prints for --labeler human, with this labeler's name.
-    cmd = evaluate.label_command(run / "eval", "sentiment").split()
-    assert cmd[:2] == ["python", "label_tool.py"] and cmd[2] == str(run / "eval" / "pairs.jsonl")
+    cmd = evaluate.label_command(run / "eval-human", "sentiment").split()
+    assert cmd[:2] == ["python", "label_tool.py"]
+    assert cmd[2] == str(run / "eval-human" / "pairs.jsonl")
     argv = cmd[2:]
     argv[argv.index("--out") + 1], argv[argv.index("--labeler") + 1] = str(out), "ann"
     t = terminal.Terminal([sys.executable, str(ROOT / "label_tool.py"), *argv], rows=30, cols=100)
@@ -196,16 +199,24 @@ def test_a_person_labels_the_pairs_and_report_counts_them(tmp_path, capsys):
         assert t.wait_exit() == 0
     finally:
         t.reap()
-    # a second labeler, bob, agrees on pairs 1 and 4 and disagrees on 2 (leaves 3 out)
-    key = json.loads((run / "eval" / "key.json").read_text())["policy_index"]
+    # a second labeler, bob, agrees on pairs 1 and 4 and disagrees on 2 (skips 3)
+    key = json.loads((run / "eval-human" / "key.json").read_text())["policy_index"]
     for r, policy in zip(pairs[:2] + pairs[3:], (True, False, False)):
         best = key[r["id"]] if policy else 1 - key[r["id"]]
         row = {**r, "best": best, "labeler": "bob", "seconds": 1.0, "created": ""}
-        labels.append_jsonl(run / "eval" / "labels_bob.jsonl", row)
-
+        labels.append_jsonl(run / "eval-human" / "labels_bob.jsonl", row)
     capsys.readouterr()
+    assert evaluate.main([str(run), "--report"]) is None  # bob is not done: progress only
+    assert "bob.jsonl: 3 of 4 labeled" in capsys.readouterr().out
+    labels.append_jsonl(
+        run / "eval-human" / "labels_bob.jsonl", {"id": pairs[2]["id"], "skip": True}
+    )
+
     evaluate.main([str(run), "--report"])
     lines = capsys.readouterr().out.splitlines()
+    assert any(line.endswith("labels_bob.jsonl: 3 of 4 labeled, 1 skipped") for line in lines)
+    # now, and only now, the two sides' scores (kept in key.json while people label)
+    assert "reward model score: policy 1.306, ρ -1.233 | KL(·‖ρ) nats: policy 2.50" in lines[-1]
     # ann: 3 of 4; bob: 1 of 3; pooled per pair: 1, 1/2, 1, 0 -> 2.5 / 4 with one tie
     assert any(
         line.startswith("ann:")
@@ -224,10 +235,46 @@ def test_a_person_labels_the_pairs_and_report_counts_them(tmp_path, capsys):
         "agreement on 3 pairs" in line and "66.7%" in line and f"κ {kappa:.2f}" in line
         for line in lines
     ), lines
-    summary = json.loads((run / "eval" / "summary.json").read_text())["human"]
-    assert summary["by_labeler"]["ann"]["rate"] == 0.75
+    written = json.loads((run / "eval-human" / "summary.json").read_text())
+    assert written["score_policy"] == 1.306
+    summary = written["human"]
+    assert summary["by_labeler"]["ann"]["rate"] == 0.75 and summary["finished"]
     assert summary["pooled"]["rate"] == pytest.approx(2.5 / 4)
     assert math.isclose(summary["agreement"]["kappa"], kappa)
+
+
+def test_report_is_blind_until_every_pair_is_labeled(tmp_path, capsys):
+    """A person who re-runs --report after each pick must not learn which side each pick was: while
+    a labels file misses pairs it says how many are labeled, and no rate, score or summary."""
+    run = fake_run(tmp_path, n=4)
+    pairs = labels.read_comparisons(run / "eval-human" / "pairs.jsonl")
+    path = run / "eval-human" / "labels_ann.jsonl"
+    summary_before = (run / "eval-human" / "summary.json").exists()
+    for i, r in enumerate(pairs[:3]):
+        labels.append_jsonl(path, {**r, "best": 0, "labeler": "ann", "seconds": 1.0})
+        capsys.readouterr()
+        assert evaluate.main([str(run), "--report"]) is None
+        printed = capsys.readouterr().out
+        assert f"labels_ann.jsonl: {i + 1} of 4 labeled" in printed
+        assert "--unblind" in printed
+        for leak in ("preferred", "%", "score", "1.306", "agreement"):
+            assert leak not in printed, leak
+        assert (run / "eval-human" / "summary.json").exists() == summary_before
+    # --unblind: the rates now, said to be of an unfinished labeling
+    entries = evaluate.main([str(run), "--report", "--unblind"])
+    printed = capsys.readouterr().out
+    assert "not finished" in printed and "of 3 comparisons" in printed and "1.306" in printed
+    assert entries["finished"] is False and entries["pooled"]["n"] == 3
+    with pytest.raises(SystemExit, match="--unblind goes with --report"):
+        evaluate.main([str(run), "--unblind"])
+
+
+def test_default_folders_by_labeler_and_side(tmp_path):
+    run = tmp_path / "run"
+    assert evaluate.default_out(run, "sentiment", "initial") == run / "eval-sentiment"
+    assert evaluate.default_out(run, "human", "initial") == run / "eval-human"
+    assert evaluate.default_out(run, "human", "runs/b/") == run / "eval-human-vs-b"
+    assert evaluate.default_out(run, "rouge", "openai-community/gpt2") == run / "eval-rouge-vs-gpt2"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,14 +284,14 @@ def test_a_person_labels_the_pairs_and_report_counts_them(tmp_path, capsys):
 def test_report_refuses_labels_of_another_pairs_file(tmp_path, capsys):
     run = fake_run(tmp_path / "one")
     other = fake_run(tmp_path / "two", seed=1)  # same texts, other order and id prefix
-    theirs = labels.read_comparisons(other / "eval" / "pairs.jsonl")[0]
+    theirs = labels.read_comparisons(other / "eval-human" / "pairs.jsonl")[0]
     labels.append_jsonl(
         tmp_path / "theirs.jsonl", {**theirs, "best": 0, "labeler": "x", "seconds": 1.0}
     )
     with pytest.raises(SystemExit, match="belong to another pairs file"):
         evaluate.main([str(run), "--report", "--labels", str(tmp_path / "theirs.jsonl")])
     # same id, other tokens: refused too
-    ours = labels.read_comparisons(run / "eval" / "pairs.jsonl")[0]
+    ours = labels.read_comparisons(run / "eval-human" / "pairs.jsonl")[0]
     forged = {**ours, "sample_tokens": ours["sample_tokens"][::-1], "best": 0, "labeler": "x"}
     labels.append_jsonl(tmp_path / "forged.jsonl", forged)
     with pytest.raises(SystemExit, match=r"has other tokens than its pair in the pairs file"):
@@ -255,7 +302,7 @@ def test_report_refuses_a_changed_pairs_file_and_missing_labels(tmp_path):
     run = fake_run(tmp_path)
     with pytest.raises(SystemExit, match=r"(?s)no labels files in .*label_tool.py"):
         evaluate.main([str(run), "--report"])
-    pairs = run / "eval" / "pairs.jsonl"
+    pairs = run / "eval-human" / "pairs.jsonl"
     pairs.write_text(pairs.read_text().replace("wonderful", "terrible"))
     with pytest.raises(SystemExit, match="changed after evaluate.py wrote it"):
         evaluate.main([str(run), "--report"])
@@ -263,13 +310,13 @@ def test_report_refuses_a_changed_pairs_file_and_missing_labels(tmp_path):
 
 def test_new_pairs_never_orphan_labels(tmp_path):
     run = fake_run(tmp_path)
-    pairs = labels.read_comparisons(run / "eval" / "pairs.jsonl")
-    labels.append_jsonl(run / "eval" / "labels_ann.jsonl", {**pairs[0], "best": 0})
-    before = (run / "eval" / "pairs.jsonl").read_bytes()
+    pairs = labels.read_comparisons(run / "eval-human" / "pairs.jsonl")
+    labels.append_jsonl(run / "eval-human" / "labels_ann.jsonl", {**pairs[0], "best": 0})
+    before = (run / "eval-human" / "pairs.jsonl").read_bytes()
     rows, key, _ = fake_pairs(4, seed=5)
     with pytest.raises(SystemExit, match="already holds labels of its pairs"):
-        evaluate.write_pairs(run / "eval", rows, key, {})
-    assert (run / "eval" / "pairs.jsonl").read_bytes() == before
+        evaluate.write_pairs(run / "eval-human", rows, key, {})
+    assert (run / "eval-human" / "pairs.jsonl").read_bytes() == before
 
 
 @pytest.mark.parametrize("what", ["missing", "empty", "not a run", "no policy"])
@@ -402,3 +449,50 @@ def test_against_a_run_of_another_task_or_model_size(tiny_run, tmp_path):
         with pytest.raises(SystemExit, match="'n_layer': 1.* compare policies of the same model"):
             evaluate.main([str(run_dir), "--against", str(against), "--out", str(tmp_path / "e")])
     assert not (tmp_path / "e").exists()  # refused before writing anything
+
+
+def test_documented_commands_work_after_a_run(tiny_run, capsys):
+    """The README's and docs/running.md's commands, as written, right after a run: evaluate.py's
+    folders are its own (eval-<labeler>/), never ppo.py's end-of-run eval/."""
+    run_dir, _ = tiny_run
+    own = {p.name: p.read_bytes() for p in (run_dir / "eval").iterdir()}
+    small = ["--n", "4", "--batch-size", "4"]
+    first = evaluate.main([str(run_dir), *small])
+    out = run_dir / "eval-sentiment"
+    assert first["labeler"] == "sentiment" and (out / "summary.json").is_file()
+    key = (out / "key.json").read_bytes()
+    # the same command again makes the same scripted evaluation again: it replaces the first
+    capsys.readouterr()
+    again = evaluate.main([str(run_dir), *small])
+    assert "replacing the scripted evaluation made the same way" in capsys.readouterr().out
+    assert (out / "key.json").read_bytes() != key and again["win_rate"]["n"] == 4
+    # another way (another n) is refused, naming the two commands that go on
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([str(run_dir), "--n", "6", "--batch-size", "4"])
+    assert "n 4 -> 6" in str(e.value) and f"--out {out}-2" in str(e.value)
+    assert str(e.value).rstrip().endswith("--overwrite")
+    assert {p.name: p.read_bytes() for p in (run_dir / "eval").iterdir()} == own
+
+    # people: eval-human/, blind (no score printed or in summary.json), then --report
+    capsys.readouterr()
+    summary = evaluate.main([str(run_dir), *small, "--labeler", "human"])
+    printed = capsys.readouterr().out
+    human = run_dir / "eval-human"
+    for leak in ("score", "policy preferred", "policy |", "KL"):
+        assert leak not in printed, leak
+    written = json.loads((human / "summary.json").read_text())
+    assert written == summary and not [k for k in written if "score" in k or "kl" in k]
+    assert "true_score_policy" in json.loads((human / "key.json").read_text())["scores"]
+    assert f"then: python evaluate.py {run_dir} --report\n" in printed + "\n"
+    # made again before anyone labeled: refused, naming the label command and --overwrite
+    with pytest.raises(SystemExit, match=r"not labeled yet; label them: python label_tool\.py"):
+        evaluate.main([str(run_dir), *small, "--labeler", "human"])
+    # once labeled, never replaced, not even with --overwrite
+    pairs = labels.read_comparisons(human / "pairs.jsonl")
+    labels.append_jsonl(human / "labels_ann.jsonl", {**pairs[0], "best": 0, "labeler": "ann"})
+    with pytest.raises(SystemExit, match="already holds labels of its pairs"):
+        evaluate.main([str(run_dir), *small, "--labeler", "human", "--overwrite"])
+    assert labels.read_comparisons(human / "pairs.jsonl") == pairs
+    capsys.readouterr()
+    evaluate.main([str(run_dir), "--report"])
+    assert "labels_ann.jsonl: 1 of 4 labeled" in capsys.readouterr().out

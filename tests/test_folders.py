@@ -1,5 +1,5 @@
 """A command never silently replaces results (issue 25): ppo.py's run folder, `reward.py sample`,
-`label` and `train --out`, evaluate.py's eval/ and `gpt2.py --export` refuse an output that holds
+`label` and `train --out`, evaluate.py's folders and `gpt2.py --export` refuse an output that holds
 something, before any model loads, with one line naming what would work; --overwrite replaces it
 (--resume continues a run); a failed start leaves no empty run folder; under torchrun every rank
 gets rank 0's refusal. The refusals are real processes where cheap, and fail fast; one real run on
@@ -213,17 +213,21 @@ def test_a_real_run_is_continued_or_replaced_never_cut(tmp_path):
         if state == "started":
             ppo.main(["--resume", str(folder)])  # the deliberate continue path
             assert len((folder / "metrics.jsonl").read_text().splitlines()) == 2
-    # the end-of-run evaluation wrote eval/: a new scripted evaluation there is refused ...
-    before = snapshot(folder)
+    # the end-of-run evaluation wrote eval/; evaluate.py writes its own eval-sentiment/ beside it
+    key = (folder / "eval" / "key.json").read_bytes()
     r = run([str(ROOT / "evaluate.py"), str(folder), "--n", "4", *FAST])
-    refused(r, "already holds an evaluation", "--out", "--overwrite")
-    assert snapshot(folder) == before
-    # ... or replaces it when told to, as the run's own end does when it is resumed again
-    key = (folder / "eval" / "key.json").read_bytes()
-    r = run([str(ROOT / "evaluate.py"), str(folder), "--n", "4", "--overwrite", *FAST])
     assert r.returncode == 0, r.stderr[-2000:]
-    assert (folder / "eval" / "key.json").read_bytes() != key
-    key = (folder / "eval" / "key.json").read_bytes()
+    assert (folder / "eval" / "key.json").read_bytes() == key
+    # made another way there, it is refused, naming the commands that keep it or replace it ...
+    before = snapshot(folder)
+    r = run([str(ROOT / "evaluate.py"), str(folder), "--n", "6", *FAST])
+    refused(r, "already holds an evaluation", f"--out {folder}/eval-sentiment-2", "--overwrite")
+    assert snapshot(folder) == before
+    # ... and --overwrite replaces it, as the run's own end replaces eval/ when resumed again
+    mine = (folder / "eval-sentiment" / "key.json").read_bytes()
+    r = run([str(ROOT / "evaluate.py"), str(folder), "--n", "6", "--overwrite", *FAST])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (folder / "eval-sentiment" / "key.json").read_bytes() != mine
     ppo.main(["--resume", str(folder)])
     assert (folder / "eval" / "key.json").read_bytes() != key
     # --overwrite: a new run from the start
