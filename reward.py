@@ -545,7 +545,7 @@ class TrainArgs:
 
 
 def cmd_train(argv):
-    a = cli.parse(TrainArgs, argv, description=comparisons.TRAIN_HELP, flat=("train",))
+    a = presets.parse(TrainArgs, argv, description=comparisons.TRAIN_HELP, flat=("train",))
     device, precision = comparisons.train_device(a, argv)  # --out checked; [dist] joins the group
     presets.tiny_reward_options(a, argv)  # --model tiny: the CPU demo's reward-model options
     out = build_reward_model(
@@ -565,7 +565,7 @@ def cmd_train(argv):
 
 
 def cmd_eval(argv):
-    a = cli.parse(
+    a = presets.parse(
         EvalArgs, argv, description="Accuracy and mean reward of a reward model on labels."
     )
     device = cli.pick_device(a.device)

@@ -40,7 +40,7 @@ from gpt2 import (
     get_tokenizer,
     left_pad,
 )
-from machinery import amp, cli, dist, labels, tasks
+from machinery import amp, cli, dist, labels, presets, tasks
 
 # --------------------------------------------------------------------------------------------------
 # 1. Comparisons: queries from the task, N responses each from rho
@@ -197,17 +197,8 @@ def sample_and_label(
     task.temperature (task: a name or a tasks.TaskConfig; query_data: local query data, see
     tasks.QuerySource; cfg.require_stop as in sample_comparisons), labeled by the scripted labeler
     (`labeler`; empty: the task's own) and written to `out`. cfg: reward.TrainConfig. Returns
-    (label rows, rho). ValueError: the task has no scripted labeler."""
-    known = isinstance(task, tasks.TaskConfig) or task in tasks.TASKS
-    labeler = labeler or (tasks.get_task(task).labeler if known else "")
-    if not labeler:
-        raise ValueError(
-            f"task {getattr(task, 'name', task) or '(none given)'} has no scripted labeler to "
-            "make labels with; give a labels file (`reward.py train --labels`, `ppo.py "
-            "--rm.labels`; OpenAI's released labels: see `python reward.py --help`) or a trained "
-            "reward model"
-        )
-    labeler = tasks.get_labeler(labeler)
+    (label rows, rho). ValueError: no task (labeler_for)."""
+    labeler = tasks.get_labeler(labeler_for(task, labeler))
     if policy is None:
         policy = tasks.load_base_model(model, device)
     print(
@@ -228,6 +219,22 @@ def sample_and_label(
     if dist.is_main():  # [dist] rank 0 alone writes (every rank sampled the same rows)
         labels.write_comparisons(out, rows)  # kept for `python reward.py eval`
     return rows, policy
+
+
+def labeler_for(task: str | tasks.TaskConfig, labeler: str = "") -> str:
+    """The scripted labeler of sampled comparisons: `labeler`, else the task's own. ValueError
+    without a task to sample (`reward.py train` given neither --labels nor --task): one line with
+    the flags that would work."""
+    name = getattr(task, "name", task)
+    if name not in tasks.TASKS:
+        first, *rest = tasks.TASKS
+        raise ValueError(
+            f"{f'unknown task {name!r}' if name else 'no task given'}: give --task {first} (or "
+            f"{', '.join(rest)}) to sample comparisons from rho and label them with its scripted "
+            f"labeler, or --labels FILE to train on labels (label_tool.py, `reward.py label`, or "
+            f"OpenAI's released JSON)"
+        )
+    return labeler or tasks.get_task(task).labeler
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,22 +294,28 @@ def resolve_task(rows: list[dict], task, path: str = "labels") -> tasks.TaskConf
     return tasks.get_task(found[0])
 
 
-def check_task(rows: list[dict], task: str | None, path: str = "labels"):
+def check_task(rows: list[dict], task: str | None, path: str = "labels", flag: str = "--task"):
     """ValueError when a row names a task other than `task` (rows without a task field, such as
-    OpenAI's released JSON, are taken as the task's; no task given: nothing to check)."""
+    OpenAI's released JSON, are taken as the task's; no task given: nothing to check). flag: the
+    command's flag that would take the labels' task instead: --task (a reward model to train) or
+    --reward-model (one trained on them, `reward.py eval`)."""
     other = sorted({r["task"] for r in rows if r.get("task") and r["task"] != task})
     if task and other:
         n = sum(r.get("task") in other for r in rows)
+        o, trains = other[0], flag == "--task"
+        whose = "" if trains else ", the reward model's task"
+        instead = f"--task {o} for a {o} reward model" if trains else f"{flag} of a {o} one"
         raise ValueError(
-            f"{path}: {n} of {len(rows)} labels are of task {', '.join(other)}, not {task}; give "
-            f"labels of {task} (or --task {other[0]} for a {other[0]} reward model)"
+            f"{path}: {n} of {len(rows)} labels are of task {', '.join(other)}, not {task}{whose}; "
+            f"give labels of {task} (or {instead})"
         )
 
 
 def check_rows_fit(rows: list[dict], config: GPT2Config, path: str = "labels", task=None):
     """Token ids inside the model's vocabulary and query+response inside its context, and the
-    rows of `task` when one is given (check_task), or a clear error."""
-    check_task(rows, task, path)
+    rows of `task` (a reward model's: `reward.py eval`) when one is given (check_task), or a
+    clear error."""
+    check_task(rows, task, path, "--reward-model")
     for i, r in enumerate(rows):
         n = len(r["query_tokens"]) + max(len(s) for s in r["sample_tokens"])
         if n > config.n_positions:
@@ -420,26 +433,23 @@ def read_rm_checkpoint(
 ) -> tuple[dict, GPT2Config]:
     """reward.load_reward_model's file checks: the checkpoint dict and the GPT2Config to build its
     model with (expect_config's use_kernels, when given). FileNotFoundError: no such file.
-    ValueError: not a torch file, not format `fmt` (a policy or GPT-2 checkpoint), another
-    version, or (with expect_config, e.g. the policy's config) another size or vocabulary."""
+    ValueError: not a reward model (what it is instead: labels.wrong_file), another version, or
+    (with expect_config, e.g. the policy's config) another size or vocabulary."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no such reward model checkpoint (train one with `python reward.py train`)"
-        )
+    if not path.exists():
+        raise FileNotFoundError(labels.wrong_file(path, labels.REWARD_MODEL))
+    if labels.file_kind(path) != labels.REWARD_MODEL:  # a ppo.py checkpoint, labels...: say so
+        raise ValueError(labels.wrong_file(path, labels.REWARD_MODEL))
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch file at all, or an unpicklable one
+    except Exception as e:  # a damaged one, or one that holds a Python object
+        why = (str(e).strip().splitlines() or [""])[0][:200]
         raise ValueError(
-            f"{path}: not a reward model checkpoint ({type(e).__name__}: {str(e)[:200]}); "
-            f"train one with `python reward.py train`"
+            f"{path}: not a reward model checkpoint ({type(e).__name__}: {why}); train one with "
+            f"`python reward.py train`"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
-        keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(
-            f"{path}: not a reward model checkpoint written by reward.py (found {keys}); a policy "
-            f"or GPT-2 checkpoint cannot be used as a reward model"
-        )
+        raise ValueError(labels.wrong_file(path, labels.REWARD_MODEL))
     if ckpt.get("version") != version:
         raise ValueError(
             f"{path}: reward model checkpoint version {ckpt.get('version')}, this code reads "
@@ -558,11 +568,13 @@ TRAIN_HELP = (
 
 def train_device(a, argv: list[str]) -> tuple[str, str]:
     """`reward.py train`'s checks before anything loads (a: reward.TrainArgs; argv: its flags):
-    --out, and without --labels the labels file it writes beside it (build_reward_model's
-    default), are refused where they hold results, unless --overwrite (cli.check_output). Then
-    its device (cli.pick_device) and precision (amp.resolve_precision; a bad one exits with its
-    error). [dist] Under torchrun it joins the process group (nothing otherwise); cmd_train calls
-    dist.finish at its end."""
+    without --labels, a task to sample (labeler_for); --out, and without --labels the labels file
+    it writes beside it (build_reward_model's default), are refused where they hold results,
+    unless --overwrite (cli.check_output). Then its device (cli.pick_device) and precision
+    (amp.resolve_precision; a bad one exits with its error). [dist] Under torchrun it joins the
+    process group (nothing otherwise); cmd_train calls dist.finish at its end."""
+    if not a.train.labels:
+        labeler_for(a.task, a.labeler)  # a task to sample comparisons of, said before any work
     device = cli.pick_device(a.device)
     dist.init(device)  # [dist] under torchrun: joins the process group; nothing otherwise
     command = cli.rerun("reward.py train", argv)
@@ -597,7 +609,7 @@ def train_interrupted(a, argv: list[str], started: float) -> str:
 
 
 def cmd_sample(argv):
-    a = cli.parse(
+    a = presets.parse(  # numbers out of range refused before anything loads
         SampleArgs, argv, description="Sample comparisons (a query and N responses) from rho."
     )
     cli.check_output(a.out, "--out", a.overwrite, cli.rerun("reward.py sample", argv))
@@ -621,7 +633,7 @@ def cmd_sample(argv):
 
 
 def cmd_label(argv):
-    a = cli.parse(LabelArgs, argv, description="Label comparisons with a scripted labeler.")
+    a = presets.parse(LabelArgs, argv, description="Label comparisons with a scripted labeler.")
     # scripted labels are written whole, never continued (people's label_tool.py files are the
     # logs that a resumed labeling appends to): a file at --out is replaced only when told to
     cli.check_output(a.out, "--out", a.overwrite, cli.rerun("reward.py label", argv))

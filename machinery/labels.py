@@ -38,8 +38,10 @@ sample0..sample3, best} as token ids right-padded with 50259) are read by `read_
 converted to label rows.
 
 Run `python -m machinery.labels FILE` to validate a comparisons or labels file and print what it
-holds. Also here, for the labelers: their default name, the one-writer lock on a labels file, and
-the agreement statistics that `label_tool.py --stats` and `evaluate.py --report` print.
+holds. Also here: file_kind, what a file given in the wrong place is (a reward model, a ppo.py
+checkpoint, labels, ...), for the one line that says so. And for the labelers: their default
+name, the one-writer lock on a labels file, and the agreement statistics that `label_tool.py
+--stats` and `evaluate.py --report` print.
 """
 
 import collections
@@ -303,6 +305,7 @@ class _FileChecker:
 def read_comparisons(path, vocab_size=VOCAB_SIZE) -> list[dict]:
     """All comparisons in the file, validated (fields, token ids < vocab_size, same N everywhere,
     unique ids)."""
+    check_kind(path, COMPARISONS)
     items = read_jsonl(path, CUT_COMPARISONS)
     if not items:
         raise FormatError(
@@ -418,6 +421,7 @@ def read_labels(path, vocab_size=VOCAB_SIZE, counts: dict | None = None) -> list
     undone and skipped count ids whose last word is an undo or a skip; undos counts undo lines
     (the times u was pressed, as `label_tool.py --stats` says).
     """
+    check_kind(path, LABELS)  # a reward model, a run folder, comparisons...: say what it is
     if is_json_list(path):
         rows = _read_openai_json(path, vocab_size)
         if counts is not None:
@@ -618,6 +622,144 @@ def repair_truncated_tail(path) -> str | None:
         f.flush()
         os.fsync(f.fileno())
     return msg
+
+
+# --------------------------------------------------------------------------------------------------
+# What a file is: the one line for a file given where another kind was asked for (a ppo.py
+# checkpoint as --reward-model, a reward model as --labels, ...) says what it is and what to give
+
+# file_kind's answers that callers test for (noun phrases: "X is <kind>, not a labels file")
+REWARD_MODEL = "a reward model (rm.pt from `reward.py train`)"
+PPO_CHECKPOINT = "a ppo.py checkpoint (a run's policy and optimizer, for --resume)"
+RUN_FOLDER = "a ppo.py run folder"
+LABELS = "a labels file"
+COMPARISONS = "a comparisons file (no labels in it: no `best`)"
+OPENAI_LABELS = "a JSON list (OpenAI's released labels)"
+TORCH_FILE, PICKLE = "a PyTorch file", "a pickle file"
+SAFETENSORS, BINARY = "a safetensors file (weights)", "a binary file"
+FOLDER, MISSING = "a folder", "no such file"
+_RM_MARK = b"rlhf-gpt2 reward model"  # reward.CHECKPOINT_FORMAT, as rm.pt's pickle holds it
+
+
+def file_kind(path) -> str:
+    """What the file or folder at `path` is, as a noun phrase: one of the constants above, or "a
+    zip file", "a JSON file", "an empty file", "a text file". Reads only what it needs: a torch
+    file's pickle (not its tensors), a JSONL file's first line. No torch here: a torch file is a
+    zip archive whose data.pkl holds the dict's keys and strings."""
+    p = Path(path)
+    if p.is_dir():
+        made = ("metrics.jsonl", "checkpoint.pt", "rm.pt", "online")
+        return RUN_FOLDER if any((p / n).exists() for n in made) else FOLDER
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4096).lstrip()
+            f.seek(0)
+            first = f.readline(2**22) if head.startswith(b"{") else b""
+    except FileNotFoundError:
+        return MISSING
+    except OSError as e:
+        return f"a file that cannot be read ({e.strerror})"
+    if head.startswith(b"PK\x03\x04"):
+        return _zip_kind(p)
+    if head.startswith(b"\x80"):  # torch.save's legacy format, or any other pickle
+        return PICKLE
+    if len(head) > 10 and head[8:10] == b'{"':  # 8 bytes of header length, then its JSON
+        return SAFETENSORS
+    if b"\0" in head:
+        return BINARY
+    if not head:
+        return "an empty file"
+    if head.startswith(b"["):
+        return OPENAI_LABELS
+    try:
+        obj = json.loads(first) if first else None
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict) and ("best" in obj or obj.get("undo") or obj.get("skip")):
+        return LABELS
+    if isinstance(obj, dict) and "sample_tokens" in obj:
+        return COMPARISONS
+    return "a JSON file" if head.startswith(b"{") else "a text file"
+
+
+def _zip_kind(path: Path) -> str:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            pickles = [n for n in z.namelist() if n.endswith("data.pkl")]
+            data = z.read(pickles[0]) if pickles else b""
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return "a damaged zip file"
+    if not pickles:
+        return "a zip file"
+    if _RM_MARK in data:
+        return REWARD_MODEL
+    if b"kl_ctl" in data and b"optimizer" in data:
+        return PPO_CHECKPOINT
+    return TORCH_FILE
+
+
+# file_kind's answers that a command asking for a labels or comparisons file refuses at once
+# (anything else is read, and its first bad line named)
+NOT_TEXT = (
+    REWARD_MODEL,
+    PPO_CHECKPOINT,
+    TORCH_FILE,
+    PICKLE,
+    SAFETENSORS,
+    BINARY,
+    RUN_FOLDER,
+    FOLDER,
+)
+_WANTED = {
+    REWARD_MODEL: "reward model checkpoint",
+    LABELS: "labels file",
+    COMPARISONS: "comparisons file",
+}
+
+
+def wrong_file(path, want: str) -> str:
+    """The message for `path` given where `want` (REWARD_MODEL, LABELS or COMPARISONS) was asked
+    for: what it is (file_kind), and what to give instead."""
+    kind, p = file_kind(path), Path(path)
+    folder = p if kind == RUN_FOLDER else p.parent
+    run_rm = next((f for f in (folder / "rm.pt", folder / "online" / "rm.pt") if f.is_file()), None)
+    hint = {
+        LABELS: "labels are a .jsonl from label_tool.py or `reward.py label`, or OpenAI's released "
+        "JSON",
+        COMPARISONS: "comparisons are a .jsonl from `python reward.py sample`",
+        REWARD_MODEL: "a reward model is the rm.pt that `python reward.py train` writes (ppo.py "
+        "makes one into its run folder when given no --reward-model)",
+    }[want]
+    if want == REWARD_MODEL and kind in (PPO_CHECKPOINT, RUN_FOLDER) and run_rm:
+        hint = f"its run's reward model is {run_rm}"
+    elif want == REWARD_MODEL and kind in (LABELS, OPENAI_LABELS):
+        hint = (
+            f"train a reward model on it: `python reward.py train --labels {path}` (ppo.py: "
+            f"--rm.labels {path} instead of --reward-model)"
+        )
+    elif want == LABELS and kind == COMPARISONS:
+        hint = f"label it first: `python label_tool.py --comparisons {path}`, or `python reward.py "
+        hint += f"label --comparisons {path}` (a scripted labeler)"
+    elif want == REWARD_MODEL and kind == COMPARISONS:
+        hint = "label it first (label_tool.py, `reward.py label`), then train a reward model on "
+        hint += "the labels (`reward.py train --labels`)"
+    elif want == LABELS and kind == REWARD_MODEL:
+        hint = f"a reward model is read by --reward-model (`reward.py eval`, ppo.py); {hint}"
+    elif want == LABELS and kind == RUN_FOLDER and (p / "labels.jsonl").is_file():
+        hint = f"its reward model's labels are {p / 'labels.jsonl'}"
+    if kind == MISSING:
+        return f"{path}: no such {_WANTED[want]}; {hint}"
+    return f"{path} is {kind}, not a {_WANTED[want]}; {hint}"
+
+
+def check_kind(path, want: str) -> None:
+    """FormatError (wrong_file's line) when `path` is plainly not `want` (LABELS or COMPARISONS):
+    a torch file, a folder, a binary file, or comparisons where labels are asked for."""
+    kind = file_kind(path)
+    if kind in NOT_TEXT or (want == LABELS and kind == COMPARISONS):
+        raise FormatError(wrong_file(path, want))
 
 
 # --------------------------------------------------------------------------------------------------

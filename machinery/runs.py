@@ -15,7 +15,7 @@ import pickle
 import random
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import gpt2
 import reward
-from machinery import amp, cli, comparisons, dist, hf, online, summarization, tasks
+from machinery import amp, cli, comparisons, dist, hf, labels, online, summarization, tasks
 from machinery.microbatch import resolve_micro_batch_size
 
 
@@ -145,6 +145,13 @@ def start(cfg) -> tuple[str, Path, dict | None]:
     except ValueError as e:
         raise SystemExit(f"error: --precision: {e}")
     cfg.micro_batch_size = resolve_micro_batch_size(cfg, device)
+    if cfg.online:  # how its options fit together (online.Settings.check), before any work too
+        names = [f.name for f in fields(online.Settings) if f.name not in ("labeler", "n_updates")]
+        labeler = cfg.labeler or tasks.get_task(cfg.task).labeler
+        n_updates = math.ceil(cfg.total_episodes / cfg.batch_size)
+        online.Settings(
+            **{k: getattr(cfg, k) for k in names}, labeler=labeler, n_updates=n_updates
+        ).check()
     run_dir = Path(cfg.run_dir)
     # [dist] rank 0 decides for every rank (another machine may not see its folder), before any
     # model loads. The folder is made by the first file written into it: a failed start leaves none
@@ -189,7 +196,8 @@ def claim_folder(cfg, run_dir: Path) -> str | None:
     """Rank 0's decision on the run folder: None (go on), or the one-line refusal. --resume goes
     on in its run's folder; a new run starts only in a folder that holds no run (RUN_FILES), or
     with --overwrite, which deletes the old run's files first (and the folder, if nothing else is
-    left in it). Nothing is created here."""
+    left in it). A start that stopped before its first update with nothing to keep (failed_start)
+    holds no run: its files are deleted too. Nothing is created here."""
     if cfg.resume:
         clash = f"--resume continues the run in {run_dir}, --overwrite deletes it; give one"
         return f"error: {clash}" if cfg.overwrite else None
@@ -197,6 +205,10 @@ def claim_folder(cfg, run_dir: Path) -> str | None:
     if run_dir.exists() and not run_dir.is_dir():
         return f"error: run folder {run_dir} is a file; {elsewhere}"
     held = cli.held(run_dir, RUN_FILES)
+    if held and not cfg.overwrite and failed_start(run_dir, held):
+        gone = cli.remove(run_dir, held)
+        print(f"{run_dir}: deleted {', '.join(gone)} of a start stopped before its first update")
+        return None
     if held and cfg.overwrite:
         inputs = [cfg.model, cfg.reward_model, cfg.rm.labels, cfg.query_data]
         read = [p for p in inputs if p and any(_within(p, run_dir / h) for h in held)]
@@ -216,6 +228,15 @@ def claim_folder(cfg, run_dir: Path) -> str | None:
         f"error: {run_dir} already holds a run ({', '.join(held)}){why}; {resume}start over "
         f"(deleting those) with `{cli.rerun('ppo.py', None)}`, or {elsewhere}"
     )
+
+
+def failed_start(run_dir: Path, held: list[str]) -> bool:
+    """Does the run folder hold only what a start that stopped before its first update leaves:
+    config.json and an empty metrics.jsonl (both written once setup is done), with no reward
+    model, labels, checkpoint or queue it made? Nothing there is worth keeping, or resuming."""
+    metrics = run_dir / "metrics.jsonl"
+    empty = metrics.is_file() and metrics.stat().st_size == 0
+    return sorted(held) == ["config.json", "metrics.jsonl"] and empty
 
 
 def _within(path, entry: Path) -> bool:
@@ -246,15 +267,12 @@ def load_ref(model: str, device) -> gpt2.GPT2:
 
 def load_reward(path: str, ref: gpt2.GPT2, device):
     """Load a reward checkpoint made from the same base model as the policy; any failure is one
-    clear message."""
+    line that names the file and says what it is (comparisons.read_rm_checkpoint)."""
     try:
         rm = reward.load_reward_model(path, device=device, expect_config=ref.config)
     except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        raise SystemExit(
-            f"error: reward model {path}: {e}\n  (a reward model must be trained from the same "
-            f"base model as the policy: `python reward.py train --model <the --model given here> "
-            f"...`)"
-        )
+        said = str(e) if str(path) in str(e) else f"reward model {path}: {e}"
+        raise SystemExit(f"error: {said}")
     return rm.eval().requires_grad_(False)
 
 
@@ -667,7 +685,13 @@ def set_rng_state(state: dict, sample_gen, shuffle_gen):
 def load_checkpoint(path: Path) -> dict:
     """checkpoint.pt, loaded with weights_only=True: tensors and plain values only, so a run folder
     from someone else cannot run code. Anything else is refused with a message; nothing in the
-    run folder is touched."""
+    run folder is touched, and a file that is no ppo.py checkpoint is named for what it is."""
+    kind = labels.file_kind(path)
+    if kind != labels.PPO_CHECKPOINT:
+        raise SystemExit(
+            f"error: cannot resume from {path}: it is {kind}, not a ppo.py checkpoint (without "
+            f"one, --resume starts PPO from update 0 with the run's reward model: move it away)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

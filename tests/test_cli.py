@@ -235,12 +235,12 @@ def test_ppo_takes_model_and_task_from_the_reward_model(tmp_path, monkeypatch, c
     assert "--model tiny, --task descriptiveness" in capsys.readouterr().out
     # stored absolute, so evaluate.py finds it from another directory
     assert cfg.reward_model == str(tmp_path / "rm.pt")
-    # flags given win; a file that is no checkpoint adds nothing (the run's own load reports it)
+    # flags given win; a file that is no reward model is refused here, before anything loads
     cfg = presets.resolve_config(ppo.Config, {"reward_model": "rm.pt", "task": "sentiment"})
     assert (cfg.model, cfg.task) == ("tiny", "sentiment")
     (tmp_path / "bad.pt").write_text("not a checkpoint")
-    cfg = presets.resolve_config(ppo.Config, {"reward_model": "bad.pt"})
-    assert (cfg.model, cfg.task) == (ppo.Config.model, ppo.Config.task)
+    with pytest.raises(SystemExit, match="--reward-model bad.pt is a text file, not a reward"):
+        presets.resolve_config(ppo.Config, {"reward_model": "bad.pt"})
 
 
 def test_reward_train_tiny_takes_the_demo_reward_options():
@@ -259,3 +259,107 @@ def test_reward_train_tiny_takes_the_demo_reward_options():
     default = reward.TrainConfig()
     cfg = parsed("--model", "gpt2")  # other models: their own defaults
     assert (cfg.lr, cfg.epochs) == (default.lr, default.epochs)
+
+
+# --------------------------------------------------------------------------------------------------
+# The allowed values of every numeric option (presets.RANGES), checked before any work
+
+
+def numeric_fields(cls, prefix=""):
+    """(dotted name, field name, default) of every int / float field of the dataclass cls,
+    nested ones included."""
+    import dataclasses
+
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(default):
+            yield from numeric_fields(type(default), f"{prefix}{f.name}.")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            yield prefix + f.name, f.name, default
+
+
+def configs():
+    import ppo
+    import reward
+    from machinery import comparisons
+
+    return [ppo.Config, reward.TrainArgs, comparisons.SampleArgs, comparisons.EvalArgs]
+
+
+def test_every_numeric_option_has_its_allowed_values():
+    """A new int or float option must say what it allows (presets.RANGES): then a bad value is
+    refused before any work, in one line, by every command that has it."""
+    missing = [f"{c.__name__}.{key}" for c in configs() for key, name, _ in numeric_fields(c)
+               if name not in presets.RANGES]  # fmt: skip
+    assert missing == []
+    for c in configs():  # and every default is allowed
+        presets.check_values(c())
+
+
+def test_every_preset_is_allowed():
+    import ppo
+
+    for task in presets.TASK_DEFAULTS:
+        for model in ("gpt2", "tiny"):
+            presets.resolve_config(ppo.Config, {"task": task, "model": model})
+
+
+@pytest.mark.parametrize(
+    "flag, value, allowed",
+    [
+        ("batch_size", -4, "--batch-size -4: must be an integer >= 1"),
+        ("batch_size", 0, "--batch-size 0: must be an integer >= 1"),
+        ("temperature", 0.0, "--temperature 0.0: must be a number > 0"),
+        ("total_episodes", -1, "--total-episodes -1: must be an integer >= 1"),
+        ("save_every", 0, "--save-every 0: must be an integer >= 1"),
+        ("rm.epochs", -1, "--rm.epochs -1: must be an integer >= 1"),
+        ("lr", -1.0, "--lr -1.0: must be a number > 0"),
+        ("lr", float("nan"), "--lr nan: must be a number > 0"),
+        ("gamma", 1.5, "--gamma 1.5: must be a number in [0, 1]"),
+        ("rm.test_fraction", 1.0, "--rm.test-fraction 1.0: must be a number in [0, 1)"),
+        ("seed", -1, "--seed -1: must be an integer in 0..2147483647"),
+        ("micro_batch_size", "x", "--micro-batch-size 'x': must be 'auto' or an integer >= 1"),
+        ("value_model", "both", "--value-model 'both': must be 'shared' or 'reward'"),
+    ],
+)
+def test_ppo_refuses_a_value_out_of_range_by_its_flag(flag, value, allowed):
+    import ppo
+
+    with pytest.raises(cli.UsageError) as e:
+        presets.resolve_config(ppo.Config, {"model": "tiny", flag: value})
+    assert str(e.value) == allowed
+
+
+def test_a_resumed_runs_bad_value_names_its_config_json():
+    import ppo
+
+    saved = asdict(presets.resolve_config(ppo.Config, {"model": "tiny"}))
+    saved["batch_size"] = -4
+    with pytest.raises(cli.UsageError) as e:
+        presets.resolve_config(ppo.Config, {"resume": "/runs/r1"}, saved)
+    assert str(e.value) == (
+        "--batch-size -4 (from /runs/r1/config.json): must be an integer >= 1; give --batch-size "
+        "to replace it"
+    )
+    cfg = presets.resolve_config(ppo.Config, {"resume": "/runs/r1", "batch_size": 8}, saved)
+    assert cfg.batch_size == 8
+
+
+@pytest.mark.parametrize(
+    "argv, allowed",
+    [
+        (["sample", "--num-comparisons", "-5"], "--num-comparisons -5: must be an integer >= 1"),
+        (["sample", "--n-samples", "1"], "--n-samples 1: must be an integer in 2..9"),
+        (["train", "--epochs", "-1"], "--epochs -1: must be an integer >= 1"),  # flat: no rm.
+        (["train", "--normalize-samples", "1"], "--normalize-samples 1: must be an integer >= 2"),
+        (["eval", "--batch-size", "0"], "--batch-size 0: must be an integer >= 1"),
+    ],
+)
+def test_reward_commands_refuse_a_value_out_of_range(tmp_path, monkeypatch, argv, allowed):
+    import reward
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(cli.UsageError) as e:
+        reward.main(argv + ["--model", "tiny"] * (argv[0] != "eval"))
+    assert str(e.value) == allowed
+    assert list(tmp_path.iterdir()) == []

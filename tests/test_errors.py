@@ -307,3 +307,140 @@ def test_help_groups_from_comments():
     text = cli.make_parser(Top, order=("a",)).format_help()
     assert text.index("the base:") < text.index("top:") < text.index("speed:")
     assert text.index("--b") > text.index("speed:") and text.index("--d") > text.index("speed:")
+
+
+# --------------------------------------------------------------------------------------------------
+# A value out of range: one line naming the flag, before any work (no sampling, no model, no run
+# folder); and a start that failed before its first update does not block the corrected one
+
+
+@pytest.mark.parametrize("rm", [True, False], ids=["reward-model", "no-reward-model"])
+def test_a_bad_ppo_value_is_refused_before_any_work(tmp_path, rm):
+    if rm:  # with no --reward-model the run would first sample 800 comparisons
+        reward.save_reward_model(tiny_rm(), tmp_path / "rm.pt")
+    flags = ["--model", "tiny", "--name", "X", *CPU, *(["--reward-model", "rm.pt"] * rm)]
+    for bad, allowed in [(["--batch-size", "-4"], "--batch-size -4: must be an integer >= 1"),
+                         (["--temperature", "0"], "--temperature 0.0: must be a number > 0"),
+                         (["--lr", "-1"], "--lr -1.0: must be a number > 0")]:  # fmt: skip
+        r = run([str(ROOT / "ppo.py"), *flags, *bad], tmp_path)
+        assert one_line(r) == f"error: {allowed}"
+        assert "sample" not in r.stdout and not (tmp_path / "runs").exists()
+
+
+def test_a_start_stopped_before_its_first_update_does_not_block_the_next(tmp_path, monkeypatch):
+    """config.json and an empty metrics.jsonl are all such a start leaves (with --reward-model):
+    the corrected command starts over there, not refused with a --resume of the broken config."""
+    import ppo
+
+    folder = tmp_path / "runs" / "X"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"batch_size": -4}\n')
+    (folder / "metrics.jsonl").write_text("")
+
+    class Loaded(Exception):
+        pass
+
+    def load(*a, **k):
+        raise Loaded
+
+    monkeypatch.setattr(tasks, "load_base_model", load)
+    with pytest.raises(Loaded):  # past the folder's claim, to the first model
+        ppo.main(["--model", "tiny", "--run-dir", str(folder), *CPU])
+    assert not folder.exists()
+    # a folder with metrics of an update holds a run: refused as before
+    folder.mkdir()
+    (folder / "config.json").write_text("{}\n")
+    (folder / "metrics.jsonl").write_text('{"update": 1}\n')
+    with pytest.raises(SystemExit, match="already holds a run .*--resume"):
+        ppo.main(["--model", "tiny", "--run-dir", str(folder), *CPU])
+
+
+# --------------------------------------------------------------------------------------------------
+# A file of the wrong kind: what it is, and what to give instead, in one line
+
+
+def tiny_rm():
+    rm = reward.RewardModel(tasks.load_base_model("tiny"), base_model="tiny")
+    rm.meta.update(task="sentiment", temperature=0.7, seed=1)
+    return rm
+
+
+def label_lines(labeled=True, task="descriptiveness", n=4):
+    """A labels file's lines (labeled) or a comparisons file's."""
+    row = dict(task=task, query="q", query_tokens=[464, 3290, 13], samples=["a", "b"],
+               sample_tokens=[[383, 13], [464, 13]])  # fmt: skip
+    best = lambda i: dict(best=i % 2) if labeled else {}
+    return "".join(json.dumps(dict(row, id=f"x{i}", **best(i))) + "\n" for i in range(n))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A run folder's checkpoint.pt and rm.pt, a labels file and a comparisons file."""
+    d = tmp_path_factory.mktemp("files")
+    (d / "run").mkdir()
+    reward.save_reward_model(tiny_rm(), d / "run" / "rm.pt")
+    ckpt = dict(policy={"w": torch.zeros(2)}, optimizer={}, kl_ctl={"value": 0.15}, update=1)
+    torch.save(ckpt, d / "run" / "checkpoint.pt")
+    (d / "desc_labels.jsonl").write_text(label_lines())
+    (d / "cmp.jsonl").write_text(label_lines(labeled=False))
+    return d
+
+
+def test_file_kinds(files):
+    from machinery import labels
+
+    assert labels._RM_MARK.decode() == reward.CHECKPOINT_FORMAT
+    kinds = {"run/rm.pt": labels.REWARD_MODEL, "run/checkpoint.pt": labels.PPO_CHECKPOINT,
+             "run": labels.RUN_FOLDER, "desc_labels.jsonl": labels.LABELS,
+             "cmp.jsonl": labels.COMPARISONS, "missing.pt": labels.MISSING}  # fmt: skip
+    assert {name: labels.file_kind(files / name) for name in kinds} == kinds
+    openai = ROOT / "tests" / "fixtures" / "openai_best_of_4.json"
+    assert labels.file_kind(openai) == labels.OPENAI_LABELS
+
+
+def test_ppo_given_a_checkpoint_as_reward_model_names_the_runs_rm(files, tmp_path):
+    """No --model: it used to fall back to gpt2 and say gpt2 is not cached."""
+    r = run([str(ROOT / "ppo.py"), "--reward-model", str(files / "run" / "checkpoint.pt"),
+             "--name", "wc1", *CPU], tmp_path)  # fmt: skip
+    rm = files / "run" / "rm.pt"
+    one_line(r, "error: --reward-model ", "checkpoint.pt is a ppo.py checkpoint",
+             f"not a reward model checkpoint; its run's reward model is {rm}")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ppo_given_labels_as_reward_model_says_how_to_train_one(files, tmp_path):
+    r = run([str(ROOT / "ppo.py"), "--model", "tiny", "--reward-model",
+             str(files / "desc_labels.jsonl"), *CPU], tmp_path)  # fmt: skip
+    err = one_line(r, "desc_labels.jsonl is a labels file, not a reward model checkpoint",
+                   "`python reward.py train --labels ", "--rm.labels ")  # fmt: skip
+    assert "weights_only" not in err and "same base model" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reward_commands_given_the_wrong_kind_of_file(files, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rm, lab, cmp = files / "run" / "rm.pt", files / "desc_labels.jsonl", files / "cmp.jsonl"
+
+    def error(*argv):
+        assert reward.main([str(a) for a in argv]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+        return err
+
+    err = error("train", "--labels", str(rm), "--model", "tiny", *CPU)
+    assert "rm.pt is a reward model" in err and "not a labels file" in err and "UTF-8" not in err
+    err = error("train", "--labels", str(cmp), "--model", "tiny", *CPU)
+    assert "is a comparisons file" in err and f"reward.py label --comparisons {cmp}" in err
+    err = error("eval", "--reward-model", str(files / "run" / "checkpoint.pt"), "--labels", lab)
+    assert "is a ppo.py checkpoint" in err and "its run's reward model is" in err
+    err = error("label", "--comparisons", str(rm))
+    assert "is a reward model" in err and "not a comparisons file" in err
+    # labels of another task: the hint names a flag `reward.py eval` has (it has no --task)
+    err = error("eval", "--reward-model", str(rm), "--labels", str(lab), *CPU)
+    assert "not sentiment, the reward model's task" in err and "--reward-model of a" in err
+    assert "--task" not in err
+    # no labels and no task: which --task to give, and nothing about a trained reward model
+    err = error("train", "--model", "tiny", *CPU)
+    assert "no task given: give --task sentiment (or descriptiveness" in err
+    assert "--labels FILE" in err and "trained reward model" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -140,7 +140,9 @@ def test_overwrite_deletes_the_old_runs_files_only(tmp_path, monkeypatch, capsys
 
 
 def test_overwrite_never_deletes_what_the_new_run_reads(tmp_path, no_model):
-    folder = fake_run(tmp_path / "run", "config.json", "rm.pt")
+    folder = fake_run(tmp_path / "run", "config.json")
+    rm = reward.RewardModel(gpt2.GPT2(gpt2.PRESETS["tiny"]), base_model="tiny")
+    reward.save_reward_model(rm, folder / "rm.pt")  # a reward model: refused for the folder only
     before = snapshot(folder)
     args = ["--model", "tiny", "--run-dir", str(folder), "--overwrite", *FAST]
     with pytest.raises(SystemExit, match=r"would delete .*rm.pt, read by this run"):

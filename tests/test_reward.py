@@ -283,7 +283,7 @@ def test_load_reward_model_errors(tmp_path):
     with pytest.raises(ValueError, match="not a reward model checkpoint"):
         reward.load_reward_model(tmp_path / "text.pt")
     torch.save({"model": {}, "config": {}}, tmp_path / "policy.pt")
-    with pytest.raises(ValueError, match="not a reward model checkpoint written by reward.py"):
+    with pytest.raises(ValueError, match="policy.pt is a PyTorch file, not a reward model"):
         reward.load_reward_model(tmp_path / "policy.pt")
     rm = tiny_random_rm()
     rm.meta.update(task="sentiment", seed=3)
