@@ -15,7 +15,7 @@ docs/) with the differences said where they are. The stage, in order:
     python reward.py sample --task sentiment --model gpt2 --num-comparisons 1000 --out cmp.jsonl
     python reward.py label  --labeler sentiment --comparisons cmp.jsonl --out labels.jsonl
     python reward.py train  --labels labels.jsonl --model gpt2 --out rm.pt
-    python reward.py eval   --reward-model rm.pt --labels test.jsonl
+    python reward.py eval   --reward-model rm.pt --labels test_labels.jsonl
 Each has a --help. On a CPU: --model tiny. --labels also takes OpenAI's released JSON (and --task).
 `reward.py train` without --labels does steps 1 to 5 (scripted labels): build_reward_model, the
 one call ppo.py makes when it has no reward model (its --rm.* flags are `reward.py train`'s).
@@ -196,7 +196,7 @@ class TrainConfig:
 
     labels: str = ""
     """labels file: our labels.jsonl or OpenAI's released JSON ({query, sample0..N-1, best}
-    lists); empty: sample --num-comparisons from rho and label them with the scripted labeler"""
+    lists); empty: sample num-comparisons from rho and label them with the scripted labeler"""
     num_comparisons: int = 4992
     """comparisons to sample and label with the scripted labeler when --labels is empty (4,992 =
     the released style-task label count)"""

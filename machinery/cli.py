@@ -375,6 +375,9 @@ def run_main(main: Callable[[], Any]) -> None:
         _fail(f"error: {e}", 1)
     except UserError as e:
         _fail(f"error: {e}", 1)
+    except BrokenPipeError:  # the reader left (`ppo.py --help | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        sys.exit(141)  # as a shell reports SIGPIPE
     except SystemExit as e:
         if isinstance(e.code, str):
             _fail(e.code, 1)
@@ -387,7 +390,13 @@ def run_main(main: Callable[[], Any]) -> None:
             note = ""
         if rank:
             sys.exit(130)
-        _fail("stopped (Ctrl-C)" + (f"; {note}" if note else ""), 130)
+        # a terminal shows ^C where the cursor was: the line starts below it and below any progress
+        # bar, which is closed now rather than redrawn under the line at exit
+        bars = list(getattr(getattr(sys.modules.get("tqdm"), "tqdm", None), "_instances", ()))
+        for bar in bars:
+            bar.close()
+        fresh = "" if bars or not sys.stderr.isatty() else "\n"
+        _fail(fresh + "stopped (Ctrl-C)" + (f"; {note}" if note else ""), 130)
     sys.exit(status if isinstance(status, int) else 0)
 
 
@@ -411,7 +420,9 @@ def dispatch(prog: str, commands: dict, argv: list[str] | None, doc: str) -> int
     global _prog
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(doc.rstrip() + f"\n\nrun `python {prog} COMMAND --help` for a command's options")
+        usage = f"usage: {prog} {{{','.join(commands)}}} [options]"
+        more = f"run `python {prog} COMMAND --help` for a command's options"
+        print(f"{usage}\n\n{doc.strip()}\n\n{more}")
         return 0 if argv else 2
     if argv[0] not in commands:
         near = difflib.get_close_matches(argv[0], commands, n=1)
@@ -489,12 +500,16 @@ def fsync_dir(path) -> None:
 
 def held(path, names: tuple[str, ...] = ()) -> list[str]:
     """What writing `path` would replace: a file (or anything but a folder) that is not empty ->
-    [its name]; a folder -> those of `names` inside it (a folder's name ends in /), or with no
-    `names`, everything inside it. Nothing there, or an empty file: []."""
+    [its name]; a folder -> those of `names` inside it (a folder's name ends in /; a name may be
+    a glob pattern: eval-*), or with no `names`, everything inside it. Nothing there, or an empty
+    file: []."""
     path = Path(path)
     if path.is_dir():
         names = tuple(n.rstrip("/") for n in names)
-        found = [n for n in names if (path / n).exists()] if names else sorted(os.listdir(path))
+        if names:
+            found = [m.name for n in names for m in sorted(path.glob(n))]
+        else:
+            found = sorted(os.listdir(path))
         return [n + "/" if (path / n).is_dir() else n for n in found]
     if path.exists() and not (path.is_file() and path.stat().st_size == 0):
         return [path.name]
@@ -509,7 +524,20 @@ def rerun(script: str, args: list[str] | None, flag: str = "--overwrite") -> str
         same = Path(sys.argv[0]).name == Path(script.split()[0]).name
         args = sys.argv[1:] if same else ["..."]
     words = [a if a == "..." else shlex.quote(a) for a in args]
+    script = " ".join([script_path(script.split()[0]), *script.split()[1:]])
     return " ".join(["python", script, *words, *([flag] if flag and flag not in args else [])])
+
+
+def script_path(script: str) -> str:
+    """A file of this checkout (ppo.py, docs/frontier.py) as the user can run it from the current
+    folder: its path relative to here (just its name in the checkout's root), or the absolute
+    path where that is shorter."""
+    path = Path(__file__).resolve().parent.parent / script
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return shlex.quote(str(path))
+    return shlex.quote(rel if len(rel) <= len(str(path)) else str(path))
 
 
 def check_output(path, flag: str, overwrite: bool, command: str) -> None:
@@ -575,7 +603,7 @@ def pick_device(name: str) -> str:
     import torch
 
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu")
     return name

@@ -513,7 +513,7 @@ class SampleArgs:
     n_samples: int = 4
     """candidates per comparison (the paper: 4)"""
     out: str = "comparisons.jsonl"
-    """output file (comparisons.jsonl format, see labels.py)"""
+    """output file (comparisons.jsonl format: docs/formats.md)"""
     overwrite: bool = False
     """replace --out if it exists (else a file there is refused, before anything loads)"""
     split: str = "train"
@@ -552,7 +552,7 @@ class LabelArgs:
 class EvalArgs:
     reward_model: str = "rm.pt"
     """reward model checkpoint"""
-    labels: str = "test.jsonl"
+    labels: str = "test_labels.jsonl"
     """labels to evaluate on (our JSONL or OpenAI's JSON)"""
     batch_size: int = 64
     """comparisons per batch"""

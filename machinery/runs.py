@@ -188,7 +188,8 @@ def start(cfg) -> tuple[str, Path, dict | None]:
 # them holds a run, and --overwrite deletes them (anything else in the folder stays)
 RUN_FILES = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "policy", "online", "rm.pt",
-    "labels.jsonl", "value_head.safetensors", "curves.png", "eval", ".policy.tmp", ".policy.old",
+    "labels.jsonl", "value_head.safetensors", "curves.png", "eval", "eval-*", ".policy.tmp",
+    ".policy.old",
 )  # fmt: skip
 
 
@@ -221,7 +222,9 @@ def claim_folder(cfg, run_dir: Path) -> str | None:
     if not held or cfg.overwrite:
         return None
     resume = (
-        f"continue it with `python ppo.py --resume {run_dir}`, " if "config.json" in held else ""
+        f"continue it with `python {cli.script_path('ppo.py')} --resume {run_dir}`, "
+        if "config.json" in held
+        else ""
     )
     why = "; two runs cannot share one queue" if "online/" in held else ""
     return (
@@ -365,7 +368,7 @@ def keep_micro_batch_size(run: Run):
 def stopped_early(run: Run, stop: int) -> dict:
     print(
         f"stopped after {stop}/{run.n_updates} updates (--stop-after); continue with: "
-        f"python ppo.py --resume {run.run_dir}"
+        f"python {cli.script_path('ppo.py')} --resume {run.run_dir}"
     )
     return {}
 
@@ -751,7 +754,7 @@ def interrupted(cfg, run_dir: Path) -> str:
     """What Ctrl-C leaves (cli.run_main says it after `stopped (Ctrl-C)`): the last checkpoint and
     the command that continues from it. checkpoint.pt is written atomically: a save that Ctrl-C
     cuts leaves the one before it whole."""
-    resume = f"ppo.py --resume {shlex.quote(str(run_dir))}"
+    resume = f"{cli.script_path('ppo.py')} --resume {shlex.quote(str(run_dir))}"
     resume = f"python {resume}" if dist.world_size == 1 else f"torchrun ... {resume} (same ranks)"
     path = run_dir / "checkpoint.pt"
     if path.exists():  # mmap: the update number without reading the weights
@@ -759,7 +762,8 @@ def interrupted(cfg, run_dir: Path) -> str:
         n = math.ceil(cfg.total_episodes / cfg.batch_size)
         return f"the last checkpoint is update {update}/{n} ({path}); continue with: {resume}"
     if (run_dir / "config.json").exists():
-        return f"no checkpoint saved yet; continue (PPO from update 0, reward model kept): {resume}"
+        kept = ", reward model kept" if (run_dir / "rm.pt").exists() or cfg.reward_model else ""
+        return f"no checkpoint saved yet; continue (PPO from update 0{kept}): {resume}"
     again = cli.rerun("ppo.py", None, "--overwrite" if cli.held(run_dir, RUN_FILES) else "")
     return f"no checkpoint saved yet; start again: {again}"
 

@@ -12,6 +12,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def script_from(cwd, name: str = "ppo.py") -> str:
+    """A stage file as the commands offered to a user in `cwd` name it (cli.script_path): the
+    shorter of its relative and absolute paths."""
+    return min(os.path.relpath(ROOT / name, cwd), str(ROOT / name), key=len)
+
+
 sys.path.insert(0, str(ROOT))
 
 _cache = ROOT / ".tiktoken_cache"

@@ -1,11 +1,14 @@
 """cli.py: --help from field docstrings, bool / list / nested flags, atomic writes; and ppo.py's
 configuration precedence (defaults < task < tiny < resumed config < flags) on a hand-made case."""
 
+import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from machinery import cli, presets
 
@@ -363,3 +366,31 @@ def test_reward_commands_refuse_a_value_out_of_range(tmp_path, monkeypatch, argv
         reward.main(argv + ["--model", "tiny"] * (argv[0] != "eval"))
     assert str(e.value) == allowed
     assert list(tmp_path.iterdir()) == []
+
+
+def test_offered_commands_run_from_the_users_folder(tmp_path, monkeypatch):
+    # the checkout's root: the script's name; elsewhere: a path that reaches it from there
+    root = Path(cli.__file__).resolve().parent.parent
+    monkeypatch.chdir(root)
+    assert cli.rerun("ppo.py", ["--model", "tiny"]) == "python ppo.py --model tiny --overwrite"
+    assert cli.rerun("reward.py train", ["--x"], "") == "python reward.py train --x"
+    monkeypatch.chdir(tmp_path)
+    command = cli.rerun("ppo.py", ["--model", "tiny"])
+    script = command.split()[1]
+    assert (tmp_path / script).resolve() == root / "ppo.py"
+    assert cli.script_path("docs/frontier.py") in (
+        os.path.relpath(root / "docs/frontier.py"),
+        str(root / "docs/frontier.py"),
+    )
+
+
+
+def test_a_command_of_subcommands_starts_its_help_with_usage():
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "reward.py"), "--help"], capture_output=True, text=True
+    )
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.splitlines()[0] == "usage: reward.py {sample,label,train,eval} [options]"
+    assert r.stdout.rstrip().endswith(
+        "run `python reward.py COMMAND --help` for a command's options"
+    )

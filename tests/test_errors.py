@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import script_from
 
 import reward
 from machinery import cli, tasks
@@ -111,7 +112,7 @@ def test_online_under_torchrun_is_said_once(tmp_path):
     world = dict(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="9")
     report = tmp_path / "error.json"
     r0 = run(args, tmp_path, RANK="0", LOCAL_RANK="0", TORCHELASTIC_ERROR_FILE=str(report), **world)
-    command = "python ppo.py --model tiny --online --device cpu"
+    command = f"python {script_from(tmp_path)} --model tiny --online --device cpu"
     err = one_line(r0, "error: --online runs in one process", f"without torchrun: {command}")
     assert json.loads(report.read_text())["message"]["extraInfo"]["py_callstack"] == err
     r1 = run(args, tmp_path, RANK="1", LOCAL_RANK="1", **world)
@@ -158,8 +159,8 @@ def test_ctrl_c_during_ppo_names_the_last_checkpoint_and_the_resume_command(tmp_
     proc = start_ppo(tmp_path, "--save-every", "1")
     saved = lambda: (run_dir / "checkpoint.pt").exists() and len(metrics.read_text().split()) >= 2
     r = interrupt_when(proc, saved)
-    err = one_line(r, "stopped (Ctrl-C); the last checkpoint is update ",
-                   "continue with: python ppo.py --resume run", status=130)  # fmt: skip
+    resume = f"continue with: python {script_from(tmp_path)} --resume run"
+    err = one_line(r, "stopped (Ctrl-C); the last checkpoint is update ", resume, status=130)
     # the checkpoint it names is whole (never half written) and is the one on disk
     update = torch.load(run_dir / "checkpoint.pt", weights_only=True)["update"]
     assert f"update {update}/100 (run/checkpoint.pt)" in err, err
@@ -170,7 +171,7 @@ def test_ctrl_c_before_the_first_checkpoint_and_its_resume(tmp_path):
     proc = start_ppo(tmp_path, "--save-every", "1000")
     r = interrupt_when(proc, lambda: (run_dir / "config.json").exists())  # setup done
     one_line(r, "stopped (Ctrl-C); no checkpoint saved yet; continue",
-             "python ppo.py --resume run", status=130)  # fmt: skip
+             f"python {script_from(tmp_path)} --resume run", status=130)  # fmt: skip
     assert not (run_dir / "checkpoint.pt").exists()
     # the command it gives works: PPO from update 0 with the same reward model
     r = run([str(ROOT / "ppo.py"), "--resume", "run", "--stop-after", "1"], tmp_path)

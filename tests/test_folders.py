@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import script_from
 
 import gpt2
 import ppo
@@ -94,8 +95,8 @@ def test_a_plain_start_in_a_folder_that_holds_a_run_is_refused(tmp_path):
     refused(
         r,
         str(Path("runs/sentiment-tiny-s1")),
-        "`python ppo.py --resume runs/sentiment-tiny-s1`",
-        "`python ppo.py --model tiny --online --labeler sentiment --overwrite`",
+        f"`python {script_from(tmp_path)} --resume runs/sentiment-tiny-s1`",
+        f"`python {script_from(tmp_path)} --model tiny --online --labeler sentiment --overwrite`",
     )
     assert snapshot(folder) == before
 
