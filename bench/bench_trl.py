@@ -15,14 +15,20 @@ Each gets one warm-up update first. Random weights (no download); a stand-in for
 (TRL reads only its pad and eos ids).
 
 TRL is a benchmark-only dependency, never in requirements.txt. Its last release that ships
-PPOTrainer is 1.12.0 (as trl.experimental.ppo). Install it in its own virtual environment that
-sees this one's torch and transformers:
-    python -m venv --system-site-packages .venv-trl
-    .venv-trl/bin/pip install trl==1.12.0
-    .venv-trl/bin/python bench_trl.py --shape tiny --batch 32
-    .venv-trl/bin/python bench_trl.py --shape gpt2 --batch 8
-(check with `.venv-trl/bin/python -c "import torch; print(torch.__version__)"` that pip left torch
-as it was). Without TRL, the script times our two contestants only.
+PPOTrainer is 1.12.0 (as trl.experimental.ppo). Install it in a virtual environment of its own
+that sees the test venv's packages (a .pth file naming that venv's site-packages) and is pinned to
+tests/constraints.txt, so TRL runs on the very torch and transformers the suite passed with and the
+comparison does not drift with upstream releases (.venv is the test venv):
+    .venv/bin/python -m venv .venv-trl
+    .venv/bin/python -c "import site; print(site.getsitepackages()[0])" \
+        > "$(.venv-trl/bin/python -c 'import site; print(site.getsitepackages()[0])')/base.pth"
+    .venv-trl/bin/pip install trl==1.12.0 -c tests/constraints.txt
+    .venv-trl/bin/python bench/bench_trl.py --shape tiny --batch 32
+    .venv-trl/bin/python bench/bench_trl.py --shape gpt2 --batch 8
+The script prints the versions of torch, transformers, trl and accelerate beside its figures, and
+refuses to run when torch or transformers differ from tests/constraints.txt (--any-version runs
+anyway, and says so beside every figure). Without TRL, it times our two contestants only.
+bench/profile_update.py splits the same update into its phases.
 
 This is a benchmark script, not a test: it prints figures. Timings on a shared machine are noisy:
 look at the spread and the load average it prints ("cpu s" is the process's CPU time, all threads).
@@ -38,6 +44,7 @@ import importlib.util
 import io
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -71,6 +78,58 @@ class BenchConfig:
     """comma-separated subset of: shared, separate, trl (empty: all three)"""
     seed: int = 0
     """seed for the weights and the random queries"""
+    any_version: bool = False
+    """run even when torch or transformers differ from tests/constraints.txt (the output says so)"""
+
+
+CONSTRAINTS = Path(__file__).resolve().parents[1] / "tests" / "constraints.txt"
+PINNED = ("torch", "transformers")  # what both sides run on: pinned to the test suite's versions
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of what the comparison depends on (trl and accelerate when present)."""
+    names = ["torch", "transformers", "trl", "accelerate"]
+    return {n: importlib.metadata.version(n) for n in names if importlib.util.find_spec(n)}
+
+
+def version_drift(found: dict[str, str]) -> list[str]:
+    """The pinned packages whose installed version is not tests/constraints.txt's ('2.13.0+cpu'
+    matches a pin of '2.13.0')."""
+    pins = dict(
+        line.strip().split("==", 1) for line in CONSTRAINTS.read_text().splitlines() if "==" in line
+    )
+    return [
+        f"{n} {found.get(n, 'missing')} (tests/constraints.txt: {pins[n]})"
+        for n in PINNED
+        if n in pins and found.get(n, "").split("+")[0] != pins[n]
+    ]
+
+
+def version_line(b: BenchConfig) -> str:
+    found = versions()
+    drift = version_drift(found)
+    line = ", ".join(f"{n} {v}" for n, v in found.items())
+    return line + (f"; NOT THE PINNED VERSIONS: {', '.join(drift)}" if drift else " (pinned)")
+
+
+def setting_line(b: BenchConfig) -> str:
+    """The machine, the code and the versions, printed above and below the figures."""
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in open("/proc/cpuinfo")
+            if ln.startswith("model name")
+        ),
+        os.uname().machine,
+    )
+    root = Path(__file__).resolve().parents[1]
+    git = ["git", "-C", str(root)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True
+    )
+    code = commit.stdout.strip() + ("+uncommitted changes" if dirty.stdout.strip() else "")
+    return f"{cpu}, {b.threads} threads; code {code or 'unknown'}; {version_line(b)}"
 
 
 def ppo_config(b: BenchConfig) -> ppo.Config:
@@ -103,7 +162,7 @@ def our_update(b: BenchConfig, value_model: str, ref, rm, queries):
         batch = ppo.rollout(policy, ref, rm, task, queries, cfg, cfg.kl_coef, sample_gen, "cpu")
         ppo.ppo_update(policy, optimizer, batch, cfg, task.response_length, shuffle_gen, "cpu")
 
-    return update, optimizer
+    return update, optimizer, policy
 
 
 class TokenizerStandIn:
@@ -172,11 +231,17 @@ def trl_update(b: BenchConfig, queries, out_dir: str):
 
     # accelerate's wrapper skips the step between gradient-accumulation boundaries: count the
     # steps the torch optimizer inside really takes
-    return update, trainer.optimizer.optimizer
+    return update, trainer.optimizer.optimizer, trainer
 
 
 def main(argv=None):
     b = cli.parse(BenchConfig, argv, description=__doc__)
+    drift = version_drift(versions())
+    if drift and not b.any_version:
+        raise SystemExit(
+            f"error: {', '.join(drift)}: install the pinned versions (this script's docstring), "
+            "or run with --any-version to time these (the output then says so)"
+        )
     torch.set_num_threads(b.threads)
     names = b.only.split(",") if b.only else ["shared", "separate", "trl"]
     if "trl" in names and importlib.util.find_spec("trl") is None:
@@ -195,12 +260,12 @@ def main(argv=None):
     )
     updates, steps = {}, {n: 0 for n in names}
     for n in names:
-        updates[n], optimizer = make[n]()
+        updates[n], optimizer, _ = make[n]()
         optimizer.register_step_post_hook(lambda *_, n=n: steps.__setitem__(n, steps[n] + 1))
+    setting = setting_line(b)
     print(
         f"{b.shape} shape (random weights), batch {b.batch}, 64 + 24 tokens, 4 epochs x 2 "
-        f"minibatches, fp32, {b.threads} threads, torch {torch.__version__}"
-        + (f", trl {importlib.metadata.version('trl')}" if "trl" in names else "")
+        f"minibatches, fp32\n{setting}"
     )
     for n in names:  # warm-up
         updates[n]()
@@ -231,6 +296,7 @@ def main(argv=None):
             f"{label[n]:<30} {med[n]:>9.2f} {min(times[n]):>7.2f} {max(times[n]):>7.2f} "
             f"{speedup:>11} {statistics.median(cpu[n]):>7.1f}"
         )
+    print(setting)
     print(f"load average now {os.getloadavg()[0]:.1f} (on {os.cpu_count()} CPUs)")
     return med
 
