@@ -269,6 +269,13 @@ def _build(cls, values: dict, prefix: str, flat: tuple[str, ...] = ()):
     return cls(**kwargs)
 
 
+def module_prog() -> str | None:
+    """`python -m machinery.tasks` for a module of machinery/ run as the program (argparse would
+    say `tasks.py`, which is not how it runs); None otherwise (argparse's own)."""
+    path = Path(sys.argv[0])
+    return f"python -m machinery.{path.stem}" if path.parent.name == "machinery" else None
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Description and epilog as written (they hold examples), but for a line longer than the
     source's 100 columns (a long string, not a line written by hand), which is wrapped (an
@@ -313,7 +320,10 @@ def make_parser(
     """The parser of `cls` (add_dataclass_args); its usage line names the subcommand that runs
     (dispatch), e.g. `usage: reward.py train`."""
     parser = Parser(
-        prog=_prog, description=description, epilog=epilog, formatter_class=HelpFormatter
+        prog=_prog or module_prog(),
+        description=description,
+        epilog=epilog,
+        formatter_class=HelpFormatter,
     )
     add_dataclass_args(
         parser, cls, positional=positional, only_given=only_given, flat=flat, order=order

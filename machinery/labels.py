@@ -907,7 +907,7 @@ def main(argv=None) -> int:
     `python -m machinery.labels labels.jsonl`."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print(__doc__)
+        print(f"usage: python -m machinery.labels FILE\n\n{__doc__.strip()}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     path = argv[0]
     try:

@@ -424,3 +424,11 @@ def test_a_command_of_subcommands_starts_its_help_with_usage():
     assert r.stdout.rstrip().endswith(
         "run `python reward.py COMMAND --help` for a command's options"
     )
+
+
+@pytest.mark.parametrize("module", ["machinery.tasks", "machinery.labels"])
+def test_a_module_run_as_a_program_names_itself_as_it_runs(module):
+    r = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert r.returncode == 0 and r.stdout.startswith(f"usage: python -m {module} ")
