@@ -64,7 +64,7 @@ from types import SimpleNamespace
 import torch
 
 import gpt2
-from machinery import amp, cli, labels, runs, tasks
+from machinery import amp, cli, labels, presets, runs, tasks
 from machinery.labels import FormatError
 from machinery.microbatch import forward_in_chunks
 
@@ -760,7 +760,7 @@ def end_of_run(run) -> dict:
 
 
 def main(argv=None):
-    args = cli.parse(
+    args = presets.parse(  # cli.parse, and a value out of range refused before any work
         Args,
         argv,
         description=__doc__.strip().split("\n\n")[0],

@@ -156,6 +156,9 @@ def read_jsonl(path, cut: str = CUT_ANY) -> list[tuple[int, dict]]:
     Lines are split on "\\n" only: str.splitlines would also split on U+2028 and friends, which
     json.dumps leaves unescaped inside strings (ensure_ascii=False).
     """
+    kind = file_kind(path)
+    if kind in NOT_TEXT or "zip" in kind:  # a checkpoint, a folder, ...: say what it is
+        raise FormatError(f"{path} is {kind}, not a JSON-lines file (labels, comparisons)")
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -932,7 +935,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_main(main)  # a closed pipe (--help | head) or Ctrl-C: one line, no traceback
 
 
 # --------------------------------------------------------------------------------------------------

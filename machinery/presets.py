@@ -106,6 +106,8 @@ RANGES = {
     "epochs": AT_LEAST_1, "normalize_samples": (2, math.inf, "["), "rollout_batch_size": AT_LEAST_1,
     "eval_batch_size": AT_LEAST_1, "log_interval": AT_LEAST_1,
     "n_samples": (2, labels.MAX_CANDIDATES, "[]"), "max_rounds": AT_LEAST_1,
+    # evaluate.py
+    "n": AT_LEAST_1, "show": AT_LEAST_0,
 }  # fmt: skip
 # The words some fields take: instead of a number, or as their only values
 CHOICES = dict(micro_batch_size=("auto",), value_model=("shared", "reward"), adam=("tf", "torch"))
@@ -163,7 +165,8 @@ def _within(value, integer: bool, name: str) -> bool:
 
 
 def parse(cls, argv: list[str] | None = None, **kwargs):
-    """cli.parse, then check_values: reward.py's commands' arguments, refused before any work."""
+    """cli.parse, then check_values: reward.py's commands' and evaluate.py's arguments, refused
+    before any work."""
     args = cli.parse(cls, argv, **kwargs)
     check_values(args, kwargs.get("flat", ()))
     return args

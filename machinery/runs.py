@@ -210,10 +210,12 @@ def claim_folder(cfg, run_dir: Path) -> str | None:
         gone = cli.remove(run_dir, held)
         print(f"{run_dir}: deleted {', '.join(gone)} of a start stopped before its first update")
         return None
+    # the flags may name a file of the old run as an input of the new one (its rm.pt): deleting
+    # the old run would delete it, so --overwrite is neither done nor offered
+    inputs = [cfg.model, cfg.reward_model, cfg.rm.labels, cfg.query_data]
+    read = [p for p in inputs if p and any(_within(p, run_dir / h) for h in held)]
     if held and cfg.overwrite:
-        inputs = [cfg.model, cfg.reward_model, cfg.rm.labels, cfg.query_data]
-        read = [p for p in inputs if p and any(_within(p, run_dir / h) for h in held)]
-        if read:  # the flags name a file of the old run as an input of the new one
+        if read:
             return (
                 f"error: --overwrite would delete {', '.join(read)}, read by this run; {elsewhere}"
             )
@@ -227,9 +229,11 @@ def claim_folder(cfg, run_dir: Path) -> str | None:
         else ""
     )
     why = "; two runs cannot share one queue" if "online/" in held else ""
+    over = f"start over (deleting those) with `{cli.rerun('ppo.py', None)}`, or "
+    if read:  # its own input would go too: only another folder works
+        over = f"start another run that reads {', '.join(read)}: "
     return (
-        f"error: {run_dir} already holds a run ({', '.join(held)}){why}; {resume}start over "
-        f"(deleting those) with `{cli.rerun('ppo.py', None)}`, or {elsewhere}"
+        f"error: {run_dir} already holds a run ({', '.join(held)}){why}; {resume}{over}{elsewhere}"
     )
 
 

@@ -445,3 +445,44 @@ def test_reward_commands_given_the_wrong_kind_of_file(files, tmp_path, monkeypat
     assert "no task given: give --task sentiment (or descriptiveness" in err
     assert "--labels FILE" in err and "trained reward model" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_refuses_a_bad_value_before_touching_an_evaluation(tmp_path):
+    # --n -3 --overwrite once deleted the earlier evaluation, then crashed in the sampling
+    kept = tmp_path / "run" / "eval-sentiment" / "key.json"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("{}")
+    for flag, value in (("--n", "-3"), ("--batch-size", "0"), ("--show", "-1")):
+        r = run(
+            [str(ROOT / "evaluate.py"), str(tmp_path / "run"), flag, value, "--overwrite"], tmp_path
+        )
+        one_line(r, f"error: {flag} {value}: must be an integer >=")
+        assert kept.read_text() == "{}"
+
+
+def test_a_run_folder_whose_reward_model_the_flags_read_is_not_offered_overwrite(tmp_path):
+    from types import SimpleNamespace
+
+    from machinery import runs
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("config.json", "rm.pt", "summary.json"):
+        (folder / name).write_text("x")
+    rm = SimpleNamespace(labels="")
+    cfg = SimpleNamespace(resume=False, overwrite=False, model="tiny", query_data="", rm=rm,
+                          reward_model=str(folder / "rm.pt"))  # fmt: skip
+    refusal = runs.claim_folder(cfg, folder)
+    assert "--resume" in refusal and "--overwrite" not in refusal, refusal
+    assert f"start another run that reads {folder / 'rm.pt'}" in refusal
+    cfg.reward_model = ""  # its own reward model not read: start over is offered
+    assert "--overwrite" in runs.claim_folder(cfg, folder)
+
+
+def test_a_torch_file_given_as_labels_is_named_for_what_it_is(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(3)}, path)
+    for args in (["label_tool.py", "--stats", str(path)], ["-m", "machinery.labels", str(path)]):
+        script = [str(ROOT / args[0]), *args[1:]] if args[0].endswith(".py") else args
+        r = run(script, tmp_path)
+        one_line(r, f"{path} is a", "not a JSON-lines file")
