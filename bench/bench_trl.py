@@ -11,8 +11,9 @@ Three contestants, timed alternately (the order rotates every repeat) and report
     for like with TRL (249M trained weights);
   * TRL: PPOTrainer with a separate value model (GPT2ForSequenceClassification), its defaults
     otherwise (fused AdamW, no stop token).
-Each gets one warm-up update first. Random weights (no download); a stand-in for the tokenizer
-(TRL reads only its pad and eos ids).
+Each gets one warm-up update first. All run in one process with freed memory kept for reuse, as
+ppo.py runs on a CPU (--malloc reuse; --malloc system for the C allocator's defaults). Random
+weights (no download); a stand-in for the tokenizer (TRL reads only its pad and eos ids).
 
 TRL is a benchmark-only dependency, never in requirements.txt. Its last release that ships
 PPOTrainer is 1.12.0 (as trl.experimental.ppo). Install it in a virtual environment of its own
@@ -80,6 +81,10 @@ class BenchConfig:
     """seed for the weights and the random queries"""
     any_version: bool = False
     """run even when torch or transformers differ from tests/constraints.txt (the output says so)"""
+    malloc: str = "reuse"
+    """'reuse': keep freed memory for the next tensor (machinery.cli.reuse_freed_memory, what
+    ppo.py does on a CPU), for every contestant alike, as they share this process; 'system': the C
+    allocator's defaults"""
 
 
 CONSTRAINTS = Path(__file__).resolve().parents[1] / "tests" / "constraints.txt"
@@ -112,7 +117,17 @@ def version_line(b: BenchConfig) -> str:
     return line + (f"; NOT THE PINNED VERSIONS: {', '.join(drift)}" if drift else " (pinned)")
 
 
-def setting_line(b: BenchConfig) -> str:
+def set_malloc(b: BenchConfig) -> str:
+    """Apply --malloc to this process (every contestant alike); returns what took, for the
+    setting line."""
+    if b.malloc not in ("reuse", "system"):
+        raise SystemExit(f"error: --malloc {b.malloc!r}: 'reuse' or 'system'")
+    if b.malloc == "reuse" and cli.reuse_freed_memory():
+        return "freed memory reused (glibc mallopt, both sides)"
+    return "the C allocator's defaults"
+
+
+def setting_line(b: BenchConfig, malloc: str = "") -> str:
     """The machine, the code and the versions, printed above and below the figures."""
     cpu = next(
         (
@@ -129,7 +144,8 @@ def setting_line(b: BenchConfig) -> str:
         [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True
     )
     code = commit.stdout.strip() + ("+uncommitted changes" if dirty.stdout.strip() else "")
-    return f"{cpu}, {b.threads} threads; code {code or 'unknown'}; {version_line(b)}"
+    malloc = f"; {malloc}" if malloc else ""
+    return f"{cpu}, {b.threads} threads{malloc}; code {code or 'unknown'}; {version_line(b)}"
 
 
 def ppo_config(b: BenchConfig) -> ppo.Config:
@@ -243,6 +259,7 @@ def main(argv=None):
             "or run with --any-version to time these (the output then says so)"
         )
     torch.set_num_threads(b.threads)
+    malloc = set_malloc(b)
     names = b.only.split(",") if b.only else ["shared", "separate", "trl"]
     if "trl" in names and importlib.util.find_spec("trl") is None:
         print("TRL is not installed (see this script's docstring): timing ours only")
@@ -262,7 +279,7 @@ def main(argv=None):
     for n in names:
         updates[n], optimizer, _ = make[n]()
         optimizer.register_step_post_hook(lambda *_, n=n: steps.__setitem__(n, steps[n] + 1))
-    setting = setting_line(b)
+    setting = setting_line(b, malloc)
     print(
         f"{b.shape} shape (random weights), batch {b.batch}, 64 + 24 tokens, 4 epochs x 2 "
         f"minibatches, fp32\n{setting}"

@@ -98,6 +98,8 @@ class ProfileConfig:
     """also measure the training phase's GEMM rate in place against the same shapes alone"""
     seed: int = 0
     """seed for the weights and the queries"""
+    malloc: str = "reuse"
+    """'reuse' or 'system': as bench/bench_trl.py's --malloc (both sides alike)"""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -347,12 +349,15 @@ def main(argv=None):
     if "trl" in names and importlib.util.find_spec("trl") is None:
         print("TRL is not installed (see bench/bench_trl.py's docstring): profiling ours only")
         names.remove("trl")
-    b = bench_trl.BenchConfig(shape=p.shape, batch=p.batch, threads=p.threads, seed=p.seed)
+    b = bench_trl.BenchConfig(
+        shape=p.shape, batch=p.batch, threads=p.threads, seed=p.seed, malloc=p.malloc
+    )
+    malloc = bench_trl.set_malloc(b)
     torch.manual_seed(p.seed)
     queries = torch.randint(0, 50000, (p.batch, 64)).tolist()
     ref = GPT2.from_config(p.shape).eval().requires_grad_(False)
     rm = reward.RewardModel(copy.deepcopy(ref)).eval().requires_grad_(False)
-    setting = bench_trl.setting_line(b)
+    setting = bench_trl.setting_line(b, malloc)
     print(
         f"{p.shape} shape (random weights), batch {p.batch}, 64 + 24 tokens, 4 epochs x 2 "
         f"minibatches, fp32, our separate value network\n{setting}"
