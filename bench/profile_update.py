@@ -415,7 +415,7 @@ def print_table(p, names, results, fl):
             s = statistics.median(r[1].get(ph, 0.0) for r in results[n])
             k = statistics.median(r[2].get(ph, 0) for r in results[n]) / 1e3
             if ph == "optimizer":
-                rate = f"{fl['adam_gb'] / s:>4.0f}GB" if s else f"{'-':>6}"
+                rate = f"{fl['adam_gb'] / s:>2.0f}GB/s" if s else f"{'-':>6}"
                 row += f" {s:>8.2f} {'':>6} {rate} {k:>5.0f}"
             else:
                 f = fl[key[n]].get(ph, 0.0)

@@ -124,8 +124,9 @@ def sample_comparisons(
             raise ValueError(
                 f"sample: none of {n_drawn} responses had the stop token {stop!r} at or after "
                 f"token {task.truncate_after}, so no comparison can be made: the policy may never "
-                "write it (tiny, fitted on story passages, never writes a newline). Pass "
-                "--no-require-stop (ppo.py: --no-rm.require-stop) to keep such responses whole."
+                "write it (random weights seldom do; tiny, fitted on stories, never writes a "
+                "newline). Pass --no-require-stop (ppo.py: --no-rm.require-stop) to keep such "
+                "responses whole."
             )
         for q, item, f in zip(queries, items, found):
             if len(f) < n_samples:

@@ -190,6 +190,32 @@ def test_a_rerun_reuses_the_runs_and_other_flags_are_refused(study, capsys):
         frontier.main([*SMALL, "--out", str(out), "--updates", "3"])
 
 
+def test_the_same_command_runs_gpt2_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    """`--model gpt2` needs no code change: the study runs on the GPT-2 that the Hugging Face cache
+    holds, here a random 1-layer one in the cache's own layout (no download in tests), through the
+    gpt2 preset instead of tiny's (the books passages, the BPE tokenizer, no tiny defaults)."""
+    from huggingface_hub import constants
+
+    import gpt2
+
+    commit = "0" * 40
+    repo = tmp_path / "hub" / "models--openai-community--gpt2"
+    small = gpt2.GPT2(gpt2.GPT2Config(n_layer=1, n_head=1, n_embd=8))
+    gpt2.save_pretrained(small, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    out = tmp_path / "study"
+    flags = [a if a != "tiny" else "gpt2" for a in SMALL]
+    flags[-1] += " --no-rm.require-stop"  # random weights never write the stop token '.'
+    state = frontier.main([*flags, "--no-adaptive", "--out", str(out)])
+    config = json.loads((out / "beta-0" / "config.json").read_text())
+    assert config["model"] == "gpt2" and config["kl_coef"] == 0
+    assert [r["name"] for r in state["ppo"]] == ["beta-0"] and state["ppo"][0]["updates"] == 2
+    assert [b["n"] for b in state["bon"]["rows"]] == [1, 2, 4]
+    assert "| PPO, 2 updates | 0 | " in (out / "frontier.md").read_text()
+
+
 def test_help_lists_the_options(capsys):
     with pytest.raises(SystemExit) as e:
         frontier.main(["--help"])
