@@ -5,7 +5,7 @@ The same setting as bench/bench_trl.py (its docstring says how to install TRL), 
 value network, like for like:
 
     .venv-trl/bin/python bench/profile_update.py --shape gpt2 --batch 8
-    .venv-trl/bin/python bench/profile_update.py --shape gpt2 --batch 8 --gemm   # + GEMM rates
+    .venv-trl/bin/python bench/profile_update.py --shape gpt2 --batch 8 --only separate --gemm
 
 Phases (time inside a phase is its own: a nested phase's time is not counted twice):
   generate         sampling R tokens with the KV cache (ours: gpt2.generate; TRL: model.generate)
@@ -35,7 +35,8 @@ counted):
 
 --gemm also measures the training phase's GEMMs (aten::mm, addmm, bmm) in place, with
 torch.profiler over one more update, against the same shapes run alone (each shape timed in a
-loop of its own): their rates in place and alone.
+loop of its own): their rates in place and alone. It takes one contestant per process (--only):
+both sides' models, optimizer states and the profiler's record held more than 24 GiB at 124M.
 
 A benchmark script, not a test. Timings on a shared machine are noisy: it prints the load.
 """
@@ -346,6 +347,11 @@ def main(argv=None):
     p = cli.parse(ProfileConfig, argv, description=__doc__)
     torch.set_num_threads(p.threads)
     names = p.only.split(",") if p.only else ["separate", "trl"]
+    if p.gemm and len(names) > 1:
+        raise SystemExit(
+            "error: --gemm profiles one contestant per process: add --only separate or --only trl "
+            "(both at once held more than 24 GiB at 124M)"
+        )
     if "trl" in names and importlib.util.find_spec("trl") is None:
         print("TRL is not installed (see bench/bench_trl.py's docstring): profiling ours only")
         names.remove("trl")
