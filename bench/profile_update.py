@@ -347,14 +347,14 @@ def main(argv=None):
     p = cli.parse(ProfileConfig, argv, description=__doc__)
     torch.set_num_threads(p.threads)
     names = p.only.split(",") if p.only else ["separate", "trl"]
+    if "trl" in names and importlib.util.find_spec("trl") is None:
+        print("TRL is not installed (see bench/bench_trl.py's docstring): profiling ours only")
+        names.remove("trl")
     if p.gemm and len(names) > 1:
         raise SystemExit(
             "error: --gemm profiles one contestant per process: add --only separate or --only trl "
             "(both at once held more than 24 GiB at 124M)"
         )
-    if "trl" in names and importlib.util.find_spec("trl") is None:
-        print("TRL is not installed (see bench/bench_trl.py's docstring): profiling ours only")
-        names.remove("trl")
     b = bench_trl.BenchConfig(
         shape=p.shape, batch=p.batch, threads=p.threads, seed=p.seed, malloc=p.malloc
     )
