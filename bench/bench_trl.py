@@ -123,8 +123,23 @@ def set_malloc(b: BenchConfig) -> str:
     if b.malloc not in ("reuse", "system"):
         raise SystemExit(f"error: --malloc {b.malloc!r}: 'reuse' or 'system'")
     if b.malloc == "reuse" and cli.reuse_freed_memory():
-        return "freed memory reused (glibc mallopt, both sides)"
+        return "freed memory reused (glibc mallopt)"
     return "the C allocator's defaults"
+
+
+def contestants(only: str, known: tuple[str, ...]) -> list[str]:
+    """The contestants --only names (all of `known` when empty), without TRL when it is not
+    installed; an unknown name, or nothing left to run, is an error."""
+    names = [n for n in only.split(",") if n] if only else list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"error: --only {','.join(unknown)}: choose from {', '.join(known)}")
+    if "trl" in names and importlib.util.find_spec("trl") is None:
+        print("TRL is not installed (see bench/bench_trl.py's docstring): timing ours only")
+        names.remove("trl")
+    if not names:
+        raise SystemExit("error: --only trl, but TRL is not installed (see bench/bench_trl.py)")
+    return names
 
 
 def setting_line(b: BenchConfig, malloc: str = "") -> str:
@@ -252,6 +267,7 @@ def trl_update(b: BenchConfig, queries, out_dir: str):
 
 def main(argv=None):
     b = cli.parse(BenchConfig, argv, description=__doc__)
+    malloc = set_malloc(b)
     drift = version_drift(versions())
     if drift and not b.any_version:
         raise SystemExit(
@@ -259,11 +275,7 @@ def main(argv=None):
             "or run with --any-version to time these (the output then says so)"
         )
     torch.set_num_threads(b.threads)
-    malloc = set_malloc(b)
-    names = b.only.split(",") if b.only else ["shared", "separate", "trl"]
-    if "trl" in names and importlib.util.find_spec("trl") is None:
-        print("TRL is not installed (see this script's docstring): timing ours only")
-        names.remove("trl")
+    names = contestants(b.only, ("shared", "separate", "trl"))
     torch.manual_seed(b.seed)
     # the same queries for everyone: the rollout batch, 64 random tokens each
     queries = torch.randint(0, 50000, (b.batch, 64)).tolist()
