@@ -15,12 +15,12 @@ runs on a CPU:
      reward model and the labeler; for n = 1, 2, 4, ..., the expected proxy and gold of the sample
      that a draw of n keeps (the highest reward-model score), at KL = log n - (n - 1)/n;
   3. the figure, frontier.png (proxy and gold against √KL: a line per PPO run, best-of-n as
-     markers, a star where gold peaks and turns down while proxy still rises), and the table,
+     markers, a star where gold peaks and turns down while the proxy does not), and the table,
      frontier.md; frontier.json holds every number of both.
 
 Run it (from the repository's root or anywhere else):
     python docs/frontier.py                               # tiny, sentiment, seed 1: 2 CPU cores
-    python docs/frontier.py --betas 0 --no-adaptive --updates 120   # one run, β = 0, twice as long
+    python docs/frontier.py --betas 0 --no-adaptive --updates 120 --out runs/frontier-long
     python docs/frontier.py --model gpt2 --updates 200    # GPT-2 124M, on a GPU
 Rerun with the same flags and the finished runs are reused (--overwrite redoes them). What the
 figure shows, and how to read it: docs/frontier.md.
@@ -134,9 +134,10 @@ def trajectory(metrics: list[dict], window: int):
 
 def gold_peak(proxy, gold, min_drop: float) -> int | None:
     """The index of the gold peak of a path (PPO's updates, or best-of-n's n), when gold turns
-    down after it while proxy still rises: the last gold is at least min_drop below the highest
-    and the last proxy is above the proxy at the peak. None otherwise (gold still at its best at
-    the end, a drop within min_drop, or proxy falling too)."""
+    down after it while the proxy does not: the last gold is at least min_drop below the highest
+    and the last proxy is above the proxy at the peak (by any margin: a proxy that holds level
+    counts). None otherwise (gold still at its best at the end, a drop within min_drop, or proxy
+    falling too)."""
     proxy, gold = np.asarray(proxy, dtype=np.float64), np.asarray(gold, dtype=np.float64)
     i = int(np.argmax(gold))
     if gold[i] - gold[-1] >= min_drop and proxy[-1] > proxy[i]:
@@ -274,8 +275,8 @@ def plot(ppo_rows: list[dict], bon: dict | None, path, title: str) -> None:
         ax.set_xlabel("√KL(π‖ρ), √nats")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right")
-    axes[1].plot([], [], "*", color="gray", ms=12, label="gold peak, proxy still rising")
-    axes[1].legend(fontsize=8, loc="lower right")
+    axes[1].plot([], [], "*", color="gray", ms=12, label="gold peak, proxy no lower after it")
+    axes[1].legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -314,9 +315,9 @@ class Args:
     """PPO's paths: the running mean over this many updates (one update's gold is a mean over
     --batch-size episodes, 32 for tiny: about ±0.07 alone, ±0.02 over 10)"""
     min_drop: float = 0.1
-    """a gold peak counts when gold ends at least this far below it while proxy still rises
-    (for tiny, about 3 standard errors of the difference of two running means: noise alone
-    seldom makes one)"""
+    """a gold peak counts when gold ends at least this far below it while the proxy ends no
+    lower than it was there (for tiny, about 3 standard errors of the difference of two running
+    means: noise alone seldom makes one)"""
     ppo_flags: str = ""
     """more ppo.py flags for every run, in quotes (e.g. --ppo-flags="--lr 1e-4"); best-of-n
     samples with the same settings (temperature, held-out queries: --eval-episodes)"""
@@ -506,11 +507,17 @@ def main(argv=None) -> dict:
     )
 
     table = frontier_table(ppo_rows, bon, a.window)
+    setting = [a.task, Path(a.model).name, f"seed {a.seed}"]
+    setting += [f"{a.updates} updates"] if a.updates else []
+    if a.reward_model:
+        setting.append(f"reward model {a.reward_model}")
+    elif a.rm_comparisons:
+        setting.append(f"a reward model from {a.rm_comparisons} comparisons")
     title = (
-        f"{a.task}, {Path(a.model).name}, seed {a.seed}: the reward model's score (proxy) and the "
-        f"scripted labeler's (gold) as π moves away from ρ"
+        f"{', '.join(setting)}: the reward model's score (proxy) and the scripted labeler's "
+        "(gold) as π moves away from ρ"
     )
-    plot(ppo_rows, bon, out / "frontier.png", title)
+    plot(ppo_rows, bon, out / "frontier.png", title.replace(": ", ":\n", 1))
     cli.atomic_write(out / "frontier.md", f"# {title}\n\n{table}")
     state.update(ppo=ppo_rows, bon=bon, minutes=round((time.time() - t0) / 60, 1))
     cli.atomic_write(state_path, json.dumps(state, indent=2) + "\n")
