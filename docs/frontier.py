@@ -15,7 +15,7 @@ runs on a CPU:
      reward model and the labeler; for n = 1, 2, 4, ..., the expected proxy and gold of the sample
      that a draw of n keeps (the highest reward-model score), at KL = log n - (n - 1)/n;
   3. the figure, frontier.png (proxy and gold against √KL: a line per PPO run, best-of-n as
-     markers, a star where gold peaks and turns down while the proxy does not), and the table,
+     markers, a star where gold peaks and ends lower while the proxy ends higher), and the table,
      frontier.md; frontier.json holds every number of both.
 
 Run it (from the repository's root or anywhere else):
@@ -135,8 +135,8 @@ def trajectory(metrics: list[dict], window: int):
 def gold_peak(proxy, gold, min_drop: float) -> int | None:
     """The index of the gold peak of a path (PPO's updates, or best-of-n's n), when gold turns
     down after it while the proxy does not: the last gold is at least min_drop below the highest
-    and the last proxy is above the proxy at the peak (by any margin: a proxy that holds level
-    counts). None otherwise (gold still at its best at the end, a drop within min_drop, or proxy
+    and the last proxy is above the proxy at the peak (by any margin; it may dip in between).
+    None otherwise (gold still at its best at the end, a drop within min_drop, or proxy
     falling too)."""
     proxy, gold = np.asarray(proxy, dtype=np.float64), np.asarray(gold, dtype=np.float64)
     i = int(np.argmax(gold))
@@ -275,7 +275,7 @@ def plot(ppo_rows: list[dict], bon: dict | None, path, title: str) -> None:
         ax.set_xlabel("√KL(π‖ρ), √nats")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right")
-    axes[1].plot([], [], "*", color="gray", ms=12, label="gold peak, proxy no lower after it")
+    axes[1].plot([], [], "*", color="gray", ms=12, label="gold peak (proxy ends higher)")
     axes[1].legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -315,8 +315,8 @@ class Args:
     """PPO's paths: the running mean over this many updates (one update's gold is a mean over
     --batch-size episodes, 32 for tiny: about ±0.07 alone, ±0.02 over 10)"""
     min_drop: float = 0.1
-    """a gold peak counts when gold ends at least this far below it while the proxy ends no
-    lower than it was there (for tiny, about 3 standard errors of the difference of two running
+    """a gold peak counts when gold ends at least this far below it while the proxy ends higher
+    than it was there (for tiny, about 3 standard errors of the difference of two running
     means: noise alone seldom makes one)"""
     ppo_flags: str = ""
     """more ppo.py flags for every run, in quotes (e.g. --ppo-flags="--lr 1e-4"); best-of-n
