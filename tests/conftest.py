@@ -44,3 +44,20 @@ def logits_kept(request, monkeypatch):
     keep = request.param == "keep"
     monkeypatch.setattr(pytorch_paths, "KEEP_LOGITS_BYTES", 2**40 if keep else 0)
     return keep
+
+
+class ModelLoaded(Exception):
+    """Raised where a model would load, under the `stop_at_model_load` fixture."""
+
+
+@pytest.fixture
+def stop_at_model_load(monkeypatch):
+    """machinery.tasks.load_base_model raises ModelLoaded: a test runs a stage up to its first
+    model (past every check before it) and no further; returns the exception class."""
+    from machinery import tasks
+
+    def load(*a, **k):
+        raise ModelLoaded
+
+    monkeypatch.setattr(tasks, "load_base_model", load)
+    return ModelLoaded

@@ -328,7 +328,9 @@ def test_a_bad_ppo_value_is_refused_before_any_work(tmp_path, rm):
         assert "sample" not in r.stdout and not (tmp_path / "runs").exists()
 
 
-def test_a_start_stopped_before_its_first_update_does_not_block_the_next(tmp_path, monkeypatch):
+def test_a_start_stopped_before_its_first_update_does_not_block_the_next(
+    tmp_path, stop_at_model_load
+):
     """config.json and an empty metrics.jsonl are all such a start leaves (with --reward-model):
     the corrected command starts over there, not refused with a --resume of the broken config."""
     import ppo
@@ -338,14 +340,7 @@ def test_a_start_stopped_before_its_first_update_does_not_block_the_next(tmp_pat
     (folder / "config.json").write_text('{"batch_size": -4}\n')
     (folder / "metrics.jsonl").write_text("")
 
-    class Loaded(Exception):
-        pass
-
-    def load(*a, **k):
-        raise Loaded
-
-    monkeypatch.setattr(tasks, "load_base_model", load)
-    with pytest.raises(Loaded):  # past the folder's claim, to the first model
+    with pytest.raises(stop_at_model_load):  # past the folder's claim, to the first model
         ppo.main(["--model", "tiny", "--run-dir", str(folder), *CPU])
     assert not folder.exists()
     # a folder with metrics of an update holds a run: refused as before

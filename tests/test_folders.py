@@ -116,26 +116,19 @@ def test_any_file_of_a_run_marks_its_folder(tmp_path, marker, no_model):
     assert snapshot(folder) == before
 
 
-def test_overwrite_deletes_the_old_runs_files_only(tmp_path, monkeypatch, capsys):
+def test_overwrite_deletes_the_old_runs_files_only(tmp_path, stop_at_model_load, capsys):
     """--overwrite: the old run's files go (before anything loads), the rest of the folder stays;
     a folder left empty goes too, so a start that fails after that leaves none."""
     folder = fake_run(tmp_path / "run", *MARKERS)
     (folder / "notes.txt").write_text("mine\n")
 
-    class Loaded(Exception):
-        pass
-
-    def load(*a, **k):
-        raise Loaded
-
-    monkeypatch.setattr(tasks, "load_base_model", load)
-    with pytest.raises(Loaded):
+    with pytest.raises(stop_at_model_load):
         ppo.main(["--model", "tiny", "--run-dir", str(folder), "--overwrite", *FAST])
     assert sorted(os.listdir(folder)) == ["notes.txt"]
     assert "--overwrite: deleted the old run's config.json" in capsys.readouterr().out
     (folder / "notes.txt").unlink()
     fake_run(folder, "config.json", "policy/")
-    with pytest.raises(Loaded):
+    with pytest.raises(stop_at_model_load):
         ppo.main(["--model", "tiny", "--run-dir", str(folder), "--overwrite", *FAST])
     assert not folder.exists()
 
