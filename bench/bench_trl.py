@@ -110,7 +110,7 @@ def version_drift(found: dict[str, str]) -> list[str]:
     ]
 
 
-def version_line(b: BenchConfig) -> str:
+def version_line() -> str:
     found = versions()
     drift = version_drift(found)
     line = ", ".join(f"{n} {v}" for n, v in found.items())
@@ -160,7 +160,7 @@ def setting_line(b: BenchConfig, malloc: str = "") -> str:
     )
     code = commit.stdout.strip() + ("+uncommitted changes" if dirty.stdout.strip() else "")
     malloc = f"; {malloc}" if malloc else ""
-    return f"{cpu}, {b.threads} threads{malloc}; code {code or 'unknown'}; {version_line(b)}"
+    return f"{cpu}, {b.threads} threads{malloc}; code {code or 'unknown'}; {version_line()}"
 
 
 def ppo_config(b: BenchConfig) -> ppo.Config:
