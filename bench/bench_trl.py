@@ -21,7 +21,7 @@ that sees the test venv's packages (a .pth file naming that venv's site-packages
 tests/constraints.txt, so TRL runs on the very torch and transformers the suite passed with and the
 comparison does not drift with upstream releases (.venv is the test venv):
     .venv/bin/python -m venv .venv-trl
-    .venv/bin/python -c "import site; print(site.getsitepackages()[0])" \
+    .venv/bin/python -c "import site; print(site.getsitepackages()[0])" \\
         > "$(.venv-trl/bin/python -c 'import site; print(site.getsitepackages()[0])')/base.pth"
     .venv-trl/bin/pip install trl==1.12.0 -c tests/constraints.txt
     .venv-trl/bin/python bench/bench_trl.py --shape tiny --batch 32
@@ -131,6 +131,10 @@ def contestants(only: str, known: tuple[str, ...]) -> list[str]:
     """The contestants --only names (all of `known` when empty), without TRL when it is not
     installed; an unknown name, or nothing left to run, is an error."""
     names = [n for n in only.split(",") if n] if only else list(known)
+    if not names:
+        raise SystemExit(
+            f"error: --only {only!r} names no contestant: choose from {', '.join(known)}"
+        )
     unknown = [n for n in names if n not in known]
     if unknown:
         raise SystemExit(f"error: --only {','.join(unknown)}: choose from {', '.join(known)}")

@@ -443,7 +443,15 @@ def main(argv=None) -> dict:
     )
     if a.n_max < 1 or a.n_max & (a.n_max - 1):
         raise SystemExit(f"error: --n-max {a.n_max}: give a power of 2 (1, 2, 4, ..., 64)")
+    least = dict(window=1, n_refs=1, updates=0, rm_comparisons=0, min_drop=0)
+    for name, lowest in least.items():
+        value = getattr(a, name)
+        if not value >= lowest:
+            flag = "--" + name.replace("_", "-")
+            raise SystemExit(f"error: {flag} {value}: must be a number >= {lowest}")
     out = Path(a.out or f"runs/frontier-{a.task}-{Path(a.model).name}-s{a.seed}").resolve()
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out {out}: a file, not a folder")
     device = cli.pick_device(a.device)
     t0 = time.time()
     settings = plan(a, out)
@@ -530,4 +538,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)  # an expected error or Ctrl-C as one line, not a traceback

@@ -216,6 +216,23 @@ def test_the_same_command_runs_gpt2_from_the_hugging_face_cache(tmp_path, monkey
     assert "| PPO, 2 updates | 0 | " in (out / "frontier.md").read_text()
 
 
+@pytest.mark.parametrize(
+    "flags, says",
+    [(["--window", "0"], "--window 0: must be a number >= 1"),
+     (["--min-drop", "-1"], "--min-drop -1.0: must be a number >= 0"),
+     (["--n-refs", "0"], "--n-refs 0: must be a number >= 1"),
+     (["--updates", "-1"], "--updates -1: must be a number >= 0")],
+)  # fmt: skip
+def test_bad_values_are_refused_before_anything_runs(tmp_path, flags, says):
+    with pytest.raises(SystemExit, match=says):
+        frontier.main([*flags, "--out", str(tmp_path / "study")])
+    assert not (tmp_path / "study").exists()
+    (tmp_path / "a-file").write_text("mine\n")
+    with pytest.raises(SystemExit, match="a file, not a folder"):
+        frontier.main(["--out", str(tmp_path / "a-file")])
+    assert (tmp_path / "a-file").read_text() == "mine\n"
+
+
 def test_help_lists_the_options(capsys):
     with pytest.raises(SystemExit) as e:
         frontier.main(["--help"])
